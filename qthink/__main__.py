@@ -1,0 +1,5 @@
+"""`python -m qthink` runs the command line."""
+
+from qthink.cli import main
+
+main()

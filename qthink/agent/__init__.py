@@ -1,0 +1,1 @@
+"""Agent runtime: the Assistant loop, tools, MCP servers, the code interpreter."""

@@ -1,0 +1,1 @@
+"""Serving engine: sampling, sequences, paged KV blocks, scheduling, the model runner."""

@@ -1,0 +1,1 @@
+"""Evaluation harness for the model card benchmarks over any OpenAI-compatible endpoint."""

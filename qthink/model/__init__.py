@@ -1,0 +1,1 @@
+"""Qwen3 model: layers, paged attention, the decoder, quantized linears."""

@@ -1,0 +1,1 @@
+"""qthink-nano: a tiny Qwen3 model trained on synthetic 2507-format conversations."""

@@ -1,0 +1,1 @@
+"""Parsers that split model output into reasoning, answer and tool calls."""

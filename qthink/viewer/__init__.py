@@ -1,0 +1,1 @@
+"""Thinking-trace viewer: web chat, trace files and step segmentation."""

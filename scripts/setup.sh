@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install qthink in it; `--test` adds what the test suite needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
+python -m pip install -q torch==2.13.0
+if [ "${1:-}" = "--test" ]; then
+  python -m pip install -q -e '.[test]'
+  if [ -x scripts/setup-test-extras.sh ]; then bash scripts/setup-test-extras.sh; fi
+else
+  python -m pip install -q -e .
+fi
