@@ -1,0 +1,27 @@
+"""Shared test fixtures: the real Qwen3 tokenizer and tiny random-weight checkpoints."""
+
+import pytest
+
+from qthink.checkpoint import tiny_config, tokenizer_files_dir, write_random_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir():
+    return tokenizer_files_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny Qwen3 checkpoint (float32, random weights, real tokenizer, 2507 template)."""
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny-qwen3"), tiny_config(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory):
+    """Factory: make_checkpoint(**config_overrides, seed=0, shards=1) -> folder."""
+
+    def make(seed: int = 0, shards: int = 1, **overrides):
+        folder = tmp_path_factory.mktemp("ckpt")
+        return write_random_checkpoint(folder, tiny_config(**overrides), seed=seed, shards=shards)
+
+    return make
