@@ -1,0 +1,102 @@
+"""GQA attention over a paged KV cache: slot writes, per-sequence prefill, batched decode."""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qthink.model.layers import RMSNorm, apply_rotary
+
+
+@dataclass
+class AttentionMetadata:
+    """Where a step's tokens sit in the paged cache; built once per step, shared by all layers.
+
+    Tokens of all sequences are flattened into one [T] batch. Sequence i owns the query
+    rows `query_starts[i]:query_starts[i] + query_lens[i]` and attends to its first
+    `context_lens[i]` cache slots, listed in `context_slots[i]`.
+    """
+
+    slot_mapping: torch.Tensor  # [T] cache slot each new token's K/V is written to
+    query_lens: list[int]
+    context_lens: list[int]
+    context_slots: list[torch.Tensor]  # per sequence: [context_len] slots in order
+    decode_slots: torch.Tensor | None = None  # [B, max_ctx] padded slots when all query_lens == 1
+    decode_mask: torch.Tensor | None = None  # [B, 1, 1, max_ctx] True where a slot is attended
+
+    @property
+    def is_decode(self) -> bool:
+        return self.decode_slots is not None
+
+
+@dataclass
+class KVCache:
+    """One layer's cache: [num_slots, kv_heads, head_dim] for keys and for values."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, bias: bool,
+                 qk_norm: bool, eps: float):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.q_proj = nn.Linear(hidden, heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, kv_heads * head_dim, bias=bias)
+        self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+        self.q_norm = RMSNorm(head_dim, eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, eps) if qk_norm else None
+        self.scale = head_dim**-0.5
+
+    def forward(self, x, cos, sin, meta: AttentionMetadata | None = None, cache: KVCache | None = None):
+        shape = x.shape[:-1]
+        q = self.q_proj(x).view(*shape, self.heads, self.head_dim)
+        k = self.k_proj(x).view(*shape, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(*shape, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if meta is None:
+            out = self._causal(q, k, v)
+        else:
+            cache.k.index_copy_(0, meta.slot_mapping, k.to(cache.k.dtype))
+            cache.v.index_copy_(0, meta.slot_mapping, v.to(cache.v.dtype))
+            out = self._decode(q, meta, cache) if meta.is_decode else self._prefill(q, meta, cache)
+        return self.o_proj(out.reshape(*shape, self.heads * self.head_dim))
+
+    def _causal(self, q, k, v):
+        """Whole sequences without a cache, [B, T, heads, dim] (training, reference checks)."""
+        q, k, v = (t.transpose(-3, -2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+        return out.transpose(-3, -2)
+
+    def _prefill(self, q, meta: AttentionMetadata, cache: KVCache):
+        outs, start = [], 0
+        for qlen, ctx, slots in zip(meta.query_lens, meta.context_lens, meta.context_slots):
+            qi = q[start : start + qlen].transpose(0, 1)  # [heads, qlen, dim]
+            ki = cache.k[slots].to(q.dtype).transpose(0, 1)  # [kv_heads, ctx, dim]
+            vi = cache.v[slots].to(q.dtype).transpose(0, 1)
+            if qlen == ctx:
+                o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=self.scale,
+                                                   enable_gqa=True)
+            else:  # a chunk after cached tokens: query j sits at position ctx - qlen + j
+                rows = torch.arange(qlen, device=q.device)[:, None] + (ctx - qlen)
+                mask = torch.arange(ctx, device=q.device)[None, :] <= rows
+                o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=self.scale,
+                                                   enable_gqa=True)
+            outs.append(o.transpose(0, 1))
+            start += qlen
+        return torch.cat(outs, dim=0)
+
+    def _decode(self, q, meta: AttentionMetadata, cache: KVCache):
+        # One query per sequence: fold the query heads of each KV group into the query-length
+        # axis, so GQA needs no repeated K/V.
+        batch, group = q.shape[0], self.heads // self.kv_heads
+        qg = q.view(batch, self.kv_heads, group, self.head_dim)
+        k = cache.k[meta.decode_slots].to(q.dtype).transpose(1, 2)  # [B, kv_heads, ctx, dim]
+        v = cache.v[meta.decode_slots].to(q.dtype).transpose(1, 2)
+        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=meta.decode_mask, scale=self.scale)
+        return o.reshape(batch, self.heads, self.head_dim)

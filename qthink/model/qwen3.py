@@ -1,0 +1,74 @@
+"""The Qwen3 (and Qwen2) decoder in plain PyTorch, with Hugging Face's tensor names."""
+
+import torch
+from torch import nn
+
+from qthink.config import ModelConfig
+from qthink.model.attention import Attention, AttentionMetadata, KVCache
+from qthink.model.layers import MLP, RMSNorm, RotaryEmbedding
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = Attention(
+            cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+            cfg.attention_bias, cfg.qk_norm, cfg.rms_norm_eps,
+        )
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, h, cos, sin, meta, cache):
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, meta, cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+
+
+class Qwen3ForCausalLM(nn.Module):
+    """`forward(input_ids, positions)` runs whole sequences ([B, T], causal, no cache) or,
+    with `meta` and `caches`, one engine step over a flattened [T] batch of many sequences."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen3Model(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata | None = None,
+        caches: list[KVCache] | None = None,
+    ) -> torch.Tensor:
+        h = self.model.embed_tokens(input_ids)
+        cos, sin = self.model.rotary.cos_sin(positions, h.dtype)
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, cos, sin, meta, caches[i] if caches else None)
+        return self.model.norm(h)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata | None = None,
+        caches: list[KVCache] | None = None,
+        logits_indices: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits, only at `logits_indices` of the flattened tokens when given (the lm_head
+        is the largest matrix: never compute rows nobody samples)."""
+        h = self.hidden_states(input_ids, positions, meta, caches)
+        if logits_indices is not None:
+            h = h[logits_indices]
+        return self.lm_head(h)
