@@ -1,0 +1,290 @@
+"""LLMEngine: requests in, one scheduled model step at a time, RequestOutputs out."""
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+
+from qthink.config import ConfigError, EngineConfig, ModelConfig
+from qthink.engine.block_manager import BlockManager
+from qthink.engine.output_processor import SequenceOutput
+from qthink.engine.outputs import Logprob, RequestOutput
+from qthink.engine.runner import ModelRunner, available_memory, default_threads, kv_bytes_per_block
+from qthink.engine.sampling_params import SamplingParams
+from qthink.engine.scheduler import ScheduledBatch, Scheduler
+from qthink.engine.sequence import THINK_END_ID, Sequence
+from qthink.loader import load_model, resolve_dtype, resolve_model
+from qthink.parsing.reasoning import split_reasoning
+from qthink.tokenizer import Tokenizer
+
+log = logging.getLogger("qthink")
+
+
+class RequestError(ValueError):
+    """A request the engine refuses before queueing it (too long, bad parameters)."""
+
+
+@dataclass
+class RequestState:
+    request_id: str
+    prompt: str | None
+    prompt_ids: list[int]
+    params: SamplingParams
+    outputs: list[SequenceOutput]
+    arrival: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(o.seq.finished for o in self.outputs)
+
+
+class LLMEngine:
+    def __init__(self, model: str, dtype: str = "auto", device: str | None = None,
+                 quantization: str | None = None, chat_template: str | None = None,
+                 **engine_kwargs):
+        self.model_dir = resolve_model(model)
+        self.model_config = ModelConfig.from_pretrained(self.model_dir)
+        self.config = EngineConfig(**engine_kwargs)
+        user_max_len = self.config.max_model_len
+        self.config.validate(self.model_config)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cpu":
+            torch.set_num_threads(default_threads())
+        self.dtype = resolve_dtype(dtype, self.model_config)
+        self.tokenizer = Tokenizer.from_pretrained(self.model_dir, chat_template=chat_template)
+        self.model = load_model(self.model_dir, self.dtype, self.device)
+        self.quantization = quantization
+        if quantization:
+            from qthink.model.quant import quantize_model
+
+            quantize_model(self.model, quantization)
+        num_blocks = self._plan_kv_blocks(user_max_len is None)
+        self.runner = ModelRunner(self.model, self.model_config, self.config, self.device, num_blocks)
+        self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        self.requests: dict[str, RequestState] = {}
+        self.early_stop_ids: dict[str, list[int]] = {}
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.max_model_len
+
+    def _plan_kv_blocks(self, may_shrink_context: bool) -> int:
+        bs = self.config.block_size
+        per_block = kv_bytes_per_block(self.model_config, bs, self.dtype)
+        budget = self.config.kv_cache_memory
+        if budget is None:
+            budget = int(available_memory(self.device) * self.config.kv_cache_fraction)
+        blocks_per_seq = -(-self.config.max_model_len // bs)
+        num_blocks = min(budget // per_block, blocks_per_seq * self.config.max_num_seqs)
+        if num_blocks < blocks_per_seq:
+            if not may_shrink_context or num_blocks < 1:
+                raise ConfigError(
+                    f"the KV cache budget ({budget / 2**30:.2f} GiB) holds {num_blocks * bs} tokens, "
+                    f"fewer than max_model_len={self.config.max_model_len}; raise kv_cache_memory "
+                    "or lower max_model_len"
+                )
+            self.config.max_model_len = num_blocks * bs
+            log.warning("max_model_len lowered to %d tokens to fit the KV cache budget",
+                        self.config.max_model_len)
+        return num_blocks
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None) -> RequestState:
+        request_id = request_id or uuid.uuid4().hex
+        if request_id in self.requests:
+            raise RequestError(f"request id {request_id!r} is already in use")
+        text = prompt if isinstance(prompt, str) else None
+        prompt_ids = self.tokenizer.encode(prompt) if text is not None else list(prompt)
+        params = (params or SamplingParams()).with_defaults(self.model_config.generation_defaults)
+        max_tokens = self._check_lengths(prompt_ids, params)
+        if params.prompt_logprobs is not None:
+            raise RequestError("prompt_logprobs is not supported")
+        eos = () if params.ignore_eos else self.model_config.eos_token_ids
+        seqs = [Sequence(request_id, i, prompt_ids, params, max_tokens, eos) for i in range(params.n)]
+        for sibling in seqs[1:]:
+            sibling.wait_for = seqs[0]  # share the prompt's blocks through the prefix cache
+        outputs = [SequenceOutput(s, self.tokenizer) for s in seqs]
+        state = RequestState(request_id, text, prompt_ids, params, outputs)
+        self.requests[request_id] = state
+        for seq in seqs:
+            self.scheduler.add(seq)
+        self.prompt_tokens_total += len(prompt_ids)
+        return state
+
+    def _check_lengths(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        limit, n = self.max_model_len, len(prompt_ids)
+        if n == 0:
+            raise RequestError("the prompt is empty")
+        bad = [t for t in prompt_ids if not 0 <= t < self.model_config.vocab_size]
+        if bad:
+            raise RequestError(f"prompt token id {bad[0]} is outside the vocabulary")
+        if n >= limit:
+            raise RequestError(
+                f"the prompt has {n} tokens, but this model's context is {limit} tokens "
+                "(prompt plus output); shorten the prompt"
+            )
+        if params.max_tokens is not None and n + params.max_tokens > limit:
+            raise RequestError(
+                f"max_tokens={params.max_tokens} plus the prompt's {n} tokens exceeds the context "
+                f"of {limit} tokens; ask for at most {limit - n}"
+            )
+        return params.max_tokens or limit - n
+
+    def abort(self, request_id: str) -> None:
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return
+        for out in state.outputs:
+            self.scheduler.finish(out.seq, "abort")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one scheduled batch; outputs of every request that changed (finished ones leave)."""
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        rows = self._run_isolating(batch)
+        self.scheduler.advance(batch)
+        touched: dict[str, RequestState] = {}
+        for seq, row in rows.items():
+            if seq.finished:
+                continue
+            state = self.requests.get(seq.request_id)
+            if state is None:
+                continue
+            if isinstance(row, Exception):
+                self._fail(seq, state, row)
+            else:
+                self._accept(seq, state, *row)
+            touched[state.request_id] = state
+        return [self._request_output(s) for s in touched.values()]
+
+    def _run_isolating(self, batch: ScheduledBatch) -> dict:
+        """Run the batch; if it raises, run each sequence alone so one bad request fails alone.
+        Re-running is safe: a step writes K/V to fixed slots and commits nothing before success."""
+        try:
+            return self._rows(*self.runner.run(batch))
+        except Exception as batch_error:
+            if len(batch.seqs) == 1:
+                return {batch.seqs[0]: batch_error}
+        rows = {}
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            single = ScheduledBatch([seq], [n])
+            try:
+                rows.update(self._rows(*self.runner.run(single)))
+            except Exception as e:
+                rows[seq] = e
+        return rows
+
+    @staticmethod
+    def _rows(seqs: list[Sequence], result) -> dict:
+        if result is None:
+            return {}
+        tokens = result.token_ids.tolist()
+        lps = result.logprobs.tolist()
+        ranks = result.ranks.tolist()
+        top_ids = result.top_ids.tolist() if result.top_ids is not None else None
+        top_lps = result.top_logprobs.tolist() if result.top_logprobs is not None else None
+        return {
+            seq: (tokens[i], lps[i], ranks[i], top_ids[i] if top_ids else [], top_lps[i] if top_lps else [])
+            for i, seq in enumerate(seqs)
+        }
+
+    def _accept(self, seq: Sequence, state: RequestState, token: int, logprob: float, rank: int,
+                top_ids: list[int], top_lps: list[float]) -> None:
+        if state.first_token is None:
+            state.first_token = time.monotonic()
+        out = next(o for o in state.outputs if o.seq is seq)
+        new = [token]
+        lp = self._logprob_dict(seq, token, logprob, rank, top_ids, top_lps)
+        new_lps = [lp] if lp is not None else None
+        if seq.thinking_budget_spent() and token != THINK_END_ID:
+            new = self._early_stop_ids(seq)  # close the thinking; the model writes the answer
+            new_lps = [{t: Logprob(0.0, None, self.tokenizer.decode([t]))} for t in new] if lp else None
+        for t in new:
+            seq.append(t)
+        self.generation_tokens_total += len(new)
+        matched = out.add_tokens(new, new_lps)
+        self._check_finish(seq, out, token, matched)
+
+    def _check_finish(self, seq: Sequence, out: SequenceOutput, token: int, matched: str | None) -> None:
+        if matched is not None:
+            self.scheduler.finish(seq, "stop", matched)
+        elif token in seq.params.stop_token_ids:
+            self.scheduler.finish(seq, "stop", token)
+        elif token in seq.eos_ids:
+            self.scheduler.finish(seq, "stop")
+        elif seq.num_output_tokens >= seq.max_tokens or len(seq) >= self.max_model_len:
+            self.scheduler.finish(seq, "length")
+        if seq.finished:
+            out.flush()
+
+    def _early_stop_ids(self, seq: Sequence) -> list[int]:
+        phrase = seq.params.thinking_early_stop
+        if phrase not in self.early_stop_ids:
+            self.early_stop_ids[phrase] = self.tokenizer.encode(phrase)
+        return self.early_stop_ids[phrase]
+
+    def _logprob_dict(self, seq, token, logprob, rank, top_ids, top_lps) -> dict | None:
+        k = seq.params.logprobs
+        if k is None:
+            return None
+        decode = self.tokenizer.decode
+        entries = {token: Logprob(logprob, rank, decode([token]))}
+        for r, (t, lp) in enumerate(zip(top_ids[:k], top_lps[:k]), start=1):
+            entries.setdefault(t, Logprob(lp, r, decode([t])))
+        return entries
+
+    def _fail(self, seq: Sequence, state: RequestState, error: Exception) -> None:
+        log.exception("request %s failed inside the engine", seq.request_id, exc_info=error)
+        state.error = f"{type(error).__name__}: {error}"
+        for out in state.outputs:
+            self.scheduler.finish(out.seq, "error")
+
+    def _request_output(self, state: RequestState) -> RequestOutput:
+        completions = []
+        for out in state.outputs:
+            c = out.completion()
+            if out.seq.finished and out.seq.finish_reason != "error":
+                c.reasoning_content, c.content = split_reasoning(
+                    c.token_ids, self.tokenizer, thinking=out.seq.prompt_opens_thinking
+                )
+            completions.append(c)
+        finished = state.finished
+        if finished:
+            self.requests.pop(state.request_id, None)
+        now = time.monotonic()
+        metrics = {"arrival": state.arrival, "first_token": state.first_token, "now": now}
+        return RequestOutput(
+            request_id=state.request_id, prompt=state.prompt, prompt_token_ids=state.prompt_ids,
+            outputs=completions, finished=finished,
+            num_cached_tokens=state.outputs[0].seq.num_cached_tokens, metrics=metrics,
+            error=state.error,
+        )
+
+    def stats(self) -> dict:
+        return {
+            "num_running": len(self.scheduler.running),
+            "num_waiting": len(self.scheduler.waiting),
+            "kv_blocks_total": self.blocks.num_blocks,
+            "kv_blocks_free": self.blocks.num_free_blocks,
+            "kv_usage": self.blocks.usage(),
+            "prefix_cache_queries": self.blocks.queries,
+            "prefix_cache_hits": self.blocks.hits,
+            "prompt_tokens_total": self.prompt_tokens_total,
+            "generation_tokens_total": self.generation_tokens_total,
+            "num_preemptions": self.scheduler.num_preemptions,
+        }

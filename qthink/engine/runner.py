@@ -1,0 +1,103 @@
+"""ModelRunner: owns the KV cache, turns a scheduled batch into tensors, runs the model, samples."""
+
+import os
+
+import torch
+
+from qthink.config import EngineConfig, ModelConfig
+from qthink.engine.sampler import SampleResult, SamplingBatch, sample
+from qthink.engine.scheduler import ScheduledBatch
+from qthink.engine.sequence import Sequence
+from qthink.model.attention import AttentionMetadata, KVCache
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, model_config: ModelConfig, config: EngineConfig,
+                 device: torch.device, num_blocks: int):
+        self.model = model
+        self.model_config = model_config
+        self.config = config
+        self.device = device
+        self.block_size = config.block_size
+        self.num_blocks = num_blocks
+        dtype = next(model.parameters()).dtype
+        slots = num_blocks * config.block_size
+        shape = (slots, model_config.num_key_value_heads, model_config.head_dim)
+        # Zeros, not empty: padded decode slots are masked, but NaN garbage would still leak.
+        self.caches = [
+            KVCache(torch.zeros(shape, dtype=dtype, device=device),
+                    torch.zeros(shape, dtype=dtype, device=device))
+            for _ in range(model_config.num_hidden_layers)
+        ]
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], SampleResult | None]:
+        """One forward over the batch; returns the sequences that sample now and their samples."""
+        input_ids, positions, meta, sampled = self._prepare(batch)
+        if not sampled:
+            self.model.hidden_states(input_ids, positions, meta, self.caches)
+            return [], None
+        seqs = [batch.seqs[i] for i in sampled]
+        ends = torch.tensor(batch.num_tokens, device=self.device).cumsum(0) - 1
+        logits = self.model(input_ids, positions, meta, self.caches, ends[sampled]).float()
+        params = [s.params for s in seqs]
+        prompts = [s.token_ids[: s.num_prompt_tokens] for s in seqs]
+        outputs = [s.output_ids for s in seqs]
+        sampling = SamplingBatch.build(
+            params, prompts, outputs, [s.generator for s in seqs], logits.shape[-1], self.device,
+            eos_ids=[s.eos_ids for s in seqs], global_generator=self.generator,
+        )
+        return seqs, sample(logits, sampling)
+
+    def _prepare(self, batch: ScheduledBatch):
+        ids, pos, slots, ctx_slots, ctx_lens, sampled = [], [], [], [], [], []
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens)):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+            ids.extend(seq.token_ids[start:end])
+            pos.extend(range(start, end))
+            seq_slots = self._slots(seq.block_table, end)
+            slots.append(seq_slots[start:end])
+            ctx_slots.append(seq_slots)
+            ctx_lens.append(end)
+            if end == len(seq):
+                sampled.append(i)
+        meta = AttentionMetadata(
+            slot_mapping=torch.cat(slots), query_lens=list(batch.num_tokens),
+            context_lens=ctx_lens, context_slots=ctx_slots,
+        )
+        if batch.is_decode:
+            meta.decode_slots, meta.decode_mask = self._padded(ctx_slots, ctx_lens)
+        as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
+        return as_tensor(ids), as_tensor(pos), meta, sampled
+
+    def _slots(self, block_table: list[int], length: int) -> torch.Tensor:
+        blocks = torch.tensor(block_table, dtype=torch.long, device=self.device)
+        offsets = torch.arange(self.block_size, device=self.device)
+        return (blocks[:, None] * self.block_size + offsets).flatten()[:length]
+
+    def _padded(self, ctx_slots: list[torch.Tensor], ctx_lens: list[int]):
+        width = max(ctx_lens)
+        padded = torch.zeros(len(ctx_slots), width, dtype=torch.long, device=self.device)
+        for row, s in enumerate(ctx_slots):
+            padded[row, : len(s)] = s
+        lens = torch.tensor(ctx_lens, device=self.device)
+        mask = torch.arange(width, device=self.device)[None, :] < lens[:, None]
+        return padded, mask[:, None, None, :]
+
+
+def kv_bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    per_token = 2 * model_config.num_hidden_layers * model_config.num_key_value_heads
+    return per_token * model_config.head_dim * block_size * dtype.itemsize
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024 if "MemAvailable" in info else 4 << 30
+
+
+def default_threads() -> int:
+    return int(os.environ.get("QTHINK_NUM_THREADS", 0)) or len(os.sched_getaffinity(0))

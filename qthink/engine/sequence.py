@@ -1,0 +1,97 @@
+"""Sequence: one sample of one request — its tokens, KV blocks, progress and thinking state."""
+
+import itertools
+from enum import Enum
+
+import torch
+
+from qthink.engine.sampling_params import SamplingParams
+
+THINK_START_ID = 151667
+THINK_END_ID = 151668
+
+_ids = itertools.count()
+
+
+class Status(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    def __init__(self, request_id: str, index: int, prompt_ids: list[int], params: SamplingParams,
+                 max_tokens: int, eos_ids: tuple[int, ...] = ()):
+        self.seq_id = next(_ids)
+        self.request_id = request_id
+        self.index = index
+        self.token_ids = list(prompt_ids)
+        self.num_prompt_tokens = len(prompt_ids)
+        self.params = params
+        self.max_tokens = max_tokens
+        self.eos_ids = eos_ids
+        self.status = Status.WAITING
+        self.block_table: list[int] = []
+        self.num_computed_tokens = 0  # tokens whose K/V are in the cache
+        self.num_cached_tokens = 0  # of those, found in the prefix cache
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+        self.error: str | None = None
+        self.generator = _generator(params.seed, index)
+        self.thinking = self.prompt_opens_thinking = _opens_thinking(prompt_ids)
+        self.num_thinking_tokens = 0
+        self.wait_for: "Sequence | None" = None  # a sibling whose prompt blocks this one reuses
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def num_pending_tokens(self) -> int:
+        """Tokens still to run through the model before the next sample."""
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    def append(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
+        if self.thinking:
+            if token_id == THINK_END_ID:
+                self.thinking = False
+            else:
+                self.num_thinking_tokens += 1
+
+    def thinking_budget_spent(self) -> bool:
+        budget = self.params.max_thinking_tokens
+        return self.thinking and budget is not None and self.num_thinking_tokens >= budget
+
+    def reset_for_recompute(self) -> None:
+        """Preempted: its blocks are gone, so every token is recomputed when it runs again."""
+        self.block_table = []
+        self.num_computed_tokens = 0
+        self.status = Status.WAITING
+
+
+def _generator(seed: int | None, index: int) -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
+def _opens_thinking(prompt_ids: list[int]) -> bool:
+    """True when the prompt ends inside an open <think> (the 2507 generation prompt)."""
+    for token in reversed(prompt_ids):
+        if token == THINK_END_ID:
+            return False
+        if token == THINK_START_ID:
+            return True
+    return False
