@@ -1,0 +1,136 @@
+"""AsyncEngine: the engine loop on its own thread, streamed to asyncio callers."""
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator
+
+from qthink.engine.engine import LLMEngine
+from qthink.engine.outputs import RequestOutput
+from qthink.engine.sampling_params import SamplingParams
+
+log = logging.getLogger("qthink")
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread has stopped; no request can be served."""
+
+
+class AsyncEngine:
+    """All engine state is touched by one thread only; callers talk to it through a command
+    queue, so a long step never blocks the event loop and no lock guards the hot path."""
+
+    def __init__(self, model: str | None = None, **kwargs):
+        if model is None:
+            from qthink.demo import default_model_path
+
+            model = str(default_model_path())
+        self.engine = LLMEngine(model, **kwargs)
+        self.tokenizer = self.engine.tokenizer
+        self.model_config = self.engine.model_config
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="qthink-engine", daemon=True)
+        self._thread.start()
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yield cumulative outputs as tokens arrive; the last one has finished=True. Leaving
+        the iteration early (a client went away) aborts the request and frees its blocks."""
+        request_id = request_id or uuid.uuid4().hex
+        stream: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = (asyncio.get_running_loop(), stream)
+        finished = False
+        try:
+            await self._call(self.engine.add_request, prompt, params, request_id)
+            while not finished:
+                out = await stream.get()
+                if isinstance(out, Exception):
+                    raise out
+                finished = out.finished
+                yield out
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._commands.put((self.engine.abort, (request_id,), None))
+
+    async def abort(self, request_id: str) -> None:
+        await self._call(self.engine.abort, request_id)
+
+    def stats(self) -> dict:
+        return self.engine.stats()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    async def shutdown(self) -> None:
+        """Abort whatever is in flight and stop the engine thread."""
+        self._stopping.set()
+        self._commands.put((lambda: None, (), None))
+        await asyncio.to_thread(self._thread.join, 10)
+
+    async def _call(self, fn, *args):
+        if not self._thread.is_alive():
+            raise EngineDeadError("the engine has stopped")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put((fn, args, future))
+        return await asyncio.wrap_future(future)
+
+    # ---- engine thread ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._run_commands(block=not self.engine.has_unfinished())
+            if self._stopping.is_set() or not self.engine.has_unfinished():
+                continue
+            try:
+                outputs = self.engine.step()
+            except Exception as e:  # a scheduler-level fault: fail what is in flight, go on
+                log.exception("engine step failed")
+                self._fail_all(e)
+                continue
+            for out in outputs:
+                self._deliver(out.request_id, out)
+        self._fail_all(EngineDeadError("the engine is shutting down"))
+
+    def _run_commands(self, block: bool) -> None:
+        try:
+            item = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            fn, args, future = item
+            try:
+                result = fn(*args)
+                if future is not None:
+                    future.set_result(result)
+            except Exception as e:
+                if future is not None:
+                    future.set_exception(e)
+            try:
+                item = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _deliver(self, request_id: str, item) -> None:
+        target = self._streams.get(request_id)
+        if target is None:
+            return
+        loop, stream = target
+        try:
+            loop.call_soon_threadsafe(stream.put_nowait, item)
+        except RuntimeError:  # that caller's event loop is closed
+            self._streams.pop(request_id, None)
+
+    def _fail_all(self, error: Exception) -> None:
+        for request_id in list(self.engine.requests):
+            self.engine.abort(request_id)
+            self._deliver(request_id, error)
