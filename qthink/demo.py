@@ -1,0 +1,32 @@
+"""The offline default model: qthink-nano when it can be built, else a labelled random-weight one."""
+
+import logging
+import os
+from pathlib import Path
+
+from qthink.checkpoint import tiny_config, write_random_checkpoint
+
+log = logging.getLogger("qthink")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("QTHINK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "qthink"
+    return Path(root).expanduser()
+
+
+def default_model_path() -> Path:
+    """The checkpoint used when no model is named: it works offline, with nothing downloaded."""
+    try:
+        from qthink.nano import ensure_nano
+    except ImportError:
+        return random_demo_path()
+    return ensure_nano()
+
+
+def random_demo_path() -> Path:
+    """A tiny Qwen3 with random weights and the real tokenizer: it runs, but prints noise."""
+    path = cache_dir() / "random-tiny-qwen3"
+    if not (path / "config.json").is_file():
+        log.warning("writing a tiny RANDOM-WEIGHT demo model to %s (its output is noise)", path)
+        write_random_checkpoint(path, tiny_config(), seed=0)
+    return path
