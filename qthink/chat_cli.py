@@ -1,0 +1,124 @@
+"""`qthink generate` and `qthink chat`: thinking streamed dimmed and set apart, then the answer."""
+
+import argparse
+
+from rich.console import Console
+
+from qthink.engine.engine import LLMEngine
+from qthink.engine.sampling_params import SamplingParams
+from qthink.parsing.reasoning import ReasoningStreamParser
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model folder or Hugging Face id (default: the offline demo model)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--quantization", choices=["int8", "int4"])
+    p.add_argument("--chat-template", help="'thinking-2507', 'qwen3', a .jinja file or a template")
+    p.add_argument("--kv-cache-memory", type=int, help="bytes for the KV cache")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, help="default: the model's (0.6 on Qwen3)")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--max-tokens", type=int, default=32768)
+    p.add_argument("--max-thinking-tokens", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-thinking", action="store_true", help="enable_thinking=False (hybrid templates)")
+
+
+def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    add_model_arguments(p)
+    add_sampling_arguments(p)
+    if command == "generate":
+        p.add_argument("prompt", help="the user message")
+
+
+def engine_from_args(args) -> LLMEngine:
+    model = args.model
+    if model is None:
+        from qthink.demo import default_model_path
+
+        model = str(default_model_path())
+    knobs = {"max_model_len": args.max_model_len, "kv_cache_memory": args.kv_cache_memory}
+    return LLMEngine(model, dtype=args.dtype, quantization=args.quantization,
+                     chat_template=args.chat_template, **{k: v for k, v in knobs.items() if v})
+
+
+def sampling_from_args(args, max_len: int, prompt_len: int) -> SamplingParams:
+    return SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        presence_penalty=args.presence_penalty, seed=args.seed,
+        max_tokens=min(args.max_tokens, max_len - prompt_len),
+        max_thinking_tokens=args.max_thinking_tokens,
+    )
+
+
+def respond(engine: LLMEngine, messages: list[dict], args, console: Console) -> tuple[str, str]:
+    """Stream one assistant turn; returns (thinking, answer)."""
+    template_kwargs = {"enable_thinking": False} if args.no_thinking else {}
+    prompt = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
+    if len(prompt) >= engine.max_model_len:
+        raise ValueError(f"the conversation has {len(prompt)} tokens, over the context of "
+                         f"{engine.max_model_len}; start a new chat")
+    state = engine.add_request(prompt, sampling_from_args(args, engine.max_model_len, len(prompt)))
+    seq = state.outputs[0].seq
+    parser = ReasoningStreamParser(engine.tokenizer, thinking=seq.prompt_opens_thinking)
+    thinking, answer, seen = [], [], 0
+    while not seq.finished:
+        engine.step()
+        reasoning_delta, content_delta = parser.feed(seq.output_ids[seen:])
+        seen = seq.num_output_tokens
+        if reasoning_delta:
+            if not thinking:
+                console.print("[bold magenta]── thinking ──[/]")
+            thinking.append(reasoning_delta)
+            console.print(reasoning_delta, style="dim italic", end="", markup=False, highlight=False)
+        if content_delta:
+            if not answer:
+                console.print("\n[bold green]── answer ──[/]")
+            answer.append(content_delta)
+            console.print(content_delta, end="", markup=False, highlight=False)
+    console.print()
+    if seq.finish_reason == "length":
+        console.print("[yellow](stopped at max_tokens)[/]")
+    return "".join(thinking), "".join(answer)
+
+
+def run(args) -> int:
+    console = Console(highlight=False)
+    engine = engine_from_args(args)
+    if args.command == "generate":
+        respond(engine, [{"role": "user", "content": args.prompt}], args, console)
+        return 0
+    return chat_loop(engine, args, console)
+
+
+def chat_loop(engine: LLMEngine, args, console: Console) -> int:
+    """Multi-turn chat; history keeps each answer and drops its thinking, as Qwen recommends."""
+    console.print(f"[bold]qthink chat[/] — {engine.model_dir.name}. Empty line or Ctrl-D to quit, "
+                  "/reset to start over.")
+    history: list[dict] = []
+    while True:
+        try:
+            line = console.input("[bold cyan]you> [/]")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line.strip():
+            break
+        if line.strip() == "/reset":
+            history = []
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            _, answer = respond(engine, history, args, console)
+        except ValueError as e:
+            console.print(f"[red]{e}[/]")
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": answer})
+    return 0
+
+
