@@ -43,14 +43,22 @@ def engine_from_args(args) -> LLMEngine:
 
         model = str(default_model_path())
     knobs = {"max_model_len": args.max_model_len, "kv_cache_memory": args.kv_cache_memory}
-    return LLMEngine(model, dtype=args.dtype, quantization=args.quantization,
-                     chat_template=args.chat_template, **{k: v for k, v in knobs.items() if v})
+    return LLMEngine(
+        model,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        chat_template=args.chat_template,
+        **{k: v for k, v in knobs.items() if v},
+    )
 
 
 def sampling_from_args(args, max_len: int, prompt_len: int) -> SamplingParams:
     return SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        presence_penalty=args.presence_penalty, seed=args.seed,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        presence_penalty=args.presence_penalty,
+        seed=args.seed,
         max_tokens=min(args.max_tokens, max_len - prompt_len),
         max_thinking_tokens=args.max_thinking_tokens,
     )
@@ -61,8 +69,10 @@ def respond(engine: LLMEngine, messages: list[dict], args, console: Console) -> 
     template_kwargs = {"enable_thinking": False} if args.no_thinking else {}
     prompt = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
     if len(prompt) >= engine.max_model_len:
-        raise ValueError(f"the conversation has {len(prompt)} tokens, over the context of "
-                         f"{engine.max_model_len}; start a new chat")
+        raise ValueError(
+            f"the conversation has {len(prompt)} tokens, over the context of "
+            f"{engine.max_model_len}; start a new chat"
+        )
     state = engine.add_request(prompt, sampling_from_args(args, engine.max_model_len, len(prompt)))
     seq = state.outputs[0].seq
     parser = ReasoningStreamParser(engine.tokenizer, thinking=seq.prompt_opens_thinking)
@@ -98,8 +108,9 @@ def run(args) -> int:
 
 def chat_loop(engine: LLMEngine, args, console: Console) -> int:
     """Multi-turn chat; history keeps each answer and drops its thinking, as Qwen recommends."""
-    console.print(f"[bold]qthink chat[/] — {engine.model_dir.name}. Empty line or Ctrl-D to quit, "
-                  "/reset to start over.")
+    console.print(
+        f"[bold]qthink chat[/] — {engine.model_dir.name}. Empty line or Ctrl-D to quit, /reset to start over."
+    )
     history: list[dict] = []
     while True:
         try:
@@ -120,5 +131,3 @@ def chat_loop(engine: LLMEngine, args, console: Console) -> int:
             continue
         history.append({"role": "assistant", "content": answer})
     return 0
-
-

@@ -112,15 +112,15 @@ def _read_tensors(file: Path):
     except Exception as e:  # safetensors raises its own error types for corrupt files
         if isinstance(e, LoadError):
             raise
-        raise LoadError(f"{file.name}: unreadable safetensors file ({e}); it is truncated or "
-                        "corrupt, download it again") from None
+        raise LoadError(
+            f"{file.name}: unreadable safetensors file ({e}); it is truncated or corrupt, download it again"
+        ) from None
 
 
 def _check_shape(name: str, tensor: torch.Tensor, param: torch.Tensor) -> None:
     if tuple(tensor.shape) != tuple(param.shape):
         raise LoadError(
-            f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies "
-            f"{tuple(param.shape)}"
+            f"tensor {name} has shape {tuple(tensor.shape)} but config.json implies {tuple(param.shape)}"
         )
 
 

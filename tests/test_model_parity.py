@@ -10,8 +10,9 @@ CONFIGS = {
     "gqa1-tied": dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
     "gqa2-untied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
     "gqa4-headdim": dict(num_attention_heads=8, num_key_value_heads=2, head_dim=16, hidden_size=64),
-    "qwen2": dict(model_type="qwen2", num_attention_heads=4, num_key_value_heads=2,
-                  tie_word_embeddings=False),
+    "qwen2": dict(
+        model_type="qwen2", num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False
+    ),
 }
 
 
@@ -39,8 +40,9 @@ def test_greedy_64_tokens_match_engine(pair):
     path, _, ref = pair
     prompt = [151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198, 151644, 77091, 198]
     with torch.no_grad():
-        expected = ref.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False,
-                                eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+        expected = ref.generate(
+            torch.tensor([prompt]), max_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=0
+        )[0, len(prompt) :].tolist()
     llm = LLM(model=str(path), dtype="float32", max_model_len=256, kv_cache_memory=1 << 24)
     params = SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
     out = llm.generate({"prompt_token_ids": prompt}, params)[0].outputs[0]

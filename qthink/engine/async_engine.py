@@ -41,8 +41,9 @@ class AsyncEngine:
     def max_model_len(self) -> int:
         return self.engine.max_model_len
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+    async def generate(
+        self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None
+    ) -> AsyncIterator[RequestOutput]:
         """Yield cumulative outputs as tokens arrive; the last one has finished=True. Leaving
         the iteration early (a client went away) aborts the request and frees its blocks."""
         request_id = request_id or uuid.uuid4().hex

@@ -11,11 +11,12 @@ from qthink.config import ConfigError, EngineConfig, ModelConfig
 from qthink.engine.block_manager import BlockManager
 from qthink.engine.output_processor import SequenceOutput
 from qthink.engine.outputs import Logprob, RequestOutput
-from qthink.engine.runner import ModelRunner, available_memory, default_threads, kv_bytes_per_block
+from qthink.engine.runner import ModelRunner, default_threads
 from qthink.engine.sampling_params import SamplingParams
 from qthink.engine.scheduler import ScheduledBatch, Scheduler
 from qthink.engine.sequence import THINK_END_ID, Sequence
 from qthink.loader import load_model, resolve_dtype, resolve_model
+from qthink.memory import KV_BYTES, available_memory, kv_bytes_per_token
 from qthink.parsing.reasoning import split_reasoning
 from qthink.tokenizer import Tokenizer
 
@@ -43,9 +44,15 @@ class RequestState:
 
 
 class LLMEngine:
-    def __init__(self, model: str, dtype: str = "auto", device: str | None = None,
-                 quantization: str | None = None, chat_template: str | None = None,
-                 **engine_kwargs):
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        device: str | None = None,
+        quantization: str | None = None,
+        chat_template: str | None = None,
+        **engine_kwargs,
+    ):
         self.model_dir = resolve_model(model)
         self.model_config = ModelConfig.from_pretrained(self.model_dir)
         self.config = EngineConfig(**engine_kwargs)
@@ -77,7 +84,7 @@ class LLMEngine:
 
     def _plan_kv_blocks(self, may_shrink_context: bool) -> int:
         bs = self.config.block_size
-        per_block = kv_bytes_per_block(self.model_config, bs, self.dtype)
+        per_block = kv_bytes_per_token(self.model_config, _dtype_name(self.dtype)) * bs
         budget = self.config.kv_cache_memory
         if budget is None:
             budget = int(available_memory(self.device) * self.config.kv_cache_fraction)
@@ -86,19 +93,21 @@ class LLMEngine:
         if num_blocks < blocks_per_seq:
             if not may_shrink_context or num_blocks < 1:
                 raise ConfigError(
-                    f"the KV cache budget ({budget / 2**30:.2f} GiB) holds {num_blocks * bs} tokens, "
+                    f"the KV cache budget ({budget / 2**20:.1f} MiB) holds {num_blocks * bs} tokens, "
                     f"fewer than max_model_len={self.config.max_model_len}; raise kv_cache_memory "
                     "or lower max_model_len"
                 )
             self.config.max_model_len = num_blocks * bs
-            log.warning("max_model_len lowered to %d tokens to fit the KV cache budget",
-                        self.config.max_model_len)
+            log.warning(
+                "max_model_len lowered to %d tokens to fit the KV cache budget", self.config.max_model_len
+            )
         return num_blocks
 
     # ---- requests -------------------------------------------------------------------------
 
-    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None) -> RequestState:
+    def add_request(
+        self, prompt: str | list[int], params: SamplingParams | None = None, request_id: str | None = None
+    ) -> RequestState:
         request_id = request_id or uuid.uuid4().hex
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use")
@@ -203,8 +212,16 @@ class LLMEngine:
             for i, seq in enumerate(seqs)
         }
 
-    def _accept(self, seq: Sequence, state: RequestState, token: int, logprob: float, rank: int,
-                top_ids: list[int], top_lps: list[float]) -> None:
+    def _accept(
+        self,
+        seq: Sequence,
+        state: RequestState,
+        token: int,
+        logprob: float,
+        rank: int,
+        top_ids: list[int],
+        top_lps: list[float],
+    ) -> None:
         if state.first_token is None:
             state.first_token = time.monotonic()
         out = next(o for o in state.outputs if o.seq is seq)
@@ -269,9 +286,13 @@ class LLMEngine:
         now = time.monotonic()
         metrics = {"arrival": state.arrival, "first_token": state.first_token, "now": now}
         return RequestOutput(
-            request_id=state.request_id, prompt=state.prompt, prompt_token_ids=state.prompt_ids,
-            outputs=completions, finished=finished,
-            num_cached_tokens=state.outputs[0].seq.num_cached_tokens, metrics=metrics,
+            request_id=state.request_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_ids,
+            outputs=completions,
+            finished=finished,
+            num_cached_tokens=state.outputs[0].seq.num_cached_tokens,
+            metrics=metrics,
             error=state.error,
         )
 
@@ -288,3 +309,8 @@ class LLMEngine:
             "generation_tokens_total": self.generation_tokens_total,
             "num_preemptions": self.scheduler.num_preemptions,
         }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    return name if name in KV_BYTES else "bfloat16"

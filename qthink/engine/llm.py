@@ -59,7 +59,10 @@ class LLM:
         tokenizer = self.engine.tokenizer
         prompts = [
             tokenizer.apply_chat_template(
-                conv, tools=tools, add_generation_prompt=add_generation_prompt, tokenize=True,
+                conv,
+                tools=tools,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=True,
                 **(chat_template_kwargs or {}),
             )
             for conv in conversations

@@ -14,7 +14,9 @@ class SequenceOutput:
         self.tokenizer = tokenizer
         params = seq.params
         self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special_tokens=params.skip_special_tokens)
-        self.stops = StopStringMatcher(params.stop, params.include_stop_str_in_output) if params.stop else None
+        self.stops = (
+            StopStringMatcher(params.stop, params.include_stop_str_in_output) if params.stop else None
+        )
         self.text = ""
         self.logprobs: list[dict[int, Logprob]] | None = [] if params.logprobs is not None else None
         self.cumulative_logprob = 0.0

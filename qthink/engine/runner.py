@@ -12,8 +12,14 @@ from qthink.model.attention import AttentionMetadata, KVCache
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, model_config: ModelConfig, config: EngineConfig,
-                 device: torch.device, num_blocks: int):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        model_config: ModelConfig,
+        config: EngineConfig,
+        device: torch.device,
+        num_blocks: int,
+    ):
         self.model = model
         self.model_config = model_config
         self.config = config
@@ -25,8 +31,9 @@ class ModelRunner:
         shape = (slots, model_config.num_key_value_heads, model_config.head_dim)
         # Zeros, not empty: padded decode slots are masked, but NaN garbage would still leak.
         self.caches = [
-            KVCache(torch.zeros(shape, dtype=dtype, device=device),
-                    torch.zeros(shape, dtype=dtype, device=device))
+            KVCache(
+                torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+            )
             for _ in range(model_config.num_hidden_layers)
         ]
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -45,8 +52,14 @@ class ModelRunner:
         prompts = [s.token_ids[: s.num_prompt_tokens] for s in seqs]
         outputs = [s.output_ids for s in seqs]
         sampling = SamplingBatch.build(
-            params, prompts, outputs, [s.generator for s in seqs], logits.shape[-1], self.device,
-            eos_ids=[s.eos_ids for s in seqs], global_generator=self.generator,
+            params,
+            prompts,
+            outputs,
+            [s.generator for s in seqs],
+            logits.shape[-1],
+            self.device,
+            eos_ids=[s.eos_ids for s in seqs],
+            global_generator=self.generator,
         )
         return seqs, sample(logits, sampling)
 
@@ -63,8 +76,10 @@ class ModelRunner:
             if end == len(seq):
                 sampled.append(i)
         meta = AttentionMetadata(
-            slot_mapping=torch.cat(slots), query_lens=list(batch.num_tokens),
-            context_lens=ctx_lens, context_slots=ctx_slots,
+            slot_mapping=torch.cat(slots),
+            query_lens=list(batch.num_tokens),
+            context_lens=ctx_lens,
+            context_slots=ctx_slots,
         )
         if batch.is_decode:
             meta.decode_slots, meta.decode_mask = self._padded(ctx_slots, ctx_lens)
@@ -84,19 +99,6 @@ class ModelRunner:
         lens = torch.tensor(ctx_lens, device=self.device)
         mask = torch.arange(width, device=self.device)[None, :] < lens[:, None]
         return padded, mask[:, None, None, :]
-
-
-def kv_bytes_per_block(model_config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
-    per_token = 2 * model_config.num_hidden_layers * model_config.num_key_value_heads
-    return per_token * model_config.head_dim * block_size * dtype.itemsize
-
-
-def available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    with open("/proc/meminfo") as f:
-        info = dict(line.split(":", 1) for line in f)
-    return int(info["MemAvailable"].split()[0]) * 1024 if "MemAvailable" in info else 4 << 30
 
 
 def default_threads() -> int:

@@ -62,10 +62,16 @@ class SamplingParams:
             ("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "must be >= 1"),
             ("min_tokens", self.min_tokens >= 0, "must be >= 0"),
             ("logprobs", self.logprobs is None or 0 <= self.logprobs <= 20, "must be in [0, 20]"),
-            ("prompt_logprobs", self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
-             "must be in [0, 20]"),
-            ("max_thinking_tokens", self.max_thinking_tokens is None or self.max_thinking_tokens >= 0,
-             "must be >= 0"),
+            (
+                "prompt_logprobs",
+                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+                "must be in [0, 20]",
+            ),
+            (
+                "max_thinking_tokens",
+                self.max_thinking_tokens is None or self.max_thinking_tokens >= 0,
+                "must be >= 0",
+            ),
         ]
         for name, ok, rule in checks:
             if not ok:

@@ -20,8 +20,15 @@ class Status(Enum):
 
 
 class Sequence:
-    def __init__(self, request_id: str, index: int, prompt_ids: list[int], params: SamplingParams,
-                 max_tokens: int, eos_ids: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        request_id: str,
+        index: int,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        max_tokens: int,
+        eos_ids: tuple[int, ...] = (),
+    ):
         self.seq_id = next(_ids)
         self.request_id = request_id
         self.index = index
@@ -40,7 +47,7 @@ class Sequence:
         self.generator = _generator(params.seed, index)
         self.thinking = self.prompt_opens_thinking = _opens_thinking(prompt_ids)
         self.num_thinking_tokens = 0
-        self.wait_for: "Sequence | None" = None  # a sibling whose prompt blocks this one reuses
+        self.wait_for: Sequence | None = None  # a sibling whose prompt blocks this one reuses
 
     def __len__(self) -> int:
         return len(self.token_ids)

@@ -39,8 +39,9 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, bias: bool,
-                 qk_norm: bool, eps: float):
+    def __init__(
+        self, hidden: int, heads: int, kv_heads: int, head_dim: int, bias: bool, qk_norm: bool, eps: float
+    ):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=bias)
@@ -80,13 +81,15 @@ class Attention(nn.Module):
             ki = cache.k[slots].to(q.dtype).transpose(0, 1)  # [kv_heads, ctx, dim]
             vi = cache.v[slots].to(q.dtype).transpose(0, 1)
             if qlen == ctx:
-                o = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=self.scale,
-                                                   enable_gqa=True)
+                o = F.scaled_dot_product_attention(
+                    qi, ki, vi, is_causal=True, scale=self.scale, enable_gqa=True
+                )
             else:  # a chunk after cached tokens: query j sits at position ctx - qlen + j
                 rows = torch.arange(qlen, device=q.device)[:, None] + (ctx - qlen)
                 mask = torch.arange(ctx, device=q.device)[None, :] <= rows
-                o = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=self.scale,
-                                                   enable_gqa=True)
+                o = F.scaled_dot_product_attention(
+                    qi, ki, vi, attn_mask=mask, scale=self.scale, enable_gqa=True
+                )
             outs.append(o.transpose(0, 1))
             start += qlen
         return torch.cat(outs, dim=0)

@@ -1,0 +1,46 @@
+"""Memory arithmetic: bytes of weights and of the KV cache for a model, a context and a format."""
+
+import torch
+
+from qthink.config import ModelConfig
+
+WEIGHT_BYTES = {"bfloat16": 2.0, "float16": 2.0, "float32": 4.0, "int8": 1.0, "int4": 0.5}
+KV_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "int8": 1, "fp8": 1}
+
+
+def parameter_counts(cfg: ModelConfig) -> tuple[int, int]:
+    """(parameters in the decoder layers' linear weights, all other parameters)."""
+    h, q, kv = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * cfg.intermediate_size
+    linear = per_layer * cfg.num_hidden_layers
+    embed = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2)
+    norms = cfg.num_hidden_layers * (2 * h + 2 * cfg.head_dim) + h
+    return linear, embed + norms
+
+
+def weight_bytes(
+    cfg: ModelConfig, dtype: str = "bfloat16", quantization: str | None = None, group_size: int = 128
+) -> int:
+    """Quantization applies to the decoder's linear layers; embeddings stay in `dtype`."""
+    linear, other = parameter_counts(cfg)
+    per_linear = WEIGHT_BYTES[quantization or dtype]
+    if quantization == "int4":
+        per_linear += 4 / group_size  # a bf16 scale and zero per group
+    elif quantization == "int8":
+        per_linear += 2 / cfg.hidden_size  # a bf16 scale per output row
+    return int(linear * per_linear + other * WEIGHT_BYTES[dtype])
+
+
+def kv_bytes_per_token(cfg: ModelConfig, kv_dtype: str = "bfloat16") -> int:
+    values = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+    scales = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * 2 if KV_BYTES[kv_dtype] == 1 else 0
+    return values * KV_BYTES[kv_dtype] + scales
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new allocations: the GPU's free memory, or MemAvailable on a CPU host."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024 if "MemAvailable" in info else 4 << 30
