@@ -1,0 +1,285 @@
+"""Split a thinking chain into steps (paragraphs) and label what each step does."""
+
+import re
+from dataclasses import asdict, dataclass
+
+# Label -> cue phrases that open a step doing that. Checked in this order, so a step that
+# opens "Wait, let me double-check" is a check, not a backtrack: the more specific cue wins.
+CUES: dict[str, tuple[str, ...]] = {
+    "verify": (
+        "let me double-check",
+        "let me double check",
+        "double-check",
+        "double check",
+        "let me check",
+        "let me verify",
+        "let me confirm",
+        "let's check",
+        "let's verify",
+        "let's double-check",
+        "to verify",
+        "to check",
+        "to confirm",
+        "just to be sure",
+        "just to confirm",
+        "sanity check",
+        "checking",
+        "verifying",
+        "plugging back",
+        "let me re-check",
+        "let me recheck",
+        "let me re-verify",
+    ),
+    "explore": (
+        "alternatively",
+        "another approach",
+        "another way",
+        "other approach",
+        "let me try another",
+        "let's try another",
+        "or maybe",
+        "what if",
+        "maybe instead",
+        "on the other hand",
+    ),
+    "backtrack": (
+        "wait",
+        "hold on",
+        "but wait",
+        "hmm, no",
+        "no, that",
+        "no wait",
+        "actually,",
+        "actually no",
+        "oops",
+        "that's not right",
+        "that is not right",
+        "that's wrong",
+        "i made a mistake",
+        "my mistake",
+        "that can't be",
+        "that doesn't make sense",
+        "scratch that",
+        "hmm, that",
+    ),
+    "conclude": (
+        "so the answer",
+        "so, the answer",
+        "the answer is",
+        "the final answer",
+        "final answer",
+        "therefore",
+        "thus",
+        "hence",
+        "in conclusion",
+        "so the final",
+        "so, the final",
+        "so overall",
+        "putting it all together",
+        "in summary",
+        "to summarize",
+        "so yes",
+        "so, yes",
+        "i think that's",
+        "that's the answer",
+    ),
+    "plan": (
+        "first,",
+        "first ",
+        "let me start",
+        "let's start",
+        "to solve",
+        "i need to",
+        "we need to",
+        "the user is asking",
+        "the user asks",
+        "the user wants",
+        "the question",
+        "the problem",
+        "let me think about",
+        "let me figure out",
+        "let's figure out",
+        "my plan",
+        "the plan",
+        "step 1",
+        "let me break",
+        "let's break",
+        "the goal",
+        "let's see",
+        "let me see",
+        "i should",
+        "i'll start",
+    ),
+    "compute": (
+        "let me compute",
+        "let's compute",
+        "let me calculate",
+        "let's calculate",
+        "computing",
+        "calculating",
+        "compute",
+        "calculate",
+        "multiply",
+        "divide",
+        "adding",
+        "subtracting",
+        "substituting",
+        "simplify",
+        "solving",
+    ),
+}
+LABELS = (*CUES, "reason")
+LABEL_TITLES = {
+    "plan": "plan",
+    "compute": "compute",
+    "verify": "check",
+    "backtrack": "backtrack",
+    "explore": "alternative",
+    "conclude": "conclude",
+    "reason": "reason",
+}
+
+# Filler a step may open with before its real cue ("Hmm, wait", "So, first,").
+_FILLER = re.compile(
+    r"^(?:(?:hmm+|ok(?:ay)?|alright|right|so|well|and|but|oh|ah|now|next|then|second|finally)"
+    r"[,.!]?\s+)+",
+    re.IGNORECASE,
+)
+_ARITHMETIC = re.compile(r"\d\s*(?:[-+*/×÷^]|\\times|\\cdot)\s*[\d(]|=\s*-?\d")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+_OPENING_CHARS = 120
+
+
+@dataclass
+class Step:
+    index: int
+    start: int  # character offsets of the step's text in the thinking
+    end: int
+    text: str
+    label: str
+    cue: str | None  # the phrase that decided the label, as written in the text
+
+
+def segment_thinking(text: str) -> list[Step]:
+    """Paragraphs of the thinking, each labelled from the cue phrase that opens it."""
+    steps = []
+    for start, end in _paragraph_spans(text):
+        body = text[start:end]
+        label, cue = label_step(body)
+        steps.append(Step(len(steps), start, end, body, label, cue))
+    return steps
+
+
+def _paragraph_spans(text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for brk in _PARAGRAPH_BREAK.finditer(text):
+        spans.append((start, brk.start()))
+        start = brk.end()
+    spans.append((start, len(text)))
+    return [(s + _lead_space(text[s:e]), e) for s, e in spans if text[s:e].strip()]
+
+
+def _lead_space(s: str) -> int:
+    return len(s) - len(s.lstrip())
+
+
+def label_step(body: str) -> tuple[str, str | None]:
+    """(label, cue) of one step: cues in its opening sentence, else arithmetic, else reason."""
+    opening = _opening(body)
+    lowered = opening.lower()
+    unfilled = _FILLER.sub("", lowered)
+    for label, cues in CUES.items():
+        for cue in cues:
+            pos = _cue_position(lowered, unfilled, cue, label)
+            if pos is not None:
+                return label, opening[pos : pos + len(cue)].strip(" ,")
+    if _ARITHMETIC.search(body):
+        return "compute", None
+    return "reason", None
+
+
+def _opening(body: str) -> str:
+    """The first sentence, capped: a cue deep inside a paragraph says little about the step."""
+    end = re.search(r"[.!?:](?:\s|$)|\n", body[:_OPENING_CHARS])
+    return body[: end.end() if end else _OPENING_CHARS]
+
+
+def _cue_position(lowered: str, unfilled: str, cue: str, label: str) -> int | None:
+    # Plans, backtracks and conclusions are told by how a step opens; checks and
+    # alternatives ("so let me double-check") may come after a few words.
+    pattern = re.escape(cue) + (r"\b" if cue[-1].isalnum() else "")
+    if re.match(pattern, unfilled):
+        return len(lowered) - len(unfilled)
+    if label in ("verify", "explore", "compute"):
+        match = re.search(r"\b" + pattern, lowered)
+        return match.start() if match else None
+    return None
+
+
+def answer_candidates(answer: str) -> list[str]:
+    """What the answer states, most specific first: boxed values, then its last number."""
+    boxed = _boxed_values(answer)
+    numbers = re.findall(r"-?\d+(?:[.,/]\d+)*", answer)
+    candidates = boxed + numbers[-1:]
+    if not candidates and 0 < len(answer.strip()) <= 40:
+        candidates.append(answer.strip().rstrip("."))
+    return [c for c in dict.fromkeys(c.strip() for c in candidates) if c]
+
+
+def _boxed_values(text: str) -> list[str]:
+    values = []
+    for match in re.finditer(r"\\boxed\{", text):
+        depth, i = 1, match.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            values.append(text[match.end() : i - 1])
+    return values
+
+
+def find_answer_in_thinking(thinking: str, answer: str) -> int | None:
+    """Character offset where the final answer is first written in the thinking, or None."""
+    for candidate in answer_candidates(answer):
+        pattern = re.escape(candidate)
+        if candidate[:1].isalnum() or candidate[:1] == "-":
+            pattern = r"(?<![\w.])" + pattern
+        if candidate[-1:].isalnum():
+            pattern += r"(?![\w]|\.\d)"
+        match = re.search(pattern, thinking)
+        if match:
+            return match.start()
+    return None
+
+
+def token_index_at(token_texts: list[str], offset: int) -> int:
+    """Index of the token that holds character `offset` of "".join(token_texts)."""
+    position = 0
+    for i, token in enumerate(token_texts):
+        position += len(token)
+        if offset < position:
+            return i
+    return max(len(token_texts) - 1, 0)
+
+
+def analyse(thinking: str | None = None, answer: str = "", tokens: list[str] | None = None) -> dict:
+    """Steps, answer position and, when tokens are given, each step's token range."""
+    text = "".join(tokens) if tokens is not None else (thinking or "")
+    steps = [asdict(s) for s in segment_thinking(text)]
+    answer_at = find_answer_in_thinking(text, answer) if answer else None
+    result = {"steps": steps, "answer_at": answer_at, "answer_token": None, "answer_step": None}
+    if answer_at is not None:
+        result["answer_step"] = next(s["index"] for s in steps if answer_at < s["end"])
+    if tokens is not None:
+        _add_token_ranges(steps, tokens)
+        if answer_at is not None:
+            result["answer_token"] = token_index_at(tokens, answer_at)
+    return result
+
+
+def _add_token_ranges(steps: list[dict], tokens: list[str]) -> None:
+    """Give each step a token range; the ranges tile the tokens, so every token is shown once
+    (the token that carries a paragraph break goes with the step it opens)."""
+    bounds = [0] + [token_index_at(tokens, s["start"]) for s in steps[1:]] + [len(tokens)]
+    for step, start, end in zip(steps, bounds, bounds[1:], strict=False):
+        step["token_start"], step["token_end"] = start, max(start, end)

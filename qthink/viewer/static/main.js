@@ -1,0 +1,88 @@
+// Page start-up: tabs, loading trace files, and the chat when a model is behind the page.
+import { Chat } from "./chat.js";
+import { renderTrace, renderCompare, LABEL_TITLES } from "./trace.js";
+import { el, toast } from "./util.js";
+
+let current = null; // the trace shown in the Trace tab
+
+function show(view) {
+  for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.view === view);
+  for (const section of document.querySelectorAll(".view")) section.classList.toggle("active", section.id === `view-${view}`);
+}
+
+async function openTrace(trace) {
+  current = trace;
+  show("trace");
+  const compareButton = el("button", { class: "button", type: "button", onclick: () => pickFiles((files) => compareWith(files[0])) }, "Compare with…");
+  await renderTrace(document.getElementById("trace-root"), trace, { actions: [compareButton] });
+}
+
+async function openCompare(a, b) {
+  show("compare");
+  await renderCompare(document.getElementById("compare-root"), a, b);
+}
+
+async function compareWith(file) {
+  const other = await readTrace(file);
+  if (other) await openCompare(current, other);
+}
+
+async function readTrace(file) {
+  try {
+    const trace = JSON.parse(await file.text());
+    if (trace.format !== "qthink-trace") throw new Error('it has no "format": "qthink-trace"');
+    return trace;
+  } catch (e) {
+    toast(`${file.name} is not a qthink trace: ${e.message}`, true);
+    return null;
+  }
+}
+
+function pickFiles(onFiles) {
+  const input = el("input", { type: "file", accept: ".json,application/json", multiple: true });
+  input.addEventListener("change", () => onFiles([...input.files]));
+  input.click();
+}
+
+async function loadFiles(files) {
+  const traces = (await Promise.all(files.slice(0, 2).map(readTrace))).filter(Boolean);
+  if (traces.length === 2) await openCompare(traces[0], traces[1]);
+  else if (traces.length === 1) await openTrace(traces[0]);
+}
+
+async function modelName() {
+  try {
+    const response = await fetch("/v1/models");
+    if (!response.ok) return null;
+    return (await response.json()).data?.[0]?.id ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function disableChat(message) {
+  const notice = document.getElementById("notice");
+  notice.textContent = message;
+  notice.hidden = false;
+  for (const id of ["prompt", "send"]) document.getElementById(id).disabled = true;
+}
+
+async function start() {
+  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => show(tab.dataset.view));
+  const input = document.getElementById("load-input");
+  input.addEventListener("change", async () => { await loadFiles([...input.files]); input.value = ""; });
+  const config = await (await fetch("/viewer/config")).json();
+  Object.assign(LABEL_TITLES, config.labels);
+  if (config.chat) {
+    const model = await modelName();
+    document.getElementById("model-name").textContent = model || "";
+    new Chat({ model: model || "default", onOpenTrace: openTrace });
+  } else {
+    disableChat("No model behind this page (qthink view): load traces to inspect them, or start `qthink serve` to chat.");
+  }
+  if (config.traces.length === 2) await openCompare(config.traces[0], config.traces[1]);
+  else if (config.traces.length === 1) await openTrace(config.traces[0]);
+  document.body.dataset.ready = "true";
+}
+
+start();
