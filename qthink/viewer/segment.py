@@ -146,7 +146,7 @@ _FILLER = re.compile(
     re.IGNORECASE,
 )
 _ARITHMETIC = re.compile(r"\d\s*(?:[-+*/×÷^]|\\times|\\cdot)\s*[\d(]|=\s*-?\d")
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+_PARAGRAPH_BREAK = re.compile(r"\r?\n[ \t]*\r?\n\s*")
 _OPENING_CHARS = 120
 
 
@@ -176,11 +176,12 @@ def _paragraph_spans(text: str) -> list[tuple[int, int]]:
         spans.append((start, brk.start()))
         start = brk.end()
     spans.append((start, len(text)))
-    return [(s + _lead_space(text[s:e]), e) for s, e in spans if text[s:e].strip()]
+    return [_strip_span(text, s, e) for s, e in spans if text[s:e].strip()]
 
 
-def _lead_space(s: str) -> int:
-    return len(s) - len(s.lstrip())
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    body = text[start:end]
+    return start + len(body) - len(body.lstrip()), start + len(body.rstrip())
 
 
 def label_step(body: str) -> tuple[str, str | None]:
