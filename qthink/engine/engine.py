@@ -15,6 +15,7 @@ from qthink.engine.runner import ModelRunner, default_threads
 from qthink.engine.sampling_params import SamplingParams
 from qthink.engine.scheduler import ScheduledBatch, Scheduler
 from qthink.engine.sequence import THINK_END_ID, Sequence
+from qthink.engine.structured import GrammarCompiler
 from qthink.loader import load_model, resolve_dtype, resolve_model
 from qthink.memory import KV_BYTES, available_memory, kv_bytes_per_token
 from qthink.parsing.reasoning import split_reasoning
@@ -73,6 +74,9 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.model_config, self.config, self.device, num_blocks)
         self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        self.grammars = GrammarCompiler(
+            self.model_dir / "tokenizer.json", self.model_config.vocab_size, self.tokenizer.eos_token_id
+        )
         self.requests: dict[str, RequestState] = {}
         self.early_stop_ids: dict[str, list[int]] = {}
         self.prompt_tokens_total = 0
@@ -119,6 +123,9 @@ class LLMEngine:
             raise RequestError("prompt_logprobs is not supported")
         eos = () if params.ignore_eos else self.model_config.eos_token_ids
         seqs = [Sequence(request_id, i, prompt_ids, params, max_tokens, eos) for i in range(params.n)]
+        if params.structured_output is not None:
+            for seq in seqs:
+                seq.grammar = self.grammars.state(params.structured_output, not seq.prompt_opens_thinking)
         for sibling in seqs[1:]:
             sibling.wait_for = seqs[0]  # share the prompt's blocks through the prefix cache
         outputs = [SequenceOutput(s, self.tokenizer) for s in seqs]

@@ -48,6 +48,9 @@ class ModelRunner:
         seqs = [batch.seqs[i] for i in sampled]
         ends = torch.tensor(batch.num_tokens, device=self.device).cumsum(0) - 1
         logits = self.model(input_ids, positions, meta, self.caches, ends[sampled]).float()
+        for row, seq in enumerate(seqs):
+            if seq.grammar is not None and seq.grammar.active:
+                logits[row].masked_fill_(~seq.grammar.allowed().to(logits.device), float("-inf"))
         params = [s.params for s in seqs]
         prompts = [s.token_ids[: s.num_prompt_tokens] for s in seqs]
         outputs = [s.output_ids for s in seqs]

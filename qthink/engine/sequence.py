@@ -71,6 +71,8 @@ class Sequence:
 
     def append(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+        if self.grammar is not None:
+            self.grammar.observe(token_id)
         if self.thinking:
             if token_id == THINK_END_ID:
                 self.thinking = False

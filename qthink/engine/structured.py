@@ -1,0 +1,106 @@
+"""Structured output: grammars from response formats, token masks that start after the thinking."""
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from qthink.engine.sequence import THINK_END_ID
+
+# Qwen writes "</think>\n\n" before its answer: the grammar lets that whitespace through.
+LEADING_SPACE = "start: /[ \\t\\n]*/ body\n"
+
+
+class StructuredOutputError(ValueError):
+    """A response format or guided-decoding request that cannot be compiled; says why."""
+
+
+def lark_grammar(spec: dict) -> str:
+    """A Lark grammar (llguidance's dialect) for one of: json_object, json_schema, choice,
+    regex, grammar — the keys `SamplingParams.structured_output` takes, vLLM's names."""
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise StructuredOutputError(
+            "structured_output takes exactly one of json_object, json_schema, choice, regex, grammar"
+        )
+    (kind, value), = spec.items()
+    if kind == "json_object":
+        return LEADING_SPACE + 'body: %json {"type": "object"}'
+    if kind == "json_schema":
+        if not isinstance(value, dict):
+            raise StructuredOutputError("json_schema must be a JSON Schema object")
+        return LEADING_SPACE + "body: %json " + json.dumps(value)
+    if kind == "choice":
+        if not value or not all(isinstance(c, str) for c in value):
+            raise StructuredOutputError("choice must be a non-empty list of strings")
+        return LEADING_SPACE + "body: " + " | ".join(json.dumps(c) for c in value)
+    if kind == "regex":
+        if not isinstance(value, str):
+            raise StructuredOutputError("regex must be a string")
+        return LEADING_SPACE + "body: /" + value.replace("/", "\\/") + "/"
+    if kind == "grammar":
+        if not isinstance(value, str):
+            raise StructuredOutputError("grammar must be a Lark grammar string")
+        return value
+    raise StructuredOutputError(f"unknown structured output kind {kind!r}")
+
+
+class GrammarCompiler:
+    """Compiles grammars against one tokenizer; the vocabulary index is built once, lazily."""
+
+    def __init__(self, tokenizer_json: Path, vocab_size: int, eos_token_id: int):
+        self.tokenizer_json = tokenizer_json
+        self.vocab_size = vocab_size
+        self.eos_token_id = eos_token_id
+
+    @cached_property
+    def _tokenizer(self):
+        import llguidance
+
+        text = Path(self.tokenizer_json).read_text()
+        return llguidance.LLTokenizer(text, n_vocab=self.vocab_size, eos_token=self.eos_token_id, slices=[])
+
+    def check(self, spec: dict) -> str:
+        """Compile and validate `spec`; raise StructuredOutputError with the library's message."""
+        import llguidance
+
+        lark = lark_grammar(spec)
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        except Exception as e:
+            raise StructuredOutputError(f"invalid grammar: {e}") from None
+        error = llguidance.LLMatcher.validate_grammar(grammar, None)
+        if error:
+            raise StructuredOutputError(f"unsupported structured output: {error.strip()}")
+        return grammar
+
+    def state(self, spec: dict, active: bool) -> "GrammarState":
+        import llguidance
+
+        matcher = llguidance.LLMatcher(self._tokenizer, self.check(spec), log_level=1)
+        return GrammarState(matcher, self.vocab_size, active)
+
+
+class GrammarState:
+    """One sequence's matcher. Inactive while the model thinks: the thinking stays free."""
+
+    def __init__(self, matcher, vocab_size: int, active: bool):
+        self.matcher = matcher
+        self.active = active
+        self.words = torch.zeros((vocab_size + 31) // 32, dtype=torch.int32)
+        self.vocab_size = vocab_size
+
+    def observe(self, token_id: int) -> None:
+        if not self.active:
+            self.active = token_id == THINK_END_ID
+            return
+        if not self.matcher.consume_token(token_id):
+            raise StructuredOutputError(f"token {token_id} broke the grammar: {self.matcher.get_error()}")
+
+    def allowed(self) -> torch.Tensor:
+        """Bool [vocab] of the tokens the grammar accepts next (EOS once it is complete)."""
+        from llguidance.torch import fill_next_token_bitmask
+
+        fill_next_token_bitmask(self.matcher, self.words.view(1, -1), 0)
+        bits = (self.words[:, None] >> torch.arange(32, dtype=torch.int32)) & 1
+        return bits.flatten()[: self.vocab_size].bool()
