@@ -32,6 +32,7 @@ export class Chat {
     const text = this.prompt.value.trim();
     if (!text || this.controller) return;
     this.prompt.value = "";
+    document.getElementById("empty-note")?.remove();
     this.history.push({ role: "user", content: text });
     this.list.append(el("div", { class: "turn user" }, el("div", { class: "bubble" }, text)));
     this.generate();

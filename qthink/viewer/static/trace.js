@@ -117,7 +117,7 @@ function minimap(view, idPrefix) {
   const total = byTokens ? tokens.length
     : analysis.steps.reduce((n, s) => n + s.end - s.start, 0) + (view.trace.answer?.content?.length || 0);
   const size = (step) => (byTokens ? step.token_end - step.token_start : step.end - step.start);
-  const bar = el("div", { class: "minimap-bar" });
+  const bar = el("div", { class: analysis.steps.length > 120 ? "minimap-bar dense" : "minimap-bar" });
   for (const step of analysis.steps) {
     bar.append(el("div", {
       class: `mm-step label-${step.label}`, style: `flex-grow: ${Math.max(size(step), 1)}`,
@@ -141,15 +141,17 @@ function minimap(view, idPrefix) {
   return el("div", { class: "minimap" }, el("div", { class: "minimap-title" }, "Timeline of the chain"), markers, bar, strip, legend(analysis));
 }
 
+// Mean top-1 probability along the chain, one column per pixel-wide bin of tokens.
 function confidenceStrip(tokens) {
-  const canvas = el("canvas", { class: "minimap-strip", width: 1000, height: 14, title: "top-1 probability per token (red = unsure)" });
+  const columns = Math.min(tokens.length, 1000);
+  const canvas = el("canvas", { class: "minimap-strip", width: columns, height: 14, title: "top-1 probability along the chain (red = unsure)" });
   const ctx = canvas.getContext("2d");
-  const width = canvas.width / tokens.length;
-  tokens.forEach((token, i) => {
-    const p = confidence(token);
+  for (let c = 0; c < columns; c++) {
+    const bin = tokens.slice(Math.floor((c * tokens.length) / columns), Math.floor(((c + 1) * tokens.length) / columns));
+    const p = mean(bin.map(confidence));
     ctx.fillStyle = p === null ? "#e5e7eb" : `rgba(220, 38, 38, ${(1 - p).toFixed(3)})`;
-    ctx.fillRect(i * width, 0, Math.max(width, 1), canvas.height);
-  });
+    ctx.fillRect(c, 0, 1, canvas.height);
+  }
   return canvas;
 }
 
@@ -200,7 +202,7 @@ export async function renderTrace(root, trace, { idPrefix = "t", compact = false
       actions));
   const body = el("div", { class: "trace mode-confidence" + (compact ? " compact" : "") });
   const thinkingText = trace.answer?.reasoning_content || "";
-  body.append(
+  const parts = [
     header,
     conversation(trace),
     settings ? el("div", { class: "trace-settings" }, settings) : null,
@@ -213,7 +215,8 @@ export async function renderTrace(root, trace, { idPrefix = "t", compact = false
     el("div", { class: "trace-answer" }, view.replyTokens.length
       ? el("div", { class: "step-text" }, tokenSpans(view.replyTokens, view.thinking.length, null))
       : renderMarkdown(trace.answer?.content || "")),
-    toolCalls(trace));
+    toolCalls(trace)];
+  body.append(...parts.filter(Boolean));
   attachTooltip(body, view.tokens);
   root.replaceChildren(body);
   return view;
