@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from qthink.viewer.segment import segment_thinking
 from qthink.viewer.trace import load_trace
@@ -55,6 +55,7 @@ TOOL_THINKING = "The user wants the time. I should call the clock tool."
 TOOL_CALL = {"name": "get_time", "arguments": {"timezone": "Asia/Shanghai"}}
 TOOL_ANSWER = "It is 09:30 in Shanghai."
 STEP_DELAY_S = 0.012
+SLOW_DELAY_S = 0.2
 
 
 def pieces(text: str) -> list[str]:
@@ -95,9 +96,10 @@ class ScriptedChat:
     async def events(self, request: dict):
         calling = bool(request.get("tools")) and request["messages"][-1]["role"] != "tool"
         thinking, answer = (TOOL_THINKING, TOOL_ANSWER) if request.get("tools") else (THINKING, ANSWER)
+        delay = SLOW_DELAY_S if "slowly" in request["messages"][-1]["content"] else STEP_DELAY_S
         yield self.chunk({"role": "assistant", "content": ""})
         for piece in pieces(thinking):
-            await asyncio.sleep(STEP_DELAY_S)
+            await asyncio.sleep(delay)
             yield self.chunk({"reasoning_content": piece}, piece)
         yield self.chunk({}, "</think>")
         if calling:
@@ -128,6 +130,13 @@ class ScriptedChat:
         async def chat(request: Request):
             body = await request.json()
             self.requests.append(body)
+            if body.get("temperature", 0) < 0:
+                error = {
+                    "message": "temperature must be >= 0",
+                    "type": "invalid_request_error",
+                    "param": "temperature",
+                }
+                return JSONResponse({"error": error}, status_code=400)
             return StreamingResponse(self.events(body), media_type="text/event-stream")
 
         mount(app)
@@ -370,3 +379,32 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_server_errors_show_in_the_turn(page, scripted):
+    open_page(page, scripted.base)
+    page.fill("#temperature", "-1")
+    ask(page, "What is 17 * 24?")
+    error = page.locator(".turn.assistant .error-card")
+    error.wait_for()
+    assert error.inner_text() == "temperature must be >= 0"
+    page.fill("#temperature", "0.6")
+    ask(page, "What is 17 * 24?")
+    turn = last_turn_done(page)
+    assert "408" in turn.inner_text()
+    messages = scripted.requests[-1]["messages"]
+    assert [m["role"] for m in messages] == ["user", "user"], "a failed turn is not history"
+
+
+def test_stop_keeps_the_partial_thinking(page, scripted, tmp_path):
+    open_page(page, scripted.base)
+    ask(page, "Think slowly: what is 17 * 24?")
+    page.wait_for_function("document.querySelector('.turn.assistant .thinking-body').textContent.length > 20")
+    page.click("#stop")
+    turn = last_turn_done(page)
+    assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()
+    trace = load_trace(save_from(page, ".turn.assistant [data-action=save]", tmp_path))
+    assert trace.answer.finish_reason == "abort"
+    assert 0 < len(trace.answer.reasoning_content) < len(THINKING)
+    assert THINKING.startswith(trace.answer.reasoning_content)
+    assert turn.locator(".thinking-body .step").count() >= 1
