@@ -408,3 +408,28 @@ def test_stop_keeps_the_partial_thinking(page, scripted, tmp_path):
     assert 0 < len(trace.answer.reasoning_content) < len(THINKING)
     assert THINKING.startswith(trace.answer.reasoning_content)
     assert turn.locator(".thinking-body .step").count() >= 1
+
+
+def test_two_answers_to_one_question_compare_in_one_click(page, scripted):
+    open_page(page, scripted.base)
+    ask(page, "What is 17 * 24?")
+    last_turn_done(page)
+    page.click("#new-chat")
+    ask(page, "What is 17 * 24?")
+    last_turn_done(page).locator("[data-action=trace]").click()
+    page.click("#trace-root [data-compare='0']")
+    page.wait_for_selector("#view-compare.active .compare-table")
+    assert page.locator("#compare-root .same-answer").inner_text() == "Same final answer"
+    assert page.locator("#compare-root .notice").count() == 0
+
+
+def test_token_tooltip_lists_the_alternatives(page, scripted):
+    open_page(page, scripted.base)
+    ask(page, "What is 17 * 24?")
+    last_turn_done(page).locator("[data-action=trace]").click()
+    page.locator("#trace-root .tok", has_text="340").first.hover()
+    tip = page.locator("#tooltip")
+    tip.wait_for()
+    text = tip.inner_text()
+    assert '" 340"' in text and '" maybe"' in text
+    assert f"p {math.exp(logprob_of('340')):.3f}" in text

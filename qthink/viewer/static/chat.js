@@ -11,6 +11,7 @@ export class Chat {
     this.model = model;
     this.onOpenTrace = onOpenTrace;
     this.history = []; // what is sent back: answers without their old thinking
+    this.traces = []; // every finished answer of this page, kept across new chats to compare
     this.controller = null;
     this.list = document.getElementById("messages");
     this.prompt = document.getElementById("prompt");
@@ -87,7 +88,10 @@ export class Chat {
     const answer = trace.answer;
     const message = { role: "assistant", content: answer.content || "" };
     if (answer.tool_calls.length) message.tool_calls = answer.tool_calls;
-    if (!turn.failed) this.history.push(message);
+    if (!turn.failed) {
+      this.history.push(message);
+      this.traces.push(trace);
+    }
     await turn.finish();
   }
 

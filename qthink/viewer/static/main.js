@@ -1,9 +1,10 @@
 // Page start-up: tabs, loading trace files, and the chat when a model is behind the page.
 import { Chat } from "./chat.js";
-import { renderTrace, renderCompare, LABEL_TITLES } from "./trace.js";
+import { renderTrace, renderCompare, question, LABEL_TITLES } from "./trace.js";
 import { el, toast } from "./util.js";
 
 let current = null; // the trace shown in the Trace tab
+let chat = null;
 
 function show(view) {
   for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.view === view);
@@ -13,8 +14,16 @@ function show(view) {
 async function openTrace(trace) {
   current = trace;
   show("trace");
-  const compareButton = el("button", { class: "button", type: "button", onclick: () => pickFiles((files) => compareWith(files[0])) }, "Compare with…");
-  await renderTrace(document.getElementById("trace-root"), trace, { actions: [compareButton] });
+  const compareButton = el("button", { class: "button", type: "button", onclick: () => pickFiles((files) => compareWith(files[0])) }, "Compare with file…");
+  await renderTrace(document.getElementById("trace-root"), trace, { actions: [...siblingButtons(trace), compareButton] });
+}
+
+// Other answers to the same question in this page, ready to compare with one click.
+function siblingButtons(trace) {
+  const answers = chat ? chat.traces : [];
+  return answers.map((other, i) => [other, i])
+    .filter(([other]) => other !== trace && question(other) === question(trace))
+    .map(([other, i]) => el("button", { class: "button", type: "button", dataset: { compare: i }, onclick: () => openCompare(trace, other) }, `Compare with answer ${i + 1}`));
 }
 
 async function openCompare(a, b) {
@@ -76,7 +85,7 @@ async function start() {
   if (config.chat) {
     const model = await modelName();
     document.getElementById("model-name").textContent = model || "";
-    new Chat({ model: model || "default", onOpenTrace: openTrace });
+    chat = new Chat({ model: model || "default", onOpenTrace: openTrace });
   } else {
     disableChat("No model behind this page (qthink view): load traces to inspect them, or start `qthink serve` to chat.");
   }
