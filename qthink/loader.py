@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from qthink.config import DTYPES, ConfigError, ModelConfig
 from qthink.model.layers import RotaryEmbedding
+from qthink.model.parallel import SINGLE, TensorParallel
 from qthink.model.qwen3 import Qwen3ForCausalLM
 
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
@@ -77,21 +78,25 @@ def weight_files(model_dir: Path) -> list[Path]:
 
 
 def load_model(
-    model_dir: Path, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu"
+    model_dir: Path,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
+    tp: TensorParallel = SINGLE,
+    quantization: str | None = None,
 ) -> Qwen3ForCausalLM:
-    """Build the module without initialising it, then fill every parameter from the files."""
+    """Build the module without initialising it, then fill every parameter from the files;
+    under tensor parallelism a rank reads only its own slice of each tensor. `quantization`
+    (int8, int4) then replaces the decoder's linear weights."""
     config = ModelConfig.from_pretrained(model_dir)
     torch_dtype = resolve_dtype(dtype, config)
     with torch.device("meta"):
-        model = Qwen3ForCausalLM(config)
+        model = Qwen3ForCausalLM(config, tp)
     params = dict(model.named_parameters())
     if config.tie_word_embeddings:
         params.pop("lm_head.weight", None)
     loaded = set()
     for file in tqdm(weight_files(model_dir), desc="loading weights", unit="file", leave=False):
-        for name, tensor in _read_tensors(file):
-            if name not in params:
-                continue  # e.g. lm_head.weight stored beside tied embeddings
+        for name, tensor in _read_tensors(file, params, tp):
             _check_shape(name, tensor, params[name])
             _assign(model, name, tensor.to(device=device, dtype=torch_dtype))
             loaded.add(name)
@@ -101,14 +106,21 @@ def load_model(
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta).to(device)
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    if quantization:
+        from qthink.model.quant import quantize_model
+
+        quantize_model(model, quantization)
+    return model
 
 
-def _read_tensors(file: Path):
+def _read_tensors(file: Path, wanted: dict, tp: TensorParallel):
+    """(name, tensor) for the wanted names in `file`, e.g. not lm_head beside tied embeddings."""
     try:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
-                yield name, f.get_tensor(name)
+                if name in wanted:
+                    yield name, tp.shard(name, f.get_slice(name))
     except Exception as e:  # safetensors raises its own error types for corrupt files
         if isinstance(e, LoadError):
             raise

@@ -1,5 +1,6 @@
 """LLMEngine: requests in, one scheduled model step at a time, RequestOutputs out."""
 
+import atexit
 import logging
 import time
 import uuid
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from qthink.config import ConfigError, EngineConfig, ModelConfig
+from qthink.engine import tensor_parallel
 from qthink.engine.block_manager import BlockManager
 from qthink.engine.output_processor import SequenceOutput
 from qthink.engine.outputs import Logprob, RequestOutput
@@ -18,6 +20,8 @@ from qthink.engine.sequence import THINK_END_ID, Sequence
 from qthink.engine.structured import GrammarCompiler
 from qthink.loader import load_model, resolve_dtype, resolve_model
 from qthink.memory import KV_BYTES, available_memory, kv_bytes_per_token
+from qthink.model.parallel import SINGLE
+from qthink.model.qwen3 import check_divisible
 from qthink.parsing.reasoning import split_reasoning
 from qthink.tokenizer import Tokenizer
 
@@ -52,6 +56,7 @@ class LLMEngine:
         device: str | None = None,
         quantization: str | None = None,
         chat_template: str | None = None,
+        tensor_parallel_size: int = 1,
         **engine_kwargs,
     ):
         self.model_dir = resolve_model(model)
@@ -61,16 +66,16 @@ class LLMEngine:
         self.config.validate(self.model_config)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cpu":
-            torch.set_num_threads(default_threads())
+            torch.set_num_threads(max(1, default_threads() // tensor_parallel_size))
         self.dtype = resolve_dtype(dtype, self.model_config)
         self.tokenizer = Tokenizer.from_pretrained(self.model_dir, chat_template=chat_template)
-        self.model = load_model(self.model_dir, self.dtype, self.device)
         self.quantization = quantization
-        if quantization:
-            from qthink.model.quant import quantize_model
-
-            quantize_model(self.model, quantization)
+        self.tp_workers, tp = self._start_tensor_parallel(tensor_parallel_size, quantization)
+        self.model = load_model(self.model_dir, self.dtype, self.device, tp, quantization)
         num_blocks = self._plan_kv_blocks(user_max_len is None)
+        self.rank_weight_bytes = [sum(p.numel() * p.element_size() for p in self.model.parameters())]
+        if tp.size > 1:
+            num_blocks, self.rank_weight_bytes = tensor_parallel.handshake(num_blocks, self.model)
         self.runner = ModelRunner(self.model, self.model_config, self.config, self.device, num_blocks)
         self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
@@ -82,13 +87,30 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
+    def _start_tensor_parallel(self, size: int, quantization: str | None):
+        if size == 1:
+            return [], SINGLE
+        check_divisible(self.model_config, size)
+        port = tensor_parallel.free_port()
+        workers = tensor_parallel.start_workers(
+            size, port, self.model_dir, self.dtype, self.device, self.config, quantization
+        )
+        atexit.register(self.close)
+        return workers, tensor_parallel.init_group(0, size, port, self.device)
+
+    def close(self) -> None:
+        """Stop the tensor-parallel ranks (a no-op on one device)."""
+        if self.tp_workers:
+            tensor_parallel.stop_workers(self.tp_workers)
+            self.tp_workers = []
+
     @property
     def max_model_len(self) -> int:
         return self.config.max_model_len
 
     def _plan_kv_blocks(self, may_shrink_context: bool) -> int:
         bs = self.config.block_size
-        per_block = kv_bytes_per_token(self.model_config, _dtype_name(self.dtype)) * bs
+        per_block = kv_bytes_per_token(self.model_config, _dtype_name(self.dtype)) * bs // self.model.tp.size
         budget = self.config.kv_cache_memory
         if budget is None:
             budget = int(available_memory(self.device) * self.config.kv_cache_fraction)

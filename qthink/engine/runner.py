@@ -3,6 +3,7 @@
 import os
 
 import torch
+import torch.distributed as dist
 
 from qthink.config import EngineConfig, ModelConfig
 from qthink.engine.sampler import SampleResult, SamplingBatch, sample
@@ -28,7 +29,8 @@ class ModelRunner:
         self.num_blocks = num_blocks
         dtype = next(model.parameters()).dtype
         slots = num_blocks * config.block_size
-        shape = (slots, model_config.num_key_value_heads, model_config.head_dim)
+        self.tp = model.tp
+        shape = (slots, model_config.num_key_value_heads // self.tp.size, model_config.head_dim)
         # Zeros, not empty: padded decode slots are masked, but NaN garbage would still leak.
         self.caches = [
             KVCache(
@@ -43,11 +45,11 @@ class ModelRunner:
         """One forward over the batch; returns the sequences that sample now and their samples."""
         input_ids, positions, meta, sampled = self._prepare(batch)
         if not sampled:
-            self.model.hidden_states(input_ids, positions, meta, self.caches)
+            self.forward(input_ids, positions, meta, None)
             return [], None
         seqs = [batch.seqs[i] for i in sampled]
         ends = torch.tensor(batch.num_tokens, device=self.device).cumsum(0) - 1
-        logits = self.model(input_ids, positions, meta, self.caches, ends[sampled]).float()
+        logits = self.forward(input_ids, positions, meta, ends[sampled]).float()
         for row, seq in enumerate(seqs):
             if seq.grammar is not None and seq.grammar.active:
                 logits[row].masked_fill_(~seq.grammar.allowed().to(logits.device), float("-inf"))
@@ -65,6 +67,16 @@ class ModelRunner:
             global_generator=self.generator,
         )
         return seqs, sample(logits, sampling)
+
+    @torch.inference_mode()
+    def forward(self, input_ids, positions, meta, logits_indices) -> torch.Tensor | None:
+        """The model over one step's tokens; rank 0 first sends the step to the other ranks."""
+        if self.tp.size > 1 and self.tp.rank == 0:
+            dist.broadcast_object_list([(input_ids, positions, meta, logits_indices)], src=0)
+        if logits_indices is None:
+            self.model.hidden_states(input_ids, positions, meta, self.caches)
+            return None
+        return self.model(input_ids, positions, meta, self.caches, logits_indices)
 
     def _prepare(self, batch: ScheduledBatch):
         ids, pos, slots, ctx_slots, ctx_lens, sampled = [], [], [], [], [], []

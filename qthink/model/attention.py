@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qthink.model.layers import RMSNorm, apply_rotary
+from qthink.model.parallel import SINGLE, TensorParallel
 
 
 @dataclass
@@ -40,9 +41,19 @@ class KVCache:
 
 class Attention(nn.Module):
     def __init__(
-        self, hidden: int, heads: int, kv_heads: int, head_dim: int, bias: bool, qk_norm: bool, eps: float
+        self,
+        hidden: int,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        bias: bool,
+        qk_norm: bool,
+        eps: float,
+        tp: TensorParallel = SINGLE,
     ):
         super().__init__()
+        heads, kv_heads = heads // tp.size, kv_heads // tp.size  # this rank's share
+        self.tp = tp
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=bias)
@@ -66,7 +77,7 @@ class Attention(nn.Module):
             cache.k.index_copy_(0, meta.slot_mapping, k.to(cache.k.dtype))
             cache.v.index_copy_(0, meta.slot_mapping, v.to(cache.v.dtype))
             out = self._decode(q, meta, cache) if meta.is_decode else self._prefill(q, meta, cache)
-        return self.o_proj(out.reshape(*shape, self.heads * self.head_dim))
+        return self.tp.all_reduce(self.o_proj(out.reshape(*shape, self.heads * self.head_dim)))
 
     def _causal(self, q, k, v):
         """Whole sequences without a cache, [B, T, heads, dim] (training, reference checks)."""

@@ -1,0 +1,99 @@
+"""Tensor-parallel ranks: rank 0 runs the engine, ranks 1..N-1 mirror its model steps."""
+
+import multiprocessing as mp
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from qthink.config import EngineConfig, ModelConfig
+from qthink.loader import load_model
+from qthink.model.parallel import TensorParallel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_device(device: torch.device, rank: int) -> torch.device:
+    return torch.device("cuda", rank) if device.type == "cuda" else device
+
+
+def init_group(rank: int, size: int, port: int, device: torch.device) -> TensorParallel:
+    if dist.is_initialized():
+        raise RuntimeError("a tensor-parallel engine already runs in this process")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    return TensorParallel(rank, size)
+
+
+def start_workers(
+    size: int,
+    port: int,
+    model_dir: Path,
+    dtype,
+    device: torch.device,
+    config: EngineConfig,
+    quantization: str | None,
+) -> list[mp.Process]:
+    ctx = mp.get_context("spawn")
+    args = (size, port, str(model_dir), dtype, str(device), config, quantization)
+    workers = [
+        ctx.Process(target=worker_main, args=(rank, *args), daemon=True, name=f"qthink-tp{rank}")
+        for rank in range(1, size)
+    ]
+    for w in workers:
+        w.start()
+    return workers
+
+
+def handshake(num_blocks: int | None, model: torch.nn.Module) -> tuple[int, list[int]]:
+    """Rank 0 announces the KV block count; every rank reports the bytes of weights it holds."""
+    box = [num_blocks]
+    dist.broadcast_object_list(box, src=0)
+    held = sum(p.numel() * p.element_size() for p in model.parameters())
+    sizes = [None] * dist.get_world_size()
+    dist.all_gather_object(sizes, held)
+    return box[0], sizes
+
+
+def stop_workers(workers: list[mp.Process]) -> None:
+    if dist.is_initialized():
+        dist.broadcast_object_list([None], src=0)
+        dist.destroy_process_group()
+    for w in workers:
+        w.join(timeout=10)
+        if w.is_alive():
+            w.kill()
+
+
+def worker_main(
+    rank: int,
+    size: int,
+    port: int,
+    model_dir: str,
+    dtype,
+    device: str,
+    config: EngineConfig,
+    quantization: str | None,
+) -> None:
+    from qthink.engine.runner import ModelRunner
+
+    torch.set_num_threads(1)
+    dev = rank_device(torch.device(device), rank)
+    tp = init_group(rank, size, port, dev)
+    model = load_model(Path(model_dir), dtype, dev, tp, quantization)
+    num_blocks, _ = handshake(None, model)
+    runner = ModelRunner(model, ModelConfig.from_pretrained(model_dir), config, dev, num_blocks)
+    while True:
+        box = [None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            break
+        runner.forward(*box[0])
+    dist.destroy_process_group()
