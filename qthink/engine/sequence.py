@@ -48,6 +48,7 @@ class Sequence:
         self.thinking = self.prompt_opens_thinking = _opens_thinking(prompt_ids)
         self.num_thinking_tokens = 0
         self.wait_for: Sequence | None = None  # a sibling whose prompt blocks this one reuses
+        self.grammar = None  # a GrammarState once the answer is constrained
 
     def __len__(self) -> int:
         return len(self.token_ids)
