@@ -8,8 +8,8 @@ import torch
 
 from qthink.engine.sequence import THINK_END_ID
 
-# Qwen writes "</think>\n\n" before its answer: the grammar lets that whitespace through.
-LEADING_SPACE = "start: /[ \\t\\n]*/ body\n"
+# Qwen writes "</think>\n\n" before its answer: the grammar lets a little whitespace through.
+LEADING_SPACE = "start: /[ \\t\\n]{0,4}/ body\n"
 
 
 class StructuredOutputError(ValueError):
@@ -23,13 +23,13 @@ def lark_grammar(spec: dict) -> str:
         raise StructuredOutputError(
             "structured_output takes exactly one of json_object, json_schema, choice, regex, grammar"
         )
-    (kind, value), = spec.items()
+    ((kind, value),) = spec.items()
     if kind == "json_object":
-        return LEADING_SPACE + 'body: %json {"type": "object"}'
+        return LEADING_SPACE + "body: %json " + json.dumps(_compact({"type": "object"}))
     if kind == "json_schema":
         if not isinstance(value, dict):
             raise StructuredOutputError("json_schema must be a JSON Schema object")
-        return LEADING_SPACE + "body: %json " + json.dumps(value)
+        return LEADING_SPACE + "body: %json " + json.dumps(_compact(value))
     if kind == "choice":
         if not value or not all(isinstance(c, str) for c in value):
             raise StructuredOutputError("choice must be a non-empty list of strings")
@@ -43,6 +43,15 @@ def lark_grammar(spec: dict) -> str:
             raise StructuredOutputError("grammar must be a Lark grammar string")
         return value
     raise StructuredOutputError(f"unknown structured output kind {kind!r}")
+
+
+def _compact(schema: dict) -> dict:
+    """Fixed separators, no free whitespace: a model cannot pad its JSON with endless blanks
+    (a known failure of flexible-whitespace JSON grammars). A schema's own x-guidance wins."""
+    return {
+        "x-guidance": {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "},
+        **schema,
+    }
 
 
 class GrammarCompiler:
