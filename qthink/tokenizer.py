@@ -1,4 +1,4 @@
-"""Tokenizer: `tokenizers` over tokenizer.json, the chat template in a jinja2 sandbox, incremental decoding."""
+"""Tokenizer: `tokenizers` over tokenizer.json, the chat template in a jinja2 sandbox, streaming decode."""
 
 import json
 from datetime import datetime
@@ -178,9 +178,8 @@ def _resolve_template(name_or_text: str) -> str:
     path = Path(name_or_text).expanduser()
     if path.is_file():
         return path.read_text()
-    raise ChatTemplateError(
-        f"unknown chat template {name_or_text!r}: give a file, a template, or one of {', '.join(shipped_templates())}"
-    )
+    names = ", ".join(shipped_templates())
+    raise ChatTemplateError(f"unknown chat template {name_or_text!r}: give a file, a template, or one of {names}")
 
 
 def _checkpoint_template(model_dir: Path, config: dict) -> str | None:

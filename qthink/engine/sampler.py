@@ -63,7 +63,7 @@ class SamplingBatch:
             blocked = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)
             for r, (p, o) in enumerate(zip(params, output_ids)):
                 if p.min_tokens > len(o):
-                    ids = list((eos_ids[r] if eos_ids else ())) + list(p.stop_token_ids)
+                    ids = list(eos_ids[r] if eos_ids else ()) + list(p.stop_token_ids)
                     blocked[r, [i for i in ids if i < vocab_size]] = True
         asked = [p.logprobs for p in params if p.logprobs is not None]
         return cls(
@@ -84,6 +84,10 @@ class SamplingBatch:
             num_logprobs=max(asked) if asked else -1,
             all_greedy=all(greedy),
         )
+
+
+def _any_top_p(params: list[SamplingParams]) -> bool:
+    return any((p.top_p or 1.0) < 1.0 for p in params)
 
 
 def _counts(output_ids, vocab_size, device) -> torch.Tensor:
