@@ -179,7 +179,7 @@ def _resolve_template(name_or_text: str) -> str:
     if path.is_file():
         return path.read_text()
     names = ", ".join(shipped_templates())
-    raise ChatTemplateError(f"unknown chat template {name_or_text!r}: give a file, a template, or one of {names}")
+    raise ChatTemplateError(f"unknown chat template {name_or_text!r}: give a file, a template or {names}")
 
 
 def _checkpoint_template(model_dir: Path, config: dict) -> str | None:
