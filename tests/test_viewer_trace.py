@@ -15,6 +15,7 @@ from qthink.viewer.trace import (
     load_trace,
     parse_trace,
     save_trace,
+    trace_from_output,
     trace_schema,
 )
 
@@ -115,3 +116,29 @@ def test_cli_rejects_a_bad_trace(tmp_path):
     )
     assert result.returncode == 1
     assert "not a qthink trace" in result.stderr
+
+
+def test_trace_from_an_engine_output(tiny_model_dir, tmp_path):
+    from qthink.engine.llm import LLM
+    from qthink.engine.sampling_params import SamplingParams
+    from qthink.tokenizer import THINK_END_ID
+
+    llm = LLM(model=str(tiny_model_dir))
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    params = SamplingParams(max_tokens=24, logprobs=3, max_thinking_tokens=6, seed=1)
+    output = llm.chat(messages, params)[0].outputs[0]
+    tokenizer = llm.get_tokenizer()
+    trace = trace_from_output(messages, output, tokenizer, settings={"max_thinking_tokens": 6})
+
+    tokens = trace.answer.tokens
+    assert [t.id for t in tokens] == list(output.token_ids)
+    assert "".join(t.text for t in tokens) == tokenizer.decode(output.token_ids)
+    end = list(output.token_ids).index(THINK_END_ID)
+    assert [t.part for t in tokens] == ["thinking"] * (end + 1) + ["answer"] * (len(tokens) - end - 1)
+    for token, logprobs in zip(tokens, output.logprobs, strict=True):
+        assert token.logprob == logprobs[token.id].logprob
+        assert [alt.logprob for alt in token.top] == sorted(
+            (lp.logprob for lp in logprobs.values()), reverse=True
+        )
+    assert trace.answer.reasoning_content == output.reasoning_content
+    assert load_trace(save_trace(trace, tmp_path / "t.json")) == trace

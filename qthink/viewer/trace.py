@@ -128,7 +128,7 @@ def trace_from_output(
     """A trace of one engine CompletionOutput (token ids, logprobs, reasoning/content split)."""
     ids = list(output.token_ids)
     texts = _token_texts(ids, tokenizer)
-    parts = _token_parts(ids, tokenizer, output.reasoning_content is not None)
+    parts = _token_parts(ids, output.reasoning_content is not None)
     logprobs = output.logprobs or [None] * len(ids)
     tokens = [
         _trace_token(i, text, part, lp)
@@ -153,12 +153,13 @@ def _token_texts(ids: list[int], tokenizer) -> list[str]:
     return [detok.push([i]) for i in ids]
 
 
-def _token_parts(ids: list[int], tokenizer, thinking: bool) -> list[str]:
-    end_think = tokenizer.encode("</think>")
-    marker = end_think[0] if len(end_think) == 1 else None
-    if not thinking or marker not in ids:
+def _token_parts(ids: list[int], thinking: bool) -> list[str]:
+    """Thinking up to and including the last </think>, as split_reasoning splits the text."""
+    from qthink.tokenizer import THINK_END_ID
+
+    if not thinking or THINK_END_ID not in ids:
         return ["thinking" if thinking else "answer"] * len(ids)
-    last = len(ids) - 1 - ids[::-1].index(marker)
+    last = len(ids) - 1 - ids[::-1].index(THINK_END_ID)
     return ["thinking"] * (last + 1) + ["answer"] * (len(ids) - last - 1)
 
 
