@@ -74,13 +74,13 @@ def respond(engine: LLMEngine, messages: list[dict], args, console: Console) -> 
             f"{engine.max_model_len}; start a new chat"
         )
     state = engine.add_request(prompt, sampling_from_args(args, engine.max_model_len, len(prompt)))
-    seq = state.outputs[0].seq
-    parser = ReasoningStreamParser(engine.tokenizer, thinking=seq.prompt_opens_thinking)
+    output = state.outputs[0]
+    parser = ReasoningStreamParser(thinking=output.seq.prompt_opens_thinking)
     thinking, answer, seen = [], [], 0
-    while not seq.finished:
+    while not output.seq.finished:
         engine.step()
-        reasoning_delta, content_delta = parser.feed(seq.output_ids[seen:])
-        seen = seq.num_output_tokens
+        reasoning_delta, content_delta = parser.feed(output.text[seen:])
+        seen = len(output.text)
         if reasoning_delta:
             if not thinking:
                 console.print("[bold magenta]── thinking ──[/]")
@@ -92,7 +92,7 @@ def respond(engine: LLMEngine, messages: list[dict], args, console: Console) -> 
             answer.append(content_delta)
             console.print(content_delta, end="", markup=False, highlight=False)
     console.print()
-    if seq.finish_reason == "length":
+    if output.seq.finish_reason == "length":
         console.print("[yellow](stopped at max_tokens)[/]")
     return "".join(thinking), "".join(answer)
 

@@ -22,7 +22,7 @@ from qthink.loader import load_model, resolve_dtype, resolve_model
 from qthink.memory import KV_BYTES, available_memory, kv_bytes_per_token
 from qthink.model.parallel import SINGLE
 from qthink.model.qwen3 import check_divisible
-from qthink.parsing.reasoning import split_reasoning
+from qthink.parsing.reasoning import split_reasoning_text
 from qthink.tokenizer import Tokenizer
 
 log = logging.getLogger("qthink")
@@ -305,9 +305,7 @@ class LLMEngine:
         for out in state.outputs:
             c = out.completion()
             if out.seq.finished and out.seq.finish_reason != "error":
-                c.reasoning_content, c.content = split_reasoning(
-                    c.token_ids, self.tokenizer, thinking=out.seq.prompt_opens_thinking
-                )
+                c.reasoning_content, c.content = split_reasoning_text(c.text, out.seq.prompt_opens_thinking)
             completions.append(c)
         finished = state.finished
         if finished:

@@ -1,65 +1,97 @@
-"""Split a thinking model's output into reasoning and answer, whole or streamed, by </think> tokens."""
+"""Split a thinking model's output into reasoning and answer at </think>, whole or streamed."""
 
-from qthink.tokenizer import THINK_END_ID, THINK_START_ID, IncrementalDetokenizer
+from qthink.tokenizer import THINK_END_ID, THINK_START_ID
+
+THINK_START, THINK_END = "<think>", "</think>"
 
 
 def split_reasoning(token_ids: list[int], tokenizer, thinking: bool = True) -> tuple[str | None, str | None]:
-    """(reasoning, content). Reasoning is what comes before the last </think>. Without one,
-    the output is unfinished thinking when the prompt opened <think> (the 2507 template) or
-    the model opened it itself, and plain content otherwise. Both are stripped of newlines."""
+    """(reasoning, content) of generated token ids: reasoning is what precedes the last
+    </think> (151668). Without one, the output is thinking that never finished when the
+    prompt opened <think> (the 2507 template) or the model opened it, else plain content."""
     ids = list(token_ids)
     opened = bool(ids) and ids[0] == THINK_START_ID
-    if opened:
-        ids = ids[1:]
-    decode = lambda part: tokenizer.decode(part, skip_special_tokens=True).strip("\n")  # noqa: E731
+    ids = ids[1:] if opened else ids
     if THINK_END_ID in ids:
         end = len(ids) - 1 - ids[::-1].index(THINK_END_ID)
-        return decode(ids[:end]), decode(ids[end + 1 :]) or None
+        reasoning, content = _decode(tokenizer, ids[:end]), _decode(tokenizer, ids[end + 1 :])
+        return reasoning, content or None
     if thinking or opened:
-        return decode(ids), None
-    return None, decode(ids)
+        return _decode(tokenizer, ids), None
+    return None, _decode(tokenizer, ids)
+
+
+def split_reasoning_text(text: str, thinking: bool = True) -> tuple[str | None, str | None]:
+    """The same rules on decoded text (</think> is a plain, non-skipped token), so that text
+    already cut at a stop string splits correctly."""
+    opened = text.startswith(THINK_START)
+    body = text[len(THINK_START) :] if opened else text
+    if THINK_END in body:
+        reasoning, _, content = body.rpartition(THINK_END)
+        return reasoning.strip("\n"), content.strip("\n") or None
+    if thinking or opened:
+        return body.strip("\n"), None
+    return None, body.strip("\n")
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True).strip("\n")
 
 
 class ReasoningStreamParser:
-    """Streams the same split as `split_reasoning`: the concatenated deltas equal its result
-    (newlines that the whole-text split would strip are held back until text follows them)."""
+    """Text deltas in, (reasoning delta, content delta) out. A </think> split across deltas
+    is held back until it is whole; newlines the whole-text split strips are held back until
+    text follows them, so the concatenated deltas equal `split_reasoning_text` (for output
+    with one </think>, which is what the model writes)."""
 
-    def __init__(self, tokenizer, thinking: bool = True):
+    def __init__(self, thinking: bool = True):
         self.thinking = thinking
         self.started = False
-        self.reasoning = _StrippedStream(IncrementalDetokenizer(tokenizer))
-        self.content = _StrippedStream(IncrementalDetokenizer(tokenizer))
+        self.pending = ""
+        self.reasoning = _StrippedStream()
+        self.content = _StrippedStream()
 
-    def feed(self, token_ids: list[int]) -> tuple[str, str]:
-        """Newly generated token ids in, (reasoning delta, content delta) out."""
-        to_reasoning, to_content = [], []
-        for token in token_ids:
-            if not self.started:
-                self.started = True
-                if token == THINK_START_ID:
-                    self.thinking = True
-                    continue
-            if self.thinking and token == THINK_END_ID:
-                self.thinking = False
-            elif self.thinking:
-                to_reasoning.append(token)
+    def feed(self, text: str) -> tuple[str, str]:
+        self.pending += text
+        if not self.started:
+            if THINK_START.startswith(self.pending):
+                return "", ""  # may still become "<think>"
+            self.started = True
+            if self.pending.startswith(THINK_START):
+                self.thinking, self.pending = True, self.pending[len(THINK_START) :]
+        to_reasoning = to_content = ""
+        if self.thinking:
+            at = self.pending.find(THINK_END)
+            if at >= 0:
+                to_reasoning, to_content = self.pending[:at], self.pending[at + len(THINK_END) :]
+                self.thinking, self.pending = False, ""
             else:
-                to_content.append(token)
+                keep = partial_suffix(self.pending, THINK_END)
+                cut = len(self.pending) - keep
+                to_reasoning, self.pending = self.pending[:cut], self.pending[cut:]
+        else:
+            to_content, self.pending = self.pending, ""
         return self.reasoning.push(to_reasoning), self.content.push(to_content)
 
 
 class _StrippedStream:
-    """Text of a token stream as `.strip("\\n")` would leave it, released as it becomes certain."""
+    """A growing text as `.strip("\\n")` would leave it, released as it becomes certain."""
 
-    def __init__(self, detokenizer: IncrementalDetokenizer):
-        self.detokenizer = detokenizer
+    def __init__(self):
         self.full = ""
         self.emitted = 0
 
-    def push(self, token_ids: list[int]) -> str:
-        if token_ids:
-            self.full += self.detokenizer.push(token_ids)
+    def push(self, text: str) -> str:
+        self.full += text
         view = self.full.lstrip("\n").rstrip("\n")
         delta = view[self.emitted :]
         self.emitted = len(view)
         return delta
+
+
+def partial_suffix(text: str, marker: str) -> int:
+    """Length of the longest end of `text` that is a proper start of `marker`."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-n:]):
+            return n
+    return 0
