@@ -1,7 +1,7 @@
 // The streaming chat: sends the conversation to /v1/chat/completions and records a trace of
 // every answer (thinking, answer, tool calls, per-token logprobs, timings).
 import { sseEvents, errorMessage } from "./stream.js";
-import { el, seconds, number, download, segment, renderMarkdown, traceFilename, toast } from "./util.js";
+import { el, seconds, number, download, segment, renderMarkdown, traceFilename, toast, apiHeaders } from "./util.js";
 import { renderSteps, toolCallCard } from "./trace.js";
 
 const SETTINGS = ["temperature", "top_p", "top_k", "max_tokens", "max_thinking_tokens"];
@@ -99,7 +99,7 @@ export class Chat {
     this.controller = new AbortController();
     const started = performance.now();
     const response = await fetch("/v1/chat/completions", {
-      method: "POST", signal: this.controller.signal, headers: { "Content-Type": "application/json" },
+      method: "POST", signal: this.controller.signal, headers: apiHeaders(),
       body: JSON.stringify({ ...request, stream: true, stream_options: { include_usage: true }, logprobs: true, top_logprobs: 5 }),
     });
     if (!response.ok) throw new Error(await errorMessage(response));
@@ -139,17 +139,15 @@ function record(trace, choice, now, phase) {
   const delta = choice.delta || {};
   const answer = trace.answer;
   const timings = trace.timings;
-  let part = phase;
+  let part = delta.content && !delta.reasoning_content && phase === "thinking" ? "answer" : phase;
   if (delta.reasoning_content || delta.content || delta.tool_calls?.length) timings.first_token ??= now;
   if (delta.reasoning_content) {
     answer.reasoning_content += delta.reasoning_content;
     timings.first_thinking_token ??= now;
-    part = "thinking";
   }
   if (delta.content) {
     answer.content += delta.content;
     timings.first_answer_token ??= now;
-    part = "answer";
   }
   for (const call of delta.tool_calls || []) {
     const slot = answer.tool_calls[call.index ?? answer.tool_calls.length] ??= { id: "", type: "function", function: { name: "", arguments: "" } };
@@ -159,11 +157,14 @@ function record(trace, choice, now, phase) {
     timings.first_answer_token ??= now;
     part = "tool";
   }
+  // A chunk may carry several tokens (text held back until it is certain): the ones after
+  // </think> belong to the answer even when the chunk's text is all thinking.
   for (const lp of choice.logprobs?.content || []) {
     answer.tokens.push({
       text: lp.token, logprob: lp.logprob, part, t: now,
       top: (lp.top_logprobs || []).map((alt) => ({ text: alt.token, logprob: alt.logprob })),
     });
+    if (lp.token === "</think>" && part === "thinking") part = "answer";
   }
   if (choice.finish_reason) answer.finish_reason = choice.finish_reason;
   return part;
@@ -237,7 +238,7 @@ class AssistantTurn {
     this.answer.classList.remove("live");
     if (!answer.content && !answer.tool_calls.length && !this.failed) {
       this.answer.replaceChildren(el("div", { class: "muted" }, answer.finish_reason === "length"
-        ? "No answer: the thinking used up max tokens." : "No answer."));
+        ? "No answer: max tokens ran out first." : "No answer."));
     }
     if (answer.tool_calls.length && !this.failed) this.askToolResults();
     if (this.failed) return;

@@ -1,7 +1,9 @@
 // Page start-up: tabs, loading trace files, and the chat when a model is behind the page.
 import { Chat } from "./chat.js";
 import { renderTrace, renderCompare, question, LABEL_TITLES } from "./trace.js";
-import { el, toast } from "./util.js";
+import { el, toast, apiHeaders } from "./util.js";
+
+const KEY_STORE = "qthink.apiKey";
 
 let current = null; // the trace shown in the Trace tab
 let chat = null;
@@ -59,14 +61,29 @@ async function loadFiles(files) {
   else if (traces.length === 1) await openTrace(traces[0]);
 }
 
-async function modelName() {
-  try {
-    const response = await fetch("/v1/models");
-    if (!response.ok) return null;
-    return (await response.json()).data?.[0]?.id ?? null;
-  } catch {
+// The served model's name; asks for the API key when the server wants one.
+async function findModel() {
+  const notice = document.getElementById("notice");
+  const response = await fetch("/v1/models", { headers: apiHeaders() }).catch(() => null);
+  if (response?.status === 401) {
+    notice.textContent = "This server needs an API key: enter it under Server in the settings.";
+    notice.hidden = false;
     return null;
   }
+  notice.hidden = true;
+  const model = response?.ok ? (await response.json()).data?.[0]?.id ?? null : null;
+  document.getElementById("model-name").textContent = model || "";
+  if (chat) chat.model = model || undefined;
+  return model;
+}
+
+function rememberKey() {
+  const input = document.getElementById("api_key");
+  input.value = localStorage.getItem(KEY_STORE) || "";
+  input.addEventListener("change", () => {
+    localStorage.setItem(KEY_STORE, input.value.trim());
+    findModel();
+  });
 }
 
 function disableChat(message) {
@@ -83,9 +100,8 @@ async function start() {
   const config = await (await fetch("/viewer/config")).json();
   Object.assign(LABEL_TITLES, config.labels);
   if (config.chat) {
-    const model = await modelName();
-    document.getElementById("model-name").textContent = model || "";
-    chat = new Chat({ model: model || "default", onOpenTrace: openTrace });
+    rememberKey();
+    chat = new Chat({ model: (await findModel()) || undefined, onOpenTrace: openTrace });
   } else {
     disableChat("No model behind this page (qthink view): load traces to inspect them, or start `qthink serve` to chat.");
   }

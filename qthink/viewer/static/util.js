@@ -98,3 +98,9 @@ export async function segment(thinkingTokens, thinkingText, answer) {
   if (!response.ok) throw new Error(`segmentation failed: HTTP ${response.status}`);
   return response.json();
 }
+
+// Headers for the server's API: the key from the settings when the server asks for one.
+export function apiHeaders() {
+  const key = document.getElementById("api_key")?.value.trim();
+  return { "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+}
