@@ -258,7 +258,8 @@ class LLMEngine:
         lp = self._logprob_dict(seq, token, logprob, rank, top_ids, top_lps)
         new_lps = [lp] if lp is not None else None
         if seq.thinking_budget_spent() and token != THINK_END_ID:
-            new = self._early_stop_ids(seq)  # close the thinking; the model writes the answer
+            room = min(seq.max_tokens - seq.num_output_tokens, self.max_model_len - len(seq))
+            new = self._early_stop_ids(seq)[:room]  # close the thinking; the model writes the answer
             new_lps = [{t: Logprob(0.0, None, self.tokenizer.decode([t]))} for t in new] if lp else None
         for t in new:
             seq.append(t)

@@ -45,7 +45,7 @@ class Sequence:
         self.stop_reason: str | int | None = None
         self.error: str | None = None
         self.generator = _generator(params.seed, index)
-        self.thinking = self.prompt_opens_thinking = _opens_thinking(prompt_ids)
+        self.thinking = self.prompt_opens_thinking = opens_thinking(prompt_ids)
         self.num_thinking_tokens = 0
         self.wait_for: Sequence | None = None  # a sibling whose prompt blocks this one reuses
         self.grammar = None  # a GrammarState once the answer is constrained
@@ -97,7 +97,7 @@ def _generator(seed: int | None, index: int) -> torch.Generator | None:
     return torch.Generator().manual_seed(seed * 1_000_003 + index)
 
 
-def _opens_thinking(prompt_ids: list[int]) -> bool:
+def opens_thinking(prompt_ids: list[int]) -> bool:
     """True when the prompt ends inside an open <think> (the 2507 generation prompt)."""
     for token in reversed(prompt_ids):
         if token == THINK_END_ID:

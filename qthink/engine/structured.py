@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from qthink.engine.sequence import THINK_END_ID
+from qthink.tokenizer import TOOL_CALL_END_ID, TOOL_CALL_START_ID
 
 # Qwen writes "</think>\n\n" before its answer: the grammar lets a little whitespace through.
 LEADING_SPACE = "start: /[ \\t\\n]{0,4}/ body\n"
@@ -43,6 +44,40 @@ def lark_grammar(spec: dict) -> str:
             raise StructuredOutputError("grammar must be a Lark grammar string")
         return value
     raise StructuredOutputError(f"unknown structured output kind {kind!r}")
+
+
+def tool_call_grammar(tools: list[dict], name: str | None = None) -> str:
+    """A grammar whose answer is Hermes tool calls to `tools` (one call to `name` when given,
+    else one or more): OpenAI's tool_choice "required" or a named function, made certain."""
+    functions = [t.get("function", t) for t in tools or []]
+    allowed = [f for f in functions if name is None or f.get("name") == name]
+    if not allowed:
+        raise StructuredOutputError(f"tool_choice names {name!r}, which is not among the tools")
+    schemas = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": f["name"]}, "arguments": _closed(f.get("parameters"))},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for f in allowed
+    ]
+    call = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    repeat = "" if name else ' ("\\n" call)*'
+    return (
+        LEADING_SPACE
+        + f"body: call{repeat}\n"
+        + f'call: <[{TOOL_CALL_START_ID}]> "\\n" json "\\n" <[{TOOL_CALL_END_ID}]>\n'
+        + "json: %json "
+        + json.dumps(_compact(call))
+    )
+
+
+def _closed(parameters: dict | None) -> dict:
+    """A forced call uses only the declared parameters (a parameterless tool gets `{}`)."""
+    schema = dict(parameters or {"type": "object", "properties": {}})
+    schema.setdefault("additionalProperties", False)
+    return schema
 
 
 def _compact(schema: dict) -> dict:

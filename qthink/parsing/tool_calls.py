@@ -53,8 +53,10 @@ def parse_tool_calls(text: str | None, tools: list[dict] | None) -> tuple[str | 
     """(content without the parsed blocks, calls). Pass the answer only: a <tool_call> in
     the thinking is the model musing, not a call."""
     names = tool_names(tools)
-    if not text or not names or START not in text:
+    if not names:
         return (text or None), []
+    if not text or START not in text:
+        return (text.strip() if text else None) or None, []
     calls, kept, last = [], [], 0
     for match in BLOCK.finditer(text):
         call = parse_call(match.group(1).strip(), names)

@@ -1,0 +1,186 @@
+"""The FastAPI app: OpenAI routes, tokenizer routes, health, metrics, auth and request limits."""
+
+import hmac
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+
+from qthink import __version__
+from qthink.engine.async_engine import AsyncEngine, EngineDeadError
+from qthink.server.chat import create_chat_completion
+from qthink.server.completions import create_completion
+from qthink.server.errors import APIError, error_response, validation_message
+from qthink.server.metrics import Metrics
+from qthink.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+
+PUBLIC_PATHS = ("/health",)
+UI_PATHS = ("/", "/viewer/")  # the page's own files; every call it makes to the API is authenticated
+
+
+@dataclass
+class Server:
+    engine: AsyncEngine
+    model_name: str
+    metrics: Metrics
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+
+def build_app(
+    engine: AsyncEngine,
+    model_name: str,
+    api_key: str | None = None,
+    metrics_public: bool = False,
+    allowed_origins: list[str] | None = None,
+    max_request_bytes: int = 32 << 20,
+    web_ui: bool = True,
+) -> FastAPI:
+    server = Server(engine, model_name, Metrics(engine, model_name))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await engine.shutdown()  # aborts whatever is still in flight, then stops the engine thread
+
+    app = FastAPI(title="qthink", version=__version__, lifespan=lifespan)
+    app.state.server = server
+    public = PUBLIC_PATHS + (("/metrics",) if metrics_public else ())
+    _add_guards(app, api_key, public, max_request_bytes)
+    if allowed_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=allowed_origins, allow_methods=["*"], allow_headers=["*"]
+        )
+    _add_error_handlers(app)
+    _add_routes(app, server)
+    if web_ui:
+        from qthink.viewer.web import mount
+
+        mount(app)
+    return app
+
+
+def _add_guards(app: FastAPI, api_key: str | None, public: tuple[str, ...], max_bytes: int) -> None:
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size and size.isdigit() and int(size) > max_bytes:
+            return error_response(413, f"request body over {max_bytes} bytes", code="request_too_large")
+        path = request.url.path
+        if expected and path not in public and not _is_ui(path):
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):  # constant time: no key oracle
+                return error_response(
+                    401, "invalid or missing API key", kind="authentication_error", code="invalid_api_key"
+                )
+        return await call_next(request)
+
+
+def _is_ui(path: str) -> bool:
+    return path == "/" or (path.startswith("/viewer/") and path != "/viewer/")
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError):
+        message, param = validation_message(exc.errors())
+        return error_response(400, message, param=param)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code)
+
+    @app.exception_handler(EngineDeadError)
+    async def dead(_: Request, exc: EngineDeadError):
+        return error_response(503, str(exc), kind="server_error")
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_: Request, exc: ValueError):
+        return error_response(400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception):
+        return error_response(500, f"internal error: {type(exc).__name__}", kind="server_error")
+
+
+def _check_model(server: Server, model: str | None) -> None:
+    if model is not None and model != server.model_name:
+        raise APIError(
+            400,
+            f"model {model!r} is not served here; this server serves {server.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def _add_routes(app: FastAPI, server: Server) -> None:
+    @app.get("/health")
+    async def health():
+        if not server.engine.is_alive():
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/version")
+    async def version():
+        return {"version": __version__}
+
+    @app.get("/v1/models")
+    async def models():
+        card = {
+            "id": server.model_name,
+            "object": "model",
+            "owned_by": "qthink",
+            "created": 0,
+            "max_model_len": server.engine.max_model_len,
+        }
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatCompletionRequest):
+        _check_model(server, req.model)
+        return await create_chat_completion(req, server)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest):
+        _check_model(server, req.model)
+        return await create_completion(req, server)
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest):
+        _check_model(server, req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise APIError(400, "give exactly one of prompt and messages")
+        if req.prompt is not None:
+            tokens = server.tokenizer.encode(req.prompt)
+        else:
+            messages = [m.model_dump(exclude_none=True) for m in req.messages]
+            tokens = server.tokenizer.apply_chat_template(
+                messages,
+                tools=req.tools,
+                add_generation_prompt=req.add_generation_prompt,
+                **(req.chat_template_kwargs or {}),
+            )
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": server.engine.max_model_len}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest):
+        _check_model(server, req.model)
+        if any(not 0 <= t < len(server.tokenizer) for t in req.tokens):
+            raise APIError(400, "a token id is outside the vocabulary", param="tokens")
+        return {"prompt": server.tokenizer.decode(req.tokens)}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,0 +1,237 @@
+"""POST /v1/chat/completions: the thinking as reasoning_content, the answer, tool calls, streaming."""
+
+import asyncio
+import time
+import uuid
+
+from fastapi.responses import StreamingResponse
+
+from qthink.engine.outputs import CompletionOutput, RequestOutput
+from qthink.engine.sequence import THINK_END_ID, opens_thinking
+from qthink.parsing.reasoning import ReasoningStreamParser
+from qthink.parsing.tool_calls import ToolCallStreamParser, parse_tool_calls
+from qthink.server.errors import APIError
+from qthink.server.params import sampling_params, structured_output, tool_choice_spec
+from qthink.server.protocol import ChatCompletionRequest
+from qthink.server.streaming import last_output, sse, sse_done, stream_outputs
+
+
+async def create_chat_completion(req: ChatCompletionRequest, server):
+    parse_tools, forced = tool_choice_spec(req)
+    structured = structured_output(req)
+    if forced and structured:
+        raise APIError(400, "tool_choice required/named cannot be combined with response_format")
+    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    prompt = await asyncio.to_thread(
+        server.tokenizer.apply_chat_template,
+        messages,
+        tools=req.tools,
+        add_generation_prompt=req.add_generation_prompt,
+        tokenize=True,
+        **(req.chat_template_kwargs or {}),
+    )
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    params = sampling_params(req, server.engine.max_model_len, len(prompt), logprobs, forced or structured)
+    view = ChatView(req, server.model_name, opens_thinking(prompt), parse_tools)
+    outputs = await stream_outputs(server, prompt, params)
+    if req.stream:
+        return StreamingResponse(view.stream(outputs, server.metrics), media_type="text/event-stream")
+    final = await last_output(outputs)
+    return view.response(final)
+
+
+class ChatView:
+    """Shapes engine outputs into chat completion objects and stream chunks."""
+
+    def __init__(self, req: ChatCompletionRequest, model: str, thinking: bool, parse_tools: bool):
+        self.req, self.model, self.thinking = req, model, thinking
+        self.tools = req.tools if parse_tools else None
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    # ---- whole response -----------------------------------------------------------------
+
+    def response(self, out: RequestOutput) -> dict:
+        choices = [self._choice(c) for c in out.outputs]
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage(out, self.thinking),
+        }
+
+    def _choice(self, c: CompletionOutput) -> dict:
+        reasoning, content = c.reasoning_content, c.content
+        message: dict = {"role": "assistant"}
+        calls = []
+        if self.tools:
+            content, calls = parse_tool_calls(content, self.tools)
+        if self.req.include_reasoning and reasoning is not None:
+            message["reasoning_content"] = message["reasoning"] = reasoning
+        message["content"] = content
+        if calls:
+            message["tool_calls"] = calls
+        return {
+            "index": c.index,
+            "message": message,
+            "logprobs": self._logprobs(c, 0, len(c.token_ids)),
+            "finish_reason": "tool_calls" if calls else finish_reason(c),
+            "stop_reason": c.stop_reason,
+        }
+
+    def _logprobs(self, c: CompletionOutput, start: int, end: int) -> dict | None:
+        if not self.req.logprobs or c.logprobs is None:
+            return None
+        k = self.req.top_logprobs or 0
+        content = []
+        for token, entry in zip(c.token_ids[start:end], c.logprobs[start:end]):
+            chosen = entry[token]
+            top = sorted(
+                (e for e in entry.values() if e.rank is not None and e.rank <= k), key=lambda e: e.rank
+            )
+            content.append({**_token_logprob(chosen), "top_logprobs": [_token_logprob(e) for e in top]})
+        return {"content": content}
+
+    # ---- stream ---------------------------------------------------------------------------
+
+    async def stream(self, outputs, metrics):
+        states: dict[int, ChoiceStream] = {}
+        last = None
+        start = time.monotonic()
+        first_token_at = prev_at = None
+        try:
+            async for out in outputs:
+                last = out
+                now = time.monotonic()
+                for c in out.outputs:
+                    state = states.setdefault(c.index, ChoiceStream(self))
+                    if len(c.token_ids) > state.tokens_seen:
+                        if first_token_at is None:
+                            first_token_at = now
+                            metrics.ttft.observe(now - start)
+                        elif prev_at is not None:
+                            metrics.itl.observe(now - prev_at)
+                        prev_at = now
+                    for chunk in state.advance(c):
+                        yield sse(self._chunk(c.index, *chunk))
+            if last is not None and last.error:
+                yield sse({"error": {"message": last.error, "type": "server_error", "code": 500}})
+            elif last is not None and self.req.stream_options and self.req.stream_options.include_usage:
+                yield sse({**self._envelope(), "choices": [], "usage": usage(last, self.thinking)})
+            metrics.e2e.observe(time.monotonic() - start)
+            yield sse_done()
+        except Exception as e:  # an engine fault mid-stream: tell the client, close cleanly
+            yield sse({"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error", "code": 500}})
+            yield sse_done()
+
+    def _envelope(self) -> dict:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def _chunk(self, index: int, delta: dict, logprobs, finish: str | None, stop_reason=None) -> dict:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        if finish is not None:
+            choice["stop_reason"] = stop_reason
+        return {**self._envelope(), "choices": [choice]}
+
+
+class ChoiceStream:
+    """One choice's progress through a stream: text and tokens seen, the two parsers."""
+
+    def __init__(self, view: ChatView):
+        self.view = view
+        self.reasoning = ReasoningStreamParser(view.thinking)
+        self.tools = ToolCallStreamParser(view.tools) if view.tools else None
+        self.content = _Trimmed() if view.tools else None
+        self.text_seen = 0
+        self.tokens_seen = 0
+        self.started = False
+        self.made_calls = False
+
+    def advance(self, c: CompletionOutput):
+        """Chunks (delta, logprobs, finish_reason[, stop_reason]) for what is new in `c`."""
+        new_text = c.text[self.text_seen :]
+        self.text_seen = len(c.text)
+        logprobs = self.view._logprobs(c, self.tokens_seen, len(c.token_ids))
+        self.tokens_seen = len(c.token_ids)
+        if not self.started:
+            self.started = True
+            yield {"role": "assistant", "content": ""}, None, None
+        r_delta, c_delta = self.reasoning.feed(new_text)
+        delta: dict = {}
+        if r_delta and self.view.req.include_reasoning:
+            delta["reasoning_content"] = delta["reasoning"] = r_delta
+        deltas = self._content_deltas(c_delta, final=c.finish_reason is not None)
+        text = "".join(d["content"] for d in deltas if "content" in d)
+        if text:
+            delta["content"] = text
+        calls = [d["tool_call"] for d in deltas if "tool_call" in d]
+        if calls:
+            delta["tool_calls"] = calls
+            self.made_calls = True
+        if delta or logprobs:
+            yield delta, logprobs, None
+        if c.finish_reason is not None:
+            yield {}, None, "tool_calls" if self.made_calls else finish_reason(c), c.stop_reason
+
+    def _content_deltas(self, text: str, final: bool) -> list[dict]:
+        if self.tools is None:
+            return [{"content": text}] if text else []
+        out = []
+        for d in self.tools.feed(text, final=final):
+            if "content" in d:
+                trimmed = self.content.push(d["content"])
+                if trimmed:
+                    out.append({"content": trimmed})
+            else:
+                out.append(d)
+        return out
+
+
+class _Trimmed:
+    """Content as `.strip()` leaves it, streamed: trailing whitespace waits for more text."""
+
+    def __init__(self):
+        self.full = ""
+        self.sent = 0
+
+    def push(self, text: str) -> str:
+        self.full += text
+        view = self.full.strip()
+        delta, self.sent = view[self.sent :], len(view)
+        return delta
+
+
+def finish_reason(c: CompletionOutput) -> str | None:
+    return {"abort": "abort", "error": "error"}.get(c.finish_reason, c.finish_reason)
+
+
+def reasoning_tokens(token_ids: list[int], thinking: bool) -> int:
+    if THINK_END_ID in token_ids:
+        return token_ids.index(THINK_END_ID)
+    return len(token_ids) if thinking else 0
+
+
+def usage(out: RequestOutput, thinking: bool) -> dict:
+    completion = sum(len(c.token_ids) for c in out.outputs)
+    prompt = len(out.prompt_token_ids)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {
+            "reasoning_tokens": sum(reasoning_tokens(c.token_ids, thinking) for c in out.outputs)
+        },
+        "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens},
+    }
+
+
+def _token_logprob(entry) -> dict:
+    token = entry.decoded_token or ""
+    return {"token": token, "logprob": max(entry.logprob, -9999.0), "bytes": list(token.encode())}

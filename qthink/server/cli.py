@@ -1,0 +1,88 @@
+"""`qthink serve [MODEL]`: the OpenAI-compatible server (a drop-in for `vllm serve`)."""
+
+import argparse
+import logging
+
+import uvicorn
+
+from qthink.chat_cli import add_model_arguments
+from qthink.engine.async_engine import AsyncEngine
+from qthink.server.app import build_app
+
+log = logging.getLogger("qthink")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "model_path",
+        nargs="?",
+        metavar="MODEL",
+        help="model folder or Hugging Face id (default: the offline demo model)",
+    )
+    add_model_arguments(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", help="the name clients send as `model`")
+    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every route but /health")
+    p.add_argument("--metrics-public", action="store_true", help="serve /metrics without the API key")
+    p.add_argument("--allowed-origins", nargs="*", help="enable CORS for these origins (off by default)")
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--reasoning-parser",
+        choices=["qwen3", "deepseek_r1"],
+        default="qwen3",
+        help="accepted for vLLM compatibility; reasoning is always split at </think>",
+    )
+    p.add_argument("--no-web-ui", action="store_true", help="do not serve the chat page at /")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    model = args.model_path or args.model
+    if model is None:
+        from qthink.demo import default_model_path
+
+        model = str(default_model_path())
+    knobs = {"max_model_len": args.max_model_len, "kv_cache_memory": args.kv_cache_memory}
+    engine = AsyncEngine(
+        model,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        chat_template=args.chat_template,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        tensor_parallel_size=args.tensor_parallel_size,
+        seed=args.seed,
+        **{k: v for k, v in knobs.items() if v},
+    )
+    name = args.served_model_name or model
+    app = build_app(
+        engine,
+        name,
+        api_key=args.api_key,
+        metrics_public=args.metrics_public,
+        allowed_origins=args.allowed_origins,
+        web_ui=not args.no_web_ui,
+    )
+    core = engine.engine
+    blocks, size = core.blocks.num_blocks, core.config.block_size
+    log.info(
+        "qthink serving %s as %r: dtype %s%s, %d KV blocks x %d tokens, max_model_len %d, "
+        "at http://%s:%d/v1 (chat page at http://%s:%d/)",
+        model,
+        name,
+        str(core.dtype).removeprefix("torch."),
+        f", {args.quantization} weights" if args.quantization else "",
+        blocks,
+        size,
+        core.max_model_len,
+        args.host,
+        args.port,
+        args.host,
+        args.port,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
+    return 0

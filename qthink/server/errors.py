@@ -1,0 +1,38 @@
+"""OpenAI-style error bodies, and the exceptions that map to them."""
+
+from fastapi.responses import JSONResponse
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | int | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(
+    status: int,
+    message: str,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | int | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(message, kind, param, code), status_code=status)
+
+
+def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+    """One readable sentence from pydantic's errors, and the offending parameter."""
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", []) if p != "body"]
+    param = ".".join(loc) or None
+    return (f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid")), param

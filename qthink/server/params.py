@@ -1,0 +1,112 @@
+"""From an OpenAI request to SamplingParams: limits, thinking budget, structured output, tool choice."""
+
+import json
+
+from qthink.engine.sampling_params import SamplingParams
+from qthink.engine.structured import tool_call_grammar
+from qthink.server.errors import APIError
+from qthink.server.protocol import ChatCompletionRequest, SamplingFields
+
+
+def sampling_params(
+    req: SamplingFields, max_model_len: int, prompt_len: int, logprobs: int | None, structured: dict | None
+) -> SamplingParams:
+    room = max_model_len - prompt_len
+    if room <= 0:
+        raise APIError(
+            400,
+            f"the prompt has {prompt_len} tokens, but this model's context is {max_model_len} "
+            "tokens (prompt plus output); shorten the prompt",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
+    if max_tokens is not None and max_tokens > room:
+        raise APIError(
+            400,
+            f"max_tokens={max_tokens} plus the prompt's {prompt_len} tokens exceeds the "
+            f"context of {max_model_len} tokens; ask for at most {room}",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return SamplingParams(
+        n=req.n,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        min_p=req.min_p,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty,
+        seed=req.seed,
+        max_tokens=max_tokens or room,
+        min_tokens=req.min_tokens,
+        stop=req.stop or [],
+        stop_token_ids=req.stop_token_ids or [],
+        include_stop_str_in_output=req.include_stop_str_in_output,
+        ignore_eos=req.ignore_eos,
+        logprobs=logprobs,
+        skip_special_tokens=req.skip_special_tokens,
+        max_thinking_tokens=req.max_thinking_tokens
+        if req.max_thinking_tokens is not None
+        else req.thinking_token_budget,
+        structured_output=structured,
+    )
+
+
+def structured_output(req: SamplingFields) -> dict | None:
+    """vLLM's guided_* extras and OpenAI's response_format, as one structured_output spec."""
+    specs = []
+    fmt = req.response_format
+    if fmt is not None:
+        kind = fmt.get("type")
+        if kind == "json_object":
+            specs.append({"json_object": True})
+        elif kind == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            if not isinstance(schema, dict):
+                raise APIError(
+                    400,
+                    "response_format.json_schema.schema must be a JSON Schema object",
+                    param="response_format",
+                )
+            specs.append({"json_schema": schema})
+        elif kind not in ("text", None):
+            raise APIError(400, f"unknown response_format type {kind!r}", param="response_format")
+    if req.guided_json is not None:
+        schema = req.guided_json
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError:
+                raise APIError(400, "guided_json is not valid JSON", param="guided_json") from None
+        specs.append({"json_schema": schema})
+    for key, value in (
+        ("choice", req.guided_choice),
+        ("regex", req.guided_regex),
+        ("grammar", req.guided_grammar),
+    ):
+        if value is not None:
+            specs.append({key: value})
+    if len(specs) > 1:
+        raise APIError(400, "give at most one of response_format and the guided_* fields")
+    return specs[0] if specs else None
+
+
+def tool_choice_spec(req: ChatCompletionRequest) -> tuple[bool, dict | None]:
+    """(parse tool calls?, grammar forcing them). `none` never parses; `required` and a named
+    function constrain the answer to calls, so they are well-formed."""
+    choice = req.tool_choice
+    if not req.tools or choice == "none":
+        return False, None
+    if choice in (None, "auto"):
+        return True, None
+    if choice == "required":
+        return True, {"grammar": tool_call_grammar(req.tools)}
+    if isinstance(choice, dict) and (choice.get("function") or {}).get("name"):
+        return True, {"grammar": tool_call_grammar(req.tools, choice["function"]["name"])}
+    raise APIError(
+        400,
+        f"tool_choice must be none, auto, required or a named function, got {choice!r}",
+        param="tool_choice",
+    )
