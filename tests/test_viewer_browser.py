@@ -281,7 +281,7 @@ def test_trace_view_save_reload_and_compare(page, scripted, screenshots, tmp_pat
     root = page.locator("#trace-root")
     root.locator(".step").first.wait_for()
     stat = lambda name: root.locator(f"[data-stat={name}] .stat-value").inner_text()  # noqa: E731
-    assert stat("thinking-tokens") == str(len(thinking))
+    assert stat("thinking-tokens") == str(len(thinking) - 1)  # </think> is not counted
     assert stat("answer-tokens") == str(len(pieces(ANSWER)))
     assert stat("steps") == "6"
     assert root.locator(".step").nth(1).locator(".answer-badge").count() == 1

@@ -1,7 +1,9 @@
 // The streaming chat: sends the conversation to /v1/chat/completions and records a trace of
 // every answer (thinking, answer, tool calls, per-token logprobs, timings).
 import { sseEvents, errorMessage } from "./stream.js";
-import { el, seconds, number, download, segment, renderMarkdown, traceFilename, toast, apiHeaders } from "./util.js";
+import {
+  el, seconds, number, download, segment, renderMarkdown, traceFilename, toast, apiHeaders, thinkingTokenCount,
+} from "./util.js";
 import { renderSteps, toolCallCard } from "./trace.js";
 
 const SETTINGS = ["temperature", "top_p", "top_k", "max_tokens", "max_thinking_tokens"];
@@ -206,7 +208,7 @@ class AssistantTurn {
     this.shown.thinking = answer.reasoning_content.length;
     this.answerText.appendData(answer.content.slice(this.shown.answer));
     this.shown.answer = answer.content.length;
-    const thinkingTokens = answer.tokens.filter((t) => t.part === "thinking").length;
+    const thinkingTokens = thinkingTokenCount(answer.tokens);
     if (timings.first_answer_token === undefined) {
       this.summaryText.textContent = `Thinking… ${thinkingTokens ? `${number(thinkingTokens)} tokens` : ""}`;
     } else if (!this.userToggled && this.panel.open) {
@@ -232,7 +234,7 @@ class AssistantTurn {
     const thinking = answer.tokens.filter((t) => t.part === "thinking");
     const thoughtFor = timings.first_answer_token ?? timings.end;
     this.summaryText.textContent = answer.reasoning_content
-      ? `Thought for ${seconds(thoughtFor)} · ${number(thinking.length || answer.reasoning_content.split(/\s+/).length)} ${thinking.length ? "tokens" : "words"}`
+      ? `Thought for ${seconds(thoughtFor)} · ${number(thinkingTokenCount(thinking) || answer.reasoning_content.split(/\s+/).length)} ${thinking.length ? "tokens" : "words"}`
       : "No thinking";
     if (answer.content) this.answer.replaceChildren(renderMarkdown(answer.content));
     this.answer.classList.remove("live");
@@ -277,8 +279,8 @@ class AssistantTurn {
 
 function turnStats(trace) {
   const tokens = trace.answer.tokens;
-  const thinking = tokens.filter((t) => t.part === "thinking").length;
-  const reply = tokens.length - thinking;
+  const thinking = thinkingTokenCount(tokens);
+  const reply = tokens.filter((t) => t.part !== "thinking").length;
   const span = (trace.timings.end ?? 0) - (trace.timings.first_token ?? 0);
   const rate = span > 0 && tokens.length ? ` · ${number(tokens.length / span, 1)} tok/s` : "";
   return tokens.length ? `${number(thinking)} thinking + ${number(reply)} answer tokens${rate}` : "";

@@ -2,7 +2,7 @@
 // and two traces side by side.
 import {
   el, seconds, number, confidence, entropy, mean, SPECIAL_TOKEN, download, segment, traceFilename,
-  renderMarkdown,
+  renderMarkdown, thinkingTokenCount,
 } from "./util.js";
 
 // Step label -> its title, in legend order; filled from the server's /viewer/config.
@@ -18,7 +18,7 @@ export async function analyseTrace(trace) {
   const timings = trace.timings || {};
   const usage = trace.usage || {};
   const reasoningUsage = usage.completion_tokens_details?.reasoning_tokens;
-  const thinkingCount = thinking.length || reasoningUsage || 0;
+  const thinkingCount = thinkingTokenCount(thinking) || reasoningUsage || 0;
   const answerCount = replyTokens.length
     || (usage.completion_tokens ? usage.completion_tokens - (reasoningUsage || 0) : 0);
   const generating = (timings.end ?? 0) - (timings.first_token ?? 0);

@@ -48,6 +48,11 @@ export function mean(values) {
 
 export const SPECIAL_TOKEN = /^<\|?\/?[a-z_]+\|?>$/;
 
+// Thinking tokens counted as servers count reasoning tokens: the closing </think> is not one.
+export function thinkingTokenCount(tokens) {
+  return tokens.filter((t) => t.part === "thinking" && t.text !== "</think>").length;
+}
+
 export function download(filename, text) {
   const url = URL.createObjectURL(new Blob([text], { type: "application/json" }));
   const link = el("a", { href: url, download: filename });
