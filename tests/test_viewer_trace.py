@@ -125,7 +125,7 @@ def test_trace_from_an_engine_output(tiny_model_dir, tmp_path):
 
     llm = LLM(model=str(tiny_model_dir))
     messages = [{"role": "user", "content": "What is 2 + 2?"}]
-    params = SamplingParams(max_tokens=24, logprobs=3, max_thinking_tokens=6, seed=1)
+    params = SamplingParams(max_tokens=48, logprobs=3, max_thinking_tokens=6, seed=1)
     output = llm.chat(messages, params)[0].outputs[0]
     tokenizer = llm.get_tokenizer()
     trace = trace_from_output(messages, output, tokenizer, settings={"max_thinking_tokens": 6})
