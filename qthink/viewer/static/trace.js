@@ -208,7 +208,9 @@ export async function renderTrace(root, trace, { idPrefix = "t", compact = false
     settings ? el("div", { class: "trace-settings" }, settings) : null,
     statsGrid(view.stats),
     minimap(view, idPrefix),
-    el("div", { class: "section-head" }, el("h3", {}, "Thinking"), view.tokens.length ? modeSwitch(body) : null),
+    el("div", { class: "section-head" }, el("h3", {}, "Thinking"),
+      view.tokens.length ? el("span", { class: "heat-hint" }, "shaded where the model was unsure · hover a token for its alternatives") : null,
+      view.tokens.length ? modeSwitch(body) : null),
     view.analysis.steps.length ? renderSteps(view.analysis, view.thinking, thinkingText, idPrefix)
       : el("div", { class: "empty" }, "This answer has no thinking."),
     el("div", { class: "section-head" }, el("h3", {}, "Answer")),
