@@ -42,7 +42,9 @@ class ReasoningStreamParser:
     """Text deltas in, (reasoning delta, content delta) out. A </think> split across deltas
     is held back until it is whole; newlines the whole-text split strips are held back until
     text follows them, so the concatenated deltas equal `split_reasoning_text` (for output
-    with one </think>, which is what the model writes)."""
+    with one </think>, which is what the model writes). With `thinking=False` the stream
+    has already sent everything as content when a stray </think> comes, so it is kept as
+    text there, where the whole-text split would still cut at it."""
 
     def __init__(self, thinking: bool = True):
         self.thinking = thinking
@@ -51,10 +53,12 @@ class ReasoningStreamParser:
         self.reasoning = _StrippedStream()
         self.content = _StrippedStream()
 
-    def feed(self, text: str) -> tuple[str, str]:
+    def feed(self, text: str, final: bool = False) -> tuple[str, str]:
+        """Route new text; `final=True` on the last delta releases what was held back for a
+        marker that never came (thinking cut off right after "<", say)."""
         self.pending += text
         if not self.started:
-            if THINK_START.startswith(self.pending):
+            if THINK_START.startswith(self.pending) and not final:
                 return "", ""  # may still become "<think>"
             self.started = True
             if self.pending.startswith(THINK_START):
@@ -66,7 +70,7 @@ class ReasoningStreamParser:
                 to_reasoning, to_content = self.pending[:at], self.pending[at + len(THINK_END) :]
                 self.thinking, self.pending = False, ""
             else:
-                keep = partial_suffix(self.pending, THINK_END)
+                keep = 0 if final else partial_suffix(self.pending, THINK_END)
                 cut = len(self.pending) - keep
                 to_reasoning, self.pending = self.pending[:cut], self.pending[cut:]
         else:

@@ -163,11 +163,12 @@ class ChoiceStream:
         if not self.started:
             self.started = True
             yield {"role": "assistant", "content": ""}, None, None
-        r_delta, c_delta = self.reasoning.feed(new_text)
+        final = c.finish_reason is not None
+        r_delta, c_delta = self.reasoning.feed(new_text, final=final)
         delta: dict = {}
         if r_delta and self.view.req.include_reasoning:
             delta["reasoning_content"] = delta["reasoning"] = r_delta
-        deltas = self._content_deltas(c_delta, final=c.finish_reason is not None)
+        deltas = self._content_deltas(c_delta, final=final)
         text = "".join(d["content"] for d in deltas if "content" in d)
         if text:
             delta["content"] = text
