@@ -1,0 +1,131 @@
+"""Chat responses and streams shaped from engine outputs that a random-weight model never writes:
+tool calls the model chose itself, a call drafted in the thinking, thinking cut mid-marker."""
+
+import asyncio
+import json
+
+import pytest
+
+from qthink.engine.outputs import CompletionOutput, RequestOutput
+from qthink.parsing.reasoning import split_reasoning_text
+from qthink.server.chat import ChatView
+from qthink.server.metrics import Metrics
+from qthink.server.protocol import ChatCompletionRequest
+from qthink.tokenizer import IncrementalDetokenizer, Tokenizer
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    },
+    {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}},
+]
+DRAFT = '<tool_call>\n{"name": "ping", "arguments": {}}\n</tool_call>'
+CALLS = (
+    '<tool_call>\n{"name": "get_time", "arguments": {"city": "東京"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "ping"}\n</tool_call>'
+)
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_dir):
+    return Tokenizer.from_pretrained(tokenizer_dir)
+
+
+def engine_outputs(tok, text: str, finish_reason: str) -> list[RequestOutput]:
+    """The cumulative outputs the engine yields while it generates `text` token by token."""
+    ids, detok, seen = tok.encode(text), IncrementalDetokenizer(tok), ""
+    outs = []
+    for n, token in enumerate(ids, 1):
+        seen += detok.push([token])
+        c = CompletionOutput(0, seen, ids[:n])
+        if n == len(ids):
+            c.finish_reason = finish_reason
+            c.reasoning_content, c.content = split_reasoning_text(seen, True)
+        outs.append(RequestOutput("r", None, [1, 2, 3], [c], finished=n == len(ids)))
+    return outs
+
+
+def view_for(**body) -> ChatView:
+    req = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], **body)
+    parse_tools = bool(req.tools) and req.tool_choice != "none"
+    return ChatView(req, "qthink-test", thinking=True, parse_tools=parse_tools)
+
+
+def streamed(view: ChatView, outs: list[RequestOutput]) -> list[dict]:
+    async def run():
+        async def source():
+            for out in outs:
+                yield out
+
+        metrics = Metrics(None, "qthink-test")  # never scraped here, so it needs no engine
+        return [event async for event in view.stream(source(), metrics)]
+
+    events = asyncio.run(run())
+    assert events[-1] == "data: [DONE]\n\n"
+    return [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+
+
+def assemble(chunks: list[dict]) -> dict:
+    """The message a client builds from the chunks, the way the openai SDK's helpers do."""
+    message = {"reasoning_content": "", "reasoning": "", "content": "", "tool_calls": {}}
+    finish = None
+    for chunk in chunks:
+        (choice,) = chunk["choices"]
+        delta = choice["delta"]
+        for key in ("reasoning_content", "reasoning", "content"):
+            message[key] += delta.get(key) or ""
+        for call in delta.get("tool_calls", []):
+            entry = message["tool_calls"].setdefault(call["index"], {"name": "", "arguments": ""})
+            entry["name"] += call["function"].get("name") or ""
+            entry["arguments"] += call["function"]["arguments"]
+        finish = choice["finish_reason"] or finish
+    return {**message, "finish_reason": finish}
+
+
+def test_calls_chosen_by_the_model_whole_and_streamed(tok):
+    text = f"I should check. {DRAFT} maybe.\n</think>\n\nChecking.\n{CALLS}"
+    outs = engine_outputs(tok, text, "stop")
+    whole = view_for(tools=TOOLS).response(outs[-1])["choices"][0]
+    message = whole["message"]
+    assert whole["finish_reason"] == "tool_calls"
+    assert message["reasoning_content"] == message["reasoning"] == f"I should check. {DRAFT} maybe."
+    assert message["content"] == "Checking."
+    calls = [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in message["tool_calls"]]
+    assert calls == [("get_time", {"city": "東京"}), ("ping", {})]  # the drafted call is not made
+    got = assemble(streamed(view_for(tools=TOOLS, stream=True), outs))
+    assert got["reasoning_content"] == got["reasoning"] == message["reasoning_content"]
+    assert got["content"] == message["content"]
+    assert [(c["name"], c["arguments"]) for c in got["tool_calls"].values()] == [
+        (c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]
+    ]
+    assert got["finish_reason"] == "tool_calls"
+
+
+def test_tool_choice_none_leaves_blocks_as_text(tok):
+    outs = engine_outputs(tok, f"Thinking.\n</think>\n\n{CALLS}", "stop")
+    whole = view_for(tools=TOOLS, tool_choice="none").response(outs[-1])["choices"][0]
+    assert whole["message"]["content"] == CALLS and "tool_calls" not in whole["message"]
+    got = assemble(streamed(view_for(tools=TOOLS, tool_choice="none", stream=True), outs))
+    assert got["content"] == CALLS and not got["tool_calls"] and got["finish_reason"] == "stop"
+
+
+def test_thinking_cut_after_a_lone_angle_bracket(tok):
+    """max_tokens ends the thinking just after "<": nothing is lost in the stream."""
+    outs = engine_outputs(tok, "Is 3 < 4? Yes, and 4 <", "length")
+    whole = view_for().response(outs[-1])["choices"][0]
+    assert whole["finish_reason"] == "length" and whole["message"]["content"] is None
+    got = assemble(streamed(view_for(stream=True), outs))
+    assert got["reasoning_content"] == whole["message"]["reasoning_content"] == "Is 3 < 4? Yes, and 4 <"
+    assert got["content"] == "" and got["finish_reason"] == "length"
+
+
+def test_include_reasoning_false_sends_only_the_answer(tok):
+    outs = engine_outputs(tok, "Secret plan.\n</think>\n\nFour.", "stop")
+    message = view_for(include_reasoning=False).response(outs[-1])["choices"][0]["message"]
+    assert "reasoning_content" not in message and message["content"] == "Four."
+    got = assemble(streamed(view_for(include_reasoning=False, stream=True), outs))
+    assert got["reasoning_content"] == "" and got["content"] == "Four."
