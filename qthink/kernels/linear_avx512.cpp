@@ -1,0 +1,355 @@
+// Small-M linear kernels (decode GEMV) for AVX-512 BF16 CPUs: bf16, int8 and int4 weights.
+//
+// Batch-1 decode reads every weight once per token, so these kernels are built to stream
+// weight rows at memory bandwidth: a few rows at a time, a few activation rows reused
+// per loaded weight vector, rows split across threads with at::parallel_for.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cstring>
+#include <torch/library.h>
+
+#include <vector>
+
+namespace {
+
+constexpr int64_t kRowsPerTask = 16;
+
+// bf16 of (128 + q) for a nibble q is 0x4300 | q: dequantizing a nibble costs one OR.
+constexpr uint16_t kBf16Of128 = 0x4300;
+
+inline float bf16_bits_to_float(uint16_t bits) {
+  uint32_t widened = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &widened, sizeof(value));
+  return value;
+}
+
+inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh>(v); }
+
+// Writes float results into an [M, N] output of float or bf16, adding an optional bias.
+struct Output {
+  void* data;
+  bool is_bf16;
+  int64_t n_cols;
+  const float* bias;
+
+  void write(int64_t m, int64_t n, float value) const {
+    if (bias) value += bias[n];
+    if (is_bf16) {
+      static_cast<at::BFloat16*>(data)[m * n_cols + n] = at::BFloat16(value);
+    } else {
+      static_cast<float*>(data)[m * n_cols + n] = value;
+    }
+  }
+};
+
+// Runs kernel.block<NB, MB>(n, m, res) over all rows and activation rows: NB weight rows
+// share each activation load, MB activation rows share each weight load.
+template <int NB, int MB_MAX, typename Kernel>
+void run_blocks(const Kernel& kernel, int64_t M, int64_t N, const Output& out) {
+  const int64_t tasks = (N + NB - 1) / NB;
+  at::parallel_for(0, tasks, kRowsPerTask / NB, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task * NB;
+      const int64_t rows = std::min<int64_t>(NB, N - n);
+      for (int64_t m = 0; m < M;) {
+        const int64_t left = M - m;
+        if (MB_MAX >= 4 && left >= 4) {
+          kernel.template run<NB, 4>(n, m, rows, out);
+          m += 4;
+        } else if (MB_MAX >= 2 && left >= 2) {
+          kernel.template run<NB, 2>(n, m, rows, out);
+          m += 2;
+        } else {
+          kernel.template run<NB, 1>(n, m, rows, out);
+          m += 1;
+        }
+      }
+    }
+  });
+}
+
+// Shared dispatch: full blocks of NB rows, the tail row by row.
+template <typename Derived>
+struct BlockKernel {
+  template <int NB, int MB>
+  void run(int64_t n, int64_t m, int64_t rows, const Output& out) const {
+    const auto& self = static_cast<const Derived&>(*this);
+    if (rows == NB) {
+      float res[MB][NB];
+      self.template block<NB, MB>(n, m, res);
+      for (int i = 0; i < MB; ++i)
+        for (int j = 0; j < NB; ++j) out.write(m + i, n + j, res[i][j]);
+    } else {
+      for (int64_t r = 0; r < rows; ++r) {
+        float res[MB][1];
+        self.template block<1, MB>(n + r, m, res);
+        for (int i = 0; i < MB; ++i) out.write(m + i, n + r, res[i][0]);
+      }
+    }
+  }
+};
+
+struct Bf16Kernel : BlockKernel<Bf16Kernel> {
+  const uint16_t* w;  // [N, K] bf16
+  const uint16_t* x;  // [M, K] bf16
+  int64_t K;
+
+  template <int NB, int MB>
+  void block(int64_t n, int64_t m, float (*res)[NB]) const {
+    __m512 acc[MB][NB];
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+    const uint16_t* rows = w + n * K;
+    const uint16_t* xs = x + m * K;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      __m512i wv[NB];
+      for (int j = 0; j < NB; ++j) wv[j] = _mm512_loadu_si512(rows + j * K + k);
+      for (int i = 0; i < MB; ++i) {
+        const __m512i xv = _mm512_loadu_si512(xs + i * K + k);
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(wv[j]), as_bh(xv));
+      }
+    }
+    if (k < K) {
+      const __mmask32 mask = (1u << (K - k)) - 1;
+      for (int j = 0; j < NB; ++j) {
+        const __m512i wv = _mm512_maskz_loadu_epi16(mask, rows + j * K + k);
+        for (int i = 0; i < MB; ++i) {
+          const __m512i xv = _mm512_maskz_loadu_epi16(mask, xs + i * K + k);
+          acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(wv), as_bh(xv));
+        }
+      }
+    }
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j) res[i][j] = _mm512_reduce_add_ps(acc[i][j]);
+  }
+};
+
+struct Int8Kernel : BlockKernel<Int8Kernel> {
+  const int8_t* w;        // [N, K]
+  const uint16_t* scale;  // [N] bf16
+  const float* x;         // [M, K] float32
+  int64_t K;
+
+  template <int NB, int MB>
+  void block(int64_t n, int64_t m, float (*res)[NB]) const {
+    __m512 acc[MB][NB];
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+    const int8_t* rows = w + n * K;
+    const float* xs = x + m * K;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      __m512 wv[NB];
+      for (int j = 0; j < NB; ++j)
+        wv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(rows + j * K + k))));
+      for (int i = 0; i < MB; ++i) {
+        const __m512 xv = _mm512_loadu_ps(xs + i * K + k);
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
+      }
+    }
+    if (k < K) {
+      const __mmask16 mask = (1u << (K - k)) - 1;
+      for (int j = 0; j < NB; ++j) {
+        const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, rows + j * K + k)));
+        for (int i = 0; i < MB; ++i)
+          acc[i][j] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mask, xs + i * K + k), acc[i][j]);
+      }
+    }
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j) res[i][j] = _mm512_reduce_add_ps(acc[i][j]) * bf16_bits_to_float(scale[n + j]);
+  }
+};
+
+// Packing: in each block of 64 weights, byte j holds weight j (low nibble) and weight
+// j + 32 (high nibble), so both halves expand to 32 consecutive weights.
+// Dequantized weight = q * scale + offset, scale and offset per row and group.
+struct Int4Kernel : BlockKernel<Int4Kernel> {
+  const uint8_t* w;        // [N, K / 2]
+  const uint16_t* scale;   // [N, K / G] bf16
+  const uint16_t* offset;  // [N, K / G] bf16
+  const uint16_t* x;       // [M, K] bf16
+  const float* x_group_sums;  // [M, K / G]
+  int64_t K;
+  int64_t G;
+
+  template <int NB, int MB>
+  void block(int64_t n, int64_t m, float (*res)[NB]) const {
+    const int64_t groups = K / G;
+    const __m512i low_nibble = _mm512_set1_epi16(0x000F);
+    const __m512i bf16_128 = _mm512_set1_epi16(kBf16Of128);
+    __m512 total[MB][NB];
+    float constant[MB][NB];
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j) {
+        total[i][j] = _mm512_setzero_ps();
+        constant[i][j] = 0.0f;
+      }
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 lo_acc[MB][NB], hi_acc[MB][NB];
+      for (int i = 0; i < MB; ++i)
+        for (int j = 0; j < NB; ++j) lo_acc[i][j] = hi_acc[i][j] = _mm512_setzero_ps();
+      for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
+        __m512i lo[NB], hi[NB];
+        for (int j = 0; j < NB; ++j) {
+          const __m512i bytes =
+              _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(w + (n + j) * (K / 2) + k / 2)));
+          lo[j] = _mm512_ternarylogic_epi32(bytes, low_nibble, bf16_128, 0xEA);  // (a & b) | c
+          hi[j] = _mm512_or_si512(_mm512_srli_epi16(bytes, 4), bf16_128);
+        }
+        for (int i = 0; i < MB; ++i) {
+          const __m512i x_lo = _mm512_loadu_si512(x + (m + i) * K + k);
+          const __m512i x_hi = _mm512_loadu_si512(x + (m + i) * K + k + 32);
+          for (int j = 0; j < NB; ++j) {
+            lo_acc[i][j] = _mm512_dpbf16_ps(lo_acc[i][j], as_bh(lo[j]), as_bh(x_lo));
+            hi_acc[i][j] = _mm512_dpbf16_ps(hi_acc[i][j], as_bh(hi[j]), as_bh(x_hi));
+          }
+        }
+      }
+      for (int j = 0; j < NB; ++j) {
+        const float s = bf16_bits_to_float(scale[(n + j) * groups + g]);
+        const float o = bf16_bits_to_float(offset[(n + j) * groups + g]);
+        const __m512 s_vec = _mm512_set1_ps(s);
+        for (int i = 0; i < MB; ++i) {
+          total[i][j] = _mm512_fmadd_ps(_mm512_add_ps(lo_acc[i][j], hi_acc[i][j]), s_vec, total[i][j]);
+          // The accumulators hold sum((128 + q) * x): remove the 128 and add the offset.
+          constant[i][j] += (o - 128.0f * s) * x_group_sums[(m + i) * groups + g];
+        }
+      }
+    }
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j) res[i][j] = _mm512_reduce_add_ps(total[i][j]) + constant[i][j];
+  }
+};
+
+Output make_output(const at::Tensor& out, const c10::optional<at::Tensor>& bias) {
+  const float* bias_data = nullptr;
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == out.size(1),
+                "bias must be a contiguous float32 vector of ", out.size(1), " values");
+    bias_data = bias->data_ptr<float>();
+  }
+  return Output{out.data_ptr(), out.scalar_type() == at::kBFloat16, out.size(1), bias_data};
+}
+
+void check_input(const at::Tensor& x, int64_t K) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(1) == K, "x must be a CPU [M, ", K, "] tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "x must be float32 or bfloat16");
+}
+
+const uint16_t* bf16_bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.dim() == 2 && w.is_contiguous(), "w must be contiguous bf16 [N, K]");
+  check_input(x, w.size(1));
+  const at::Tensor xb = x.to(at::kBFloat16).contiguous();
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  Bf16Kernel kernel;
+  kernel.w = bf16_bits(w);
+  kernel.x = bf16_bits(xb);
+  kernel.K = w.size(1);
+  run_blocks<4, 4>(kernel, x.size(0), w.size(0), make_output(out, bias));
+  return out;
+}
+
+at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                       const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous(), "w must be contiguous int8 [N, K]");
+  TORCH_CHECK(scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() && scale.numel() == w.size(0),
+              "scale must be contiguous bf16 [N]");
+  check_input(x, w.size(1));
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  Int8Kernel kernel;
+  kernel.w = w.data_ptr<int8_t>();
+  kernel.scale = bf16_bits(scale);
+  kernel.x = xf.data_ptr<float>();
+  kernel.K = w.size(1);
+  run_blocks<4, 4>(kernel, x.size(0), w.size(0), make_output(out, bias));
+  return out;
+}
+
+void check_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset, int64_t K, int64_t G) {
+  TORCH_CHECK(G > 0 && G % 64 == 0 && K % G == 0, "int4 needs group_size a multiple of 64 dividing K; got ", G,
+              " and K=", K);
+  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.is_contiguous() && w.size(1) == K / 2,
+              "w must be contiguous uint8 [N, K/2]");
+  for (const at::Tensor* t : {&scale, &offset})
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->numel() == w.size(0) * (K / G),
+                "scale and offset must be contiguous bf16 [N, K/group_size]");
+}
+
+at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
+                       int64_t group_size, const c10::optional<at::Tensor>& bias) {
+  const int64_t K = x.size(1);
+  check_int4(w, scale, offset, K, group_size);
+  check_input(x, K);
+  const at::Tensor xb = x.to(at::kBFloat16).contiguous();
+  const at::Tensor sums = xb.to(at::kFloat).view({x.size(0), K / group_size, group_size}).sum(-1).contiguous();
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  Int4Kernel kernel;
+  kernel.w = w.data_ptr<uint8_t>();
+  kernel.scale = bf16_bits(scale);
+  kernel.offset = bf16_bits(offset);
+  kernel.x = bf16_bits(xb);
+  kernel.x_group_sums = sums.data_ptr<float>();
+  kernel.K = K;
+  kernel.G = group_size;
+  const Output output = make_output(out, bias);
+  if (x.size(0) == 1) {
+    run_blocks<4, 1>(kernel, x.size(0), w.size(0), output);
+  } else {
+    run_blocks<2, 2>(kernel, x.size(0), w.size(0), output);
+  }
+  return out;
+}
+
+// Dequantizes packed int4 weights to bf16 [N, K], for large M where a GEMM wins.
+at::Tensor dequantize_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
+                           int64_t group_size) {
+  const int64_t N = w.size(0), K = w.size(1) * 2, groups = K / group_size;
+  check_int4(w, scale, offset, K, group_size);
+  at::Tensor out = at::empty({N, K}, w.options().dtype(at::kBFloat16));
+  const uint8_t* packed = w.data_ptr<uint8_t>();
+  const uint16_t* scales = bf16_bits(scale);
+  const uint16_t* offsets = bf16_bits(offset);
+  uint16_t* dst = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, N, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    const __m512i low_nibble = _mm512_set1_epi32(0x0F);
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t k = 0; k < K; k += 64) {
+        const int64_t g = n * groups + k / group_size;
+        const __m512 s = _mm512_set1_ps(bf16_bits_to_float(scales[g]));
+        const __m512 o = _mm512_set1_ps(bf16_bits_to_float(offsets[g]));
+        for (int half = 0; half < 2; ++half) {
+          const __m512i bytes =
+              _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(packed + n * (K / 2) + k / 2 + 16 * half)));
+          const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, low_nibble)), s, o);
+          const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), s, o);
+          _mm256_storeu_si256((__m256i*)(dst + n * K + k + 16 * half), (__m256i)_mm512_cvtneps_pbh(lo));
+          _mm256_storeu_si256((__m256i*)(dst + n * K + k + 32 + 16 * half), (__m256i)_mm512_cvtneps_pbh(hi));
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(qthink_kernels, m) {
+  m.def("linear_bf16(Tensor x, Tensor w, Tensor? bias) -> Tensor");
+  m.def("linear_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias) -> Tensor");
+  m.def("linear_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, Tensor? bias) -> Tensor");
+  m.def("dequantize_int4(Tensor w, Tensor scale, Tensor offset, int group_size) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) {
+  m.impl("linear_bf16", &linear_bf16);
+  m.impl("linear_int8", &linear_int8);
+  m.impl("linear_int4", &linear_int4);
+  m.impl("dequantize_int4", &dequantize_int4);
+}

@@ -1,0 +1,202 @@
+"""Weight-only quantization (int8, int4) of the decoder's linear layers, and their fast matmuls.
+
+Each replacement module keeps `nn.Linear`'s forward semantics. On a CPU with AVX-512 BF16 a
+decode-sized input (at most `SMALL_M` rows) goes to the native GEMV in `qthink.kernels`,
+which streams weights at close to memory bandwidth; larger inputs, other devices and
+machines without the kernels (or with QTHINK_KERNELS=0) take torch's own ops.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qthink.kernels import kernel_ops, linear_kernels_available
+
+__all__ = [
+    "Bf16Linear",
+    "Int4Linear",
+    "Int8Linear",
+    "dequantize_int4",
+    "dequantize_int8",
+    "linear_kernels_available",
+    "quantize_int4",
+    "quantize_int8",
+    "quantize_model",
+]
+
+# Rows up to which the native kernels beat torch's GEMM (benchmarks/bench_linear.py).
+SMALL_M = 8
+INT4_BLOCK = 64  # the packing unit along K: byte j of a block holds weights j and j + 32
+QUANTIZATIONS = (None, "int8", "int4")
+
+
+def use_kernels(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.numel() // x.shape[-1] <= SMALL_M and linear_kernels_available()
+
+
+def _float_bias(linear: nn.Linear) -> torch.Tensor | None:
+    return None if linear.bias is None else linear.bias.detach().float().contiguous()
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+class Bf16Linear(nn.Module):
+    """A bf16 `nn.Linear` whose decode-sized inputs use the native GEMV; shares the weight."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.register_buffer("bias", _float_bias(linear), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_kernels(x) and self.weight.is_contiguous():
+            out = kernel_ops().linear_bf16(_rows(x), self.weight, self.bias)
+            return out.view(*x.shape[:-1], self.out_features)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: (q int8 [N, K], scale bf16 [N]), weight ≈ q * scale."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-8).to(torch.bfloat16)
+    q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return (q.float() * scale.float()[:, None]).to(dtype)
+
+
+class Int8Linear(nn.Module):
+    """int8 weights with one bf16 scale per output channel."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        q, scale = quantize_int8(linear.weight)
+        self.register_buffer("weight", q)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", _float_bias(linear))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_kernels(x):
+            out = kernel_ops().linear_int8(_rows(x), self.weight, self.scale, self.bias)
+        elif x.device.type == "cpu" and x.dtype == torch.bfloat16:
+            # torch's int8 matmul is fast only with bf16 activations.
+            out = torch.ops.aten._weight_int8pack_mm(_rows(x), self.weight, self.scale)
+            out = out if self.bias is None else out + self.bias.to(out.dtype)
+        else:
+            out = F.linear(_rows(x), self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+            out = out if self.bias is None else out + self.bias.to(out.dtype)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+def int4_group_size(in_features: int, group_size: int) -> int:
+    """The group size used for a row of `in_features`: a row shorter than a group is one group."""
+    group = min(group_size, in_features)
+    if group % INT4_BLOCK or in_features % group:
+        raise ValueError(
+            f"int4 needs a group size that is a multiple of {INT4_BLOCK} and divides in_features; "
+            f"got group_size={group_size}, in_features={in_features}"
+        )
+    return group
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """[N, K] values 0..15 → uint8 [N, K/2]: in each block of 64, byte j = q[j] | q[j + 32] << 4."""
+    n, k = q.shape
+    halves = q.to(torch.uint8).view(n, k // INT4_BLOCK, 2, INT4_BLOCK // 2)
+    return (halves[:, :, 0] | (halves[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    n, half_k = packed.shape
+    blocks = packed.view(n, half_k // (INT4_BLOCK // 2), INT4_BLOCK // 2)
+    return torch.stack((blocks & 0xF, blocks >> 4), dim=2).reshape(n, half_k * 2)
+
+
+def quantize_int4(
+    weight: torch.Tensor, group_size: int = 128
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric group-wise 4-bit: (packed uint8 [N, K/2], scale bf16 [N, K/G], offset bf16 [N, K/G]),
+    weight ≈ q * scale + offset with q in 0..15."""
+    n, k = weight.shape
+    group = int4_group_size(k, group_size)
+    w = weight.detach().float().view(n, k // group, group)
+    low, high = w.amin(dim=-1), w.amax(dim=-1)
+    scale = ((high - low) / 15).clamp(min=1e-8).to(torch.bfloat16)
+    offset = low.to(torch.bfloat16)
+    # Round against the stored (bf16) scale and offset, so dequantization matches them exactly.
+    q = torch.round((w - offset.float()[..., None]) / scale.float()[..., None]).clamp(0, 15)
+    return pack_int4(q.view(n, k)), scale.contiguous(), offset.contiguous()
+
+
+def dequantize_int4(
+    packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    n, groups = scale.shape
+    q = unpack_int4(packed).float().view(n, groups, -1)
+    return (q * scale.float()[..., None] + offset.float()[..., None]).view(n, -1).to(dtype)
+
+
+class Int4Linear(nn.Module):
+    """4-bit weights, packed two per byte, with a bf16 scale and offset per group of inputs."""
+
+    def __init__(self, linear: nn.Linear, group_size: int = 128):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.group_size = int4_group_size(linear.in_features, group_size)
+        packed, scale, offset = quantize_int4(linear.weight, self.group_size)
+        self.register_buffer("weight", packed)
+        self.register_buffer("scale", scale)
+        self.register_buffer("offset", offset)
+        self.register_buffer("bias", _float_bias(linear))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_kernels(x):
+            out = kernel_ops().linear_int4(
+                _rows(x), self.weight, self.scale, self.offset, self.group_size, self.bias
+            )
+            return out.view(*x.shape[:-1], self.out_features)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized(x), bias)
+
+    def dequantized(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight in x's dtype, for inputs where one GEMM beats many GEMVs."""
+        if x.device.type == "cpu" and linear_kernels_available():
+            w = kernel_ops().dequantize_int4(self.weight, self.scale, self.offset, self.group_size)
+            return w.to(x.dtype)
+        return dequantize_int4(self.weight, self.scale, self.offset, x.dtype)
+
+
+def _replacement(linear: nn.Linear, quantization: str | None, group_size: int) -> nn.Module | None:
+    if quantization == "int8":
+        return Int8Linear(linear)
+    if quantization == "int4":
+        return Int4Linear(linear, group_size)
+    if linear.weight.dtype == torch.bfloat16:
+        return Bf16Linear(linear)
+    return None
+
+
+def quantize_model(model: nn.Module, quantization: str | None, group_size: int = 128) -> None:
+    """Replace the decoder layers' `nn.Linear`s in place: by int8 or int4 modules, or with
+    `quantization=None` by the fast bf16 module (bf16 weights only). Other bf16 linears
+    (the lm_head, often tied to the embeddings) get the fast bf16 module, sharing their weight."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    targets = [
+        (parent_name, parent, name, child)
+        for parent_name, parent in model.named_modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear
+    ]
+    for parent_name, parent, name, linear in targets:
+        in_decoder = ".layers." in f".{parent_name}."
+        replacement = _replacement(linear, quantization if in_decoder else None, group_size)
+        if replacement is not None:
+            setattr(parent, name, replacement)
