@@ -7,3 +7,9 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 fi
+
+# The native linear kernels are compiled on first use with the machine's C++ compiler.
+if ! command -v g++ >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++
+fi
