@@ -437,3 +437,35 @@ def test_token_tooltip_lists_the_alternatives(page, scripted):
     text = tip.inner_text()
     assert '" 340"' in text and '" maybe"' in text
     assert f"p {math.exp(logprob_of('340')):.3f}" in text
+
+
+def test_trace_without_tokens_renders_from_text_safely(page, scripted, tmp_path):
+    from qthink.viewer.trace import Answer, Trace, save_trace
+
+    answer = Answer(
+        reasoning_content="First, add.\n\nWait, carry the one.\n\nSo it is 12.",
+        content='It is **12** <img src="x" onerror="document.title=1">',
+    )
+    path = save_trace(
+        Trace(messages=[{"role": "user", "content": "7 + 5?"}], answer=answer), tmp_path / "text-only.json"
+    )
+    open_page(page, scripted.base)
+    page.set_input_files("#load-input", str(path))
+    root = page.locator("#trace-root")
+    root.locator(".step").first.wait_for()
+    assert root.locator(".chip").all_inner_texts() == ["PLAN", "BACKTRACK", "CONCLUDE"]
+    assert root.locator(".mode-switch").count() == 0
+    assert root.locator(".step").nth(2).locator(".answer-badge").count() == 1
+    assert root.locator(".trace-answer b").inner_text() == "12"
+    assert root.locator(".trace-answer img").count() == 0
+    assert page.title() == "qthink"
+
+
+def test_a_file_that_is_not_a_trace_is_refused(page, scripted, tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text('{"hello": "world"}')
+    open_page(page, scripted.base)
+    page.set_input_files("#load-input", str(path))
+    page.wait_for_selector(".toast.error")
+    assert "not a qthink trace" in page.inner_text(".toast")
+    assert page.locator("#view-chat.active").count() == 1

@@ -73,6 +73,9 @@ def test_step_offsets_point_into_the_text():
         ("What if the list is empty?", "explore"),
         ("Therefore, x = 4.", "conclude"),
         ("Putting it all together, the total is 12 apples.", "conclude"),
+        ("So it is 12.", "conclude"),
+        ("Hmm, so that's 7 in all.", "conclude"),
+        ("It is raining in the story, which matters later.", "reason"),
         ("I need to find the smallest such n.", "plan"),
         ("The question asks for the area of the triangle.", "plan"),
         ("Let me compute the derivative of x^3.", "compute"),
@@ -112,6 +115,7 @@ def test_answer_candidates_prefer_boxed_then_last_number():
         "0.75",
     ]
     assert answer_candidates("There are 8 primes below 20.") == ["20"]
+    assert answer_candidates("There are **8 primes** below 20.") == ["8 primes", "20"]
     assert answer_candidates("Paris.") == ["Paris"]
     assert answer_candidates("A long answer with no number in it at all, just words and words.") == []
 

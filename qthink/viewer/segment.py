@@ -80,6 +80,13 @@ CUES: dict[str, tuple[str, ...]] = {
         "to summarize",
         "so yes",
         "so, yes",
+        "so it is",
+        "so it's",
+        "so that's",
+        "so we get",
+        "which gives",
+        "that gives",
+        "the result is",
         "i think that's",
         "that's the answer",
     ),
@@ -140,9 +147,9 @@ LABEL_TITLES = {
 }
 
 # Filler a step may open with before its real cue ("Hmm, wait", "So, first,").
-_FILLER = re.compile(
-    r"^(?:(?:hmm+|ok(?:ay)?|alright|right|so|well|and|but|oh|ah|now|next|then|second|finally)"
-    r"[,.!]?\s+)+",
+_FILLER_WORD = re.compile(
+    r"(?:hmm+|ok(?:ay)?|alright|right|so|well|and|but|oh|ah|now|next|then|second|finally)"
+    r"[,.!]?\s+",
     re.IGNORECASE,
 )
 _ARITHMETIC = re.compile(r"\d\s*(?:[-+*/×÷^]|\\times|\\cdot)\s*[\d(]|=\s*-?\d")
@@ -188,10 +195,10 @@ def label_step(body: str) -> tuple[str, str | None]:
     """(label, cue) of one step: cues in its opening sentence, else arithmetic, else reason."""
     opening = _opening(body)
     lowered = opening.lower()
-    unfilled = _FILLER.sub("", lowered)
+    starts = _starts_after_filler(lowered)
     for label, cues in CUES.items():
         for cue in cues:
-            pos = _cue_position(lowered, unfilled, cue, label)
+            pos = _cue_position(lowered, starts, cue, label)
             if pos is not None:
                 return label, opening[pos : pos + len(cue)].strip(" ,")
     if _ARITHMETIC.search(body):
@@ -205,23 +212,34 @@ def _opening(body: str) -> str:
     return body[: end.end() if end else _OPENING_CHARS]
 
 
-def _cue_position(lowered: str, unfilled: str, cue: str, label: str) -> int | None:
+def _starts_after_filler(lowered: str) -> list[int]:
+    """Where the step may really start: 0, then after each opening filler word, so that
+    "Hmm, so that's 7" is found by the cue "so that's" as well as "Hmm, wait" by "wait"."""
+    starts = [0]
+    while match := _FILLER_WORD.match(lowered, starts[-1]):
+        starts.append(match.end())
+    return starts
+
+
+def _cue_position(lowered: str, starts: list[int], cue: str, label: str) -> int | None:
     # Plans, backtracks and conclusions are told by how a step opens; checks and
     # alternatives ("so let me double-check") may come after a few words.
-    pattern = re.escape(cue) + (r"\b" if cue[-1].isalnum() else "")
-    if re.match(pattern, unfilled):
-        return len(lowered) - len(unfilled)
+    pattern = re.compile(re.escape(cue) + (r"\b" if cue[-1].isalnum() else ""))
+    for start in starts:
+        if pattern.match(lowered, start):
+            return start
     if label in ("verify", "explore", "compute"):
-        match = re.search(r"\b" + pattern, lowered)
+        match = re.search(r"\b" + pattern.pattern, lowered)
         return match.start() if match else None
     return None
 
 
 def answer_candidates(answer: str) -> list[str]:
-    """What the answer states, most specific first: boxed values, then its last number."""
+    """What the answer states, most specific first: boxed values, bold ones, its last number."""
     boxed = _boxed_values(answer)
+    bold = [b for b in re.findall(r"\*\*([^*\n]{1,40})\*\*", answer) if len(b.strip()) <= 40]
     numbers = re.findall(r"-?\d+(?:[.,/]\d+)*", answer)
-    candidates = boxed + numbers[-1:]
+    candidates = boxed + [b.strip().rstrip(".") for b in bold] + numbers[-1:]
     if not candidates and 0 < len(answer.strip()) <= 40:
         candidates.append(answer.strip().rstrip("."))
     return [c for c in dict.fromkeys(c.strip() for c in candidates) if c]
