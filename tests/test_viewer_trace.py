@@ -126,9 +126,11 @@ def test_trace_from_an_engine_output(tiny_model_dir, tmp_path):
     llm = LLM(model=str(tiny_model_dir))
     messages = [{"role": "user", "content": "What is 2 + 2?"}]
     params = SamplingParams(max_tokens=48, logprobs=3, max_thinking_tokens=6, seed=1)
-    output = llm.chat(messages, params)[0].outputs[0]
+    request = llm.chat(messages, params)[0]
+    output = request.outputs[0]
     tokenizer = llm.get_tokenizer()
-    trace = trace_from_output(messages, output, tokenizer, settings={"max_thinking_tokens": 6})
+    trace = trace_from_output(messages, request, tokenizer, settings={"max_thinking_tokens": 6})
+    assert 0 < trace.timings.first_token <= trace.timings.end
 
     tokens = trace.answer.tokens
     assert [t.id for t in tokens] == list(output.token_ids)

@@ -125,7 +125,11 @@ def trace_from_output(
     timings: Timings | None = None,
     model: str | None = None,
 ) -> Trace:
-    """A trace of one engine CompletionOutput (token ids, logprobs, reasoning/content split)."""
+    """A trace of one engine CompletionOutput (token ids, logprobs, reasoning/content split).
+    Pass a RequestOutput instead to also take its timings from the engine's metrics."""
+    if hasattr(output, "outputs"):
+        timings = timings or timings_from_metrics(output.metrics)
+        output = output.outputs[0]
     ids = list(output.token_ids)
     texts = _token_texts(ids, tokenizer)
     parts = _token_parts(ids, output.reasoning_content is not None)
@@ -141,8 +145,21 @@ def trace_from_output(
         tokens=tokens,
     )
     return Trace(
-        messages=messages, answer=answer, settings=settings or {}, timings=timings or Timings(), model=model
+        messages=messages,
+        answer=answer,
+        settings=settings or {},
+        timings=timings or Timings(),
+        model=model,
     )
+
+
+def timings_from_metrics(metrics: dict) -> Timings:
+    """Seconds from arrival, from the engine's monotonic `arrival`, `first_token` and `now`."""
+    arrival = metrics.get("arrival")
+    if arrival is None:
+        return Timings()
+    since = lambda key: None if metrics.get(key) is None else metrics[key] - arrival  # noqa: E731
+    return Timings(first_token=since("first_token"), end=since("now"))
 
 
 def _token_texts(ids: list[int], tokenizer) -> list[str]:
