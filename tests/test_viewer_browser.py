@@ -469,3 +469,23 @@ def test_a_file_that_is_not_a_trace_is_refused(page, scripted, tmp_path):
     page.wait_for_selector(".toast.error")
     assert "not a qthink trace" in page.inner_text(".toast")
     assert page.locator("#view-chat.active").count() == 1
+
+
+def test_comparing_different_questions_warns(page, scripted, tmp_path):
+    from qthink.viewer.trace import Answer, Trace, save_trace
+
+    paths = [
+        save_trace(
+            Trace(
+                messages=[{"role": "user", "content": q}],
+                answer=Answer(reasoning_content="So it is 4.", content=a),
+            ),
+            tmp_path / f"{a}.json",
+        )
+        for q, a in (("2 + 2?", "4"), ("3 + 3?", "6"))
+    ]
+    open_page(page, scripted.base)
+    page.set_input_files("#load-input", [str(p) for p in paths])
+    page.wait_for_selector("#compare-root .compare-table")
+    assert "different questions" in page.inner_text("#compare-root .notice")
+    assert page.inner_text("#compare-root .same-answer") == "Different final answers"
