@@ -138,7 +138,9 @@ export class Chat {
 
 // Fold one streamed choice into the trace; returns the part the next empty delta belongs to.
 function record(trace, choice, now, phase) {
-  const delta = choice.delta || {};
+  const delta = { ...choice.delta };
+  // Newer vLLM names the field `reasoning`; ours sends both, with the same text.
+  delta.reasoning_content ??= delta.reasoning;
   const answer = trace.answer;
   const timings = trace.timings;
   let part = delta.content && !delta.reasoning_content && phase === "thinking" ? "answer" : phase;
