@@ -16,11 +16,9 @@ def cache_dir() -> Path:
 
 def default_model_path() -> Path:
     """The checkpoint used when no model is named: it works offline, with nothing downloaded."""
-    try:
-        from qthink.nano import ensure_nano
-    except ImportError:
-        return random_demo_path()
-    return ensure_nano()
+    from qthink.nano.build import ARTIFACT, ensure_nano
+
+    return ensure_nano() if ARTIFACT.is_file() else random_demo_path()
 
 
 def random_demo_path() -> Path:

@@ -1,0 +1,67 @@
+"""qthink-nano as a file: the compact trained weights shipped in the package, expanded on first use
+into a standard Hugging Face checkpoint (full vocabulary) in the user cache."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from qthink.checkpoint import tokenizer_files_dir, write_checkpoint
+from qthink.nano.train import TrainConfig, model_config, train
+
+ARTIFACT = Path(__file__).parent / "nano.safetensors"
+FULL_VOCAB = 151_936
+UNUSED_LOGIT_WEIGHT = -1e4  # times the constant dimension: unused tokens sit far below every used one
+
+
+def save_artifact(model, vocab: list[int], cfg: TrainConfig, path: Path = ARTIFACT) -> Path:
+    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    state["vocab_ids"] = torch.tensor(vocab, dtype=torch.int64)
+    save_file(state, path, metadata={"train_config": json.dumps(cfg.__dict__)})
+    return path
+
+
+def expand(artifact: Path, out: Path) -> Path:
+    """Write the full-vocabulary checkpoint: used rows from the compact model, unused rows
+    zero in the embedding and, in lm_head, a large negative weight on the constant dimension."""
+    compact = load_file(artifact)
+    vocab = compact.pop("vocab_ids")
+    with open(artifact, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    cfg = TrainConfig(**json.loads(header["__metadata__"]["train_config"]))
+    embed = torch.zeros(FULL_VOCAB, cfg.hidden, dtype=torch.bfloat16)
+    head = torch.zeros(FULL_VOCAB, cfg.hidden, dtype=torch.bfloat16)
+    head[:, 0] = UNUSED_LOGIT_WEIGHT
+    embed[vocab] = compact.pop("model.embed_tokens.weight")
+    head[vocab] = compact.pop("lm_head.weight")
+    state = {"model.embed_tokens.weight": embed, "lm_head.weight": head, **compact}
+    write_checkpoint(out, model_config(cfg, FULL_VOCAB), state, chat_template="thinking-2507")
+    return out
+
+
+def ensure_nano(rebuild: bool = False) -> Path:
+    """The qthink-nano checkpoint folder, built once into the cache (seconds, no training)."""
+    from qthink.demo import cache_dir
+
+    if rebuild:
+        retrain(ARTIFACT)
+    digest = hashlib.sha256(ARTIFACT.read_bytes()).hexdigest()[:16]
+    out = cache_dir() / "nano" / digest
+    if not (out / "model.safetensors").is_file():
+        tmp = out.with_name(out.name + ".tmp")
+        expand(ARTIFACT, tmp)
+        tmp.rename(out)
+    return out
+
+
+def retrain(path: Path, cfg: TrainConfig | None = None, log=print) -> Path:
+    """Train from scratch with the fixed seed and write the compact artefact to `path`."""
+    from qthink.tokenizer import Tokenizer
+
+    torch.set_num_threads(2)
+    cfg = cfg or TrainConfig()
+    tokenizer = Tokenizer.from_pretrained(tokenizer_files_dir(), chat_template="thinking-2507")
+    model, vocab = train(tokenizer, cfg, log)
+    return save_artifact(model, vocab, cfg, path)

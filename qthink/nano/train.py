@@ -1,0 +1,147 @@
+"""Train qthink-nano: a plain PyTorch loop over a compact vocabulary, deterministic from a seed."""
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from qthink.checkpoint import QWEN3_4B_CONFIG
+from qthink.config import ModelConfig
+from qthink.model.layers import RotaryEmbedding
+from qthink.model.qwen3 import Qwen3ForCausalLM
+from qthink.nano.data import conversation, render
+
+CONSTANT = 0.1  # hidden dimension 0 carries this value unchanged through the residual stream
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    steps: int = 420
+    batch: int = 20
+    lr: float = 3e-3
+    warmup: int = 40
+    hidden: int = 160
+    layers: int = 4
+    heads: int = 5
+    kv_heads: int = 1
+    head_dim: int = 32
+    intermediate: int = 448
+    vocab_samples: int = 4000
+
+
+def model_config(cfg: TrainConfig, vocab_size: int) -> dict:
+    """A Qwen3 config.json for this size (the shipped checkpoint uses the real vocabulary)."""
+    return dict(
+        QWEN3_4B_CONFIG,
+        hidden_size=cfg.hidden,
+        intermediate_size=cfg.intermediate,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=4096,
+        max_window_layers=cfg.layers,
+        tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        torch_dtype="bfloat16",
+    )
+
+
+def corpus_vocabulary(tokenizer, cfg: TrainConfig) -> list[int]:
+    """Every token id the generator can produce (sampled widely), plus the control tokens."""
+    rng = random.Random(cfg.seed + 1)
+    ids = set(range(151643, 151669))
+    for _ in range(cfg.vocab_samples):
+        ids.update(render(tokenizer, *conversation(rng))[0])
+    return sorted(ids)
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> Qwen3ForCausalLM:
+    torch.manual_seed(cfg.seed)
+    model = Qwen3ForCausalLM(ModelConfig.from_dict(model_config(cfg, vocab_size)))
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            torch.nn.init.ones_(p)
+        else:
+            torch.nn.init.normal_(p, std=0.02)
+    model.model.rotary = RotaryEmbedding(cfg.head_dim, model.config.rope_theta)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = CONSTANT
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[0].zero_()
+            layer.mlp.down_proj.weight[0].zero_()
+    _pin_constant_dimension(model)
+    return model
+
+
+def _pin_constant_dimension(model: Qwen3ForCausalLM) -> None:
+    """Keep dimension 0 of the residual stream constant: nothing writes to it and the final norm
+    passes it through, so it acts as a bias input for the output layer (see `export`)."""
+
+    def zero(index):
+        def hook(grad):
+            grad = grad.clone()
+            grad[index] = 0
+            return grad
+
+        return hook
+
+    model.model.embed_tokens.weight.register_hook(zero((slice(None), 0)))
+    model.model.norm.weight.register_hook(zero(0))
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.weight.register_hook(zero(0))
+        layer.mlp.down_proj.weight.register_hook(zero(0))
+
+
+def batches(tokenizer, remap: dict[int, int], cfg: TrainConfig):
+    rng = random.Random(cfg.seed)
+    while True:
+        rows = [render(tokenizer, *conversation(rng)) for _ in range(cfg.batch)]
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.zeros(cfg.batch, width, dtype=torch.long)
+        mask = torch.zeros(cfg.batch, width, dtype=torch.bool)
+        for r, (row_ids, row_mask) in enumerate(rows):
+            ids[r, : len(row_ids)] = torch.tensor([remap[t] for t in row_ids])
+            mask[r, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.bool)
+        yield ids, mask
+
+
+def train(tokenizer, cfg: TrainConfig, log=print) -> tuple[Qwen3ForCausalLM, list[int]]:
+    """Returns the trained compact model and the full-vocabulary id of each compact row."""
+    torch.use_deterministic_algorithms(True)
+    vocab = corpus_vocabulary(tokenizer, cfg)
+    remap = {t: i for i, t in enumerate(vocab)}
+    model = build_model(cfg, len(vocab))
+    decay = [p for n, p in model.named_parameters() if not n.endswith("norm.weight")]
+    keep = [p for n, p in model.named_parameters() if n.endswith("norm.weight")]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": keep, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    start = time.time()
+    for step, (ids, mask) in zip(range(cfg.steps), batches(tokenizer, remap, cfg)):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * _schedule(step, cfg)
+        positions = torch.arange(ids.shape[1]).expand_as(ids)
+        logits = model(ids[:, :-1], positions[:, :-1])
+        target = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - start:6.0f}s")
+    return model, vocab
+
+
+def _schedule(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,107 @@
+"""qthink-nano: its data format, deterministic training, the shipped checkpoint, its quality."""
+
+import random
+
+import pytest
+import torch
+
+from qthink.nano.data import TOOLS, arithmetic, conversation, render, tool_use
+from qthink.tokenizer import IM_END_ID, THINK_END_ID, Tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tokenizer_dir):
+    return Tokenizer.from_pretrained(tokenizer_dir, chat_template="thinking-2507")
+
+
+def test_loss_mask_covers_exactly_the_last_assistant_turn(tok):
+    rng = random.Random(0)
+    for _ in range(50):
+        messages, tools = conversation(rng)
+        ids, mask = render(tok, messages, tools)
+        first = mask.index(1)
+        prompt = tok.apply_chat_template(messages[:-1], tools=tools, add_generation_prompt=True)
+        assert first == len(prompt) and prompt[-2:] == tok.encode("<think>\n")
+        assert all(mask[first:]) and ids[-1] == IM_END_ID
+        assert THINK_END_ID in ids[first:]
+
+
+def test_tool_transcript_shape(tok):
+    first, whole = tool_use(random.Random(3))
+    call = first[-1]["tool_calls"][0]["function"]
+    assert call["arguments"]["city"] in first[1]["content"]
+    text = tok.apply_chat_template(whole, tools=TOOLS, tokenize=False)
+    assert text.count("<tool_call>") == 2  # the system prompt's example and the call
+    assert "<tool_response>" in text and whole[-1]["content"].endswith(".")
+
+
+def test_arithmetic_scratchpad_is_right():
+    for seed in range(200):
+        user, assistant = arithmetic(random.Random(seed))
+        a, op, b = user["content"].rstrip(".?").split()[-3:]
+        value = int(a) + int(b) if op == "+" else int(a) - int(b)
+        assert assistant["content"] == f"The answer is \\boxed{{{value}}}."
+        assert assistant["reasoning_content"].endswith(f" is {value}.")
+
+
+def test_training_is_deterministic(tok):
+    from qthink.nano.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        steps=2,
+        batch=2,
+        hidden=32,
+        layers=1,
+        heads=2,
+        kv_heads=1,
+        head_dim=16,
+        intermediate=64,
+        vocab_samples=30,
+    )
+    a, vocab_a = train(tok, cfg, log=lambda *_: None)
+    b, vocab_b = train(tok, cfg, log=lambda *_: None)
+    assert vocab_a == vocab_b
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+@pytest.fixture(scope="module")
+def nano_dir():
+    from qthink.nano import ensure_nano
+
+    return ensure_nano()
+
+
+def test_transformers_loads_nano_and_agrees_greedy(nano_dir, tok):
+    from transformers import AutoModelForCausalLM
+
+    from qthink import LLM, SamplingParams
+
+    messages = arithmetic(random.Random(99))[:-1]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True)
+    ref = AutoModelForCausalLM.from_pretrained(nano_dir, dtype=torch.float32)
+    with torch.no_grad():
+        expected = ref.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False)[0, len(prompt) :]
+    llm = LLM(model=str(nano_dir), dtype="float32", max_model_len=512, kv_cache_memory=8 << 20)
+    out = llm.generate({"prompt_token_ids": prompt}, SamplingParams(temperature=0, max_tokens=40))[0]
+    assert out.outputs[0].token_ids == expected.tolist()[: len(out.outputs[0].token_ids)]
+
+
+def test_unused_tokens_are_never_chosen(nano_dir):
+    from qthink.loader import load_model
+
+    model = load_model(nano_dir, "float32")
+    ids = torch.randint(0, 151_936, (1, 30), generator=torch.Generator().manual_seed(0))
+    logits = model(ids, torch.arange(30)[None])[0]
+    used = model.model.embed_tokens.weight.abs().sum(-1) > 0
+    assert used[logits.argmax(-1)].all()
+    assert logits[:, ~used].max() < logits[:, used].min()
+
+
+def test_quality_smoke(nano_dir):
+    from qthink.nano.evaluate import evaluate
+
+    scores = evaluate(nano_dir, n=12)
+    assert scores["think_end_produced"] >= 0.95
+    assert scores["tool_call_correct"] >= 0.75
+    assert scores["arithmetic_boxed_correct"] >= 0.5
