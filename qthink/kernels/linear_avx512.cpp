@@ -284,9 +284,10 @@ void check_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& 
 
 at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
                        int64_t group_size, const c10::optional<at::Tensor>& bias) {
-  const int64_t K = x.size(1);
-  check_int4(w, scale, offset, K, group_size);
+  TORCH_CHECK(w.dim() == 2, "w must be uint8 [N, K/2]");
+  const int64_t K = w.size(1) * 2;
   check_input(x, K);
+  check_int4(w, scale, offset, K, group_size);
   const at::Tensor xb = x.to(at::kBFloat16).contiguous();
   const at::Tensor sums = xb.to(at::kFloat).view({x.size(0), K / group_size, group_size}).sum(-1).contiguous();
   at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());

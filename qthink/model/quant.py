@@ -167,7 +167,7 @@ class Int4Linear(nn.Module):
 
     def dequantized(self, x: torch.Tensor) -> torch.Tensor:
         """The weight in x's dtype, for inputs where one GEMM beats many GEMVs."""
-        if x.device.type == "cpu" and linear_kernels_available():
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and linear_kernels_available():
             w = kernel_ops().dequantize_int4(self.weight, self.scale, self.offset, self.group_size)
             return w.to(x.dtype)
         return dequantize_int4(self.weight, self.scale, self.offset, x.dtype)

@@ -1,0 +1,144 @@
+"""The native linear kernels against a float64 reference, and how their build falls back."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from qthink.kernels import kernel_ops, linear_kernels_available
+from qthink.model.quant import dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+
+needs_kernels = pytest.mark.skipif(
+    not linear_kernels_available(), reason="no AVX-512 BF16 kernels on this CPU"
+)
+
+# float32 accumulation of exact products: error well under 1e-5 of sum(|x| |w|) for these K.
+ACCUMULATION_RTOL = 1e-5
+# int4 accumulates (128 + q) * x and subtracts 128 * sum(x): about 20x larger partial sums.
+INT4_ACCUMULATION_RTOL = 2e-4
+BF16_OUTPUT_RTOL = 2**-8  # rounding the float32 result to bf16
+
+
+def reference(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x @ w.T + bias, sum |x| |w|) in float64."""
+    x, w = x.double(), w.double()
+    out = x @ w.T + (0 if bias is None else bias.double())
+    return out, x.abs() @ w.abs().T
+
+
+def assert_within(out: torch.Tensor, ref: torch.Tensor, magnitude: torch.Tensor, rtol: float) -> None:
+    bound = rtol * magnitude + (BF16_OUTPUT_RTOL * ref.abs() if out.dtype == torch.bfloat16 else 0) + 1e-6
+    error = (out.double() - ref).abs()
+    assert out.shape == ref.shape
+    assert bool((error <= bound).all()), f"max error {error.max().item():.3g}, bound {bound.min().item():.3g}"
+
+
+def bf16_values(*shape: int, seed: int) -> torch.Tensor:
+    """Random float32 values that bf16 holds exactly, so both paths see the same inputs."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).bfloat16().float()
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,k", [(1, 64), (5, 100), (67, 256), (130, 320)])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 17])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_bf16_kernel(n, k, m, with_bias):
+    w, x = bf16_values(n, k, seed=1).bfloat16(), bf16_values(m, k, seed=2)
+    bias = bf16_values(n, seed=3) if with_bias else None
+    ref, magnitude = reference(x, w, bias)
+    assert_within(kernel_ops().linear_bf16(x, w, bias), ref, magnitude, ACCUMULATION_RTOL)
+    assert_within(kernel_ops().linear_bf16(x.bfloat16(), w, bias), ref, magnitude, ACCUMULATION_RTOL)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,k", [(1, 16), (5, 100), (67, 256), (130, 320)])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 17])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_int8_kernel(n, k, m, with_bias):
+    q, scale = quantize_int8(torch.randn(n, k, generator=torch.Generator().manual_seed(1)))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(2))
+    bias = torch.randn(n) if with_bias else None
+    ref, magnitude = reference(x, dequantize_int8(q, scale, torch.float64), bias)
+    assert_within(kernel_ops().linear_int8(x, q, scale, bias), ref, magnitude, ACCUMULATION_RTOL)
+    xb = x.bfloat16()
+    ref_b, magnitude_b = reference(xb, dequantize_int8(q, scale, torch.float64), bias)
+    assert_within(kernel_ops().linear_int8(xb, q, scale, bias), ref_b, magnitude_b, ACCUMULATION_RTOL)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,k,group", [(1, 64, 64), (5, 128, 64), (67, 256, 128), (130, 512, 256)])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 17])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_int4_kernel(n, k, group, m, with_bias):
+    packed, scale, offset = quantize_int4(
+        torch.randn(n, k, generator=torch.Generator().manual_seed(1)), group
+    )
+    x = bf16_values(m, k, seed=2)
+    bias = torch.randn(n) if with_bias else None
+    w = dequantize_int4(packed, scale, offset, torch.float64)
+    ref, magnitude = reference(x, w, bias)
+    assert_within(
+        kernel_ops().linear_int4(x, packed, scale, offset, group, bias),
+        ref,
+        magnitude,
+        INT4_ACCUMULATION_RTOL,
+    )
+
+
+@needs_kernels
+def test_int4_kernel_dequantizes_like_torch():
+    packed, scale, offset = quantize_int4(torch.randn(37, 384), 128)
+    native = kernel_ops().dequantize_int4(packed, scale, offset, 128)
+    # Both compute q * scale + offset in float32 and round once to bf16.
+    assert torch.equal(native, dequantize_int4(packed, scale, offset, torch.float32).bfloat16())
+
+
+@needs_kernels
+def test_kernels_reject_unsupported_shapes():
+    packed, scale, offset = quantize_int4(torch.randn(4, 128), 64)
+    with pytest.raises(RuntimeError, match="multiple of 64"):
+        kernel_ops().linear_int4(torch.randn(1, 128), packed, scale, offset, 96, None)
+    with pytest.raises(RuntimeError, match=r"\[M, 128\]"):
+        kernel_ops().linear_int4(torch.randn(1, 64), packed, scale, offset, 64, None)
+    with pytest.raises(RuntimeError, match="contiguous bf16"):
+        kernel_ops().linear_bf16(torch.randn(1, 8), torch.randn(4, 16).bfloat16()[:, :8], None)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        kernel_ops().linear_bf16(torch.randn(1, 8).double(), torch.randn(4, 8).bfloat16(), None)
+
+
+def test_switch_off_with_environment(monkeypatch):
+    monkeypatch.setenv("QTHINK_KERNELS", "0")
+    assert not linear_kernels_available()
+
+
+def test_failed_build_falls_back_with_one_warning(tmp_path):
+    """A source that does not compile leaves the kernels unavailable and warns once."""
+    broken = tmp_path / "broken.cpp"
+    broken.write_text('#error "this does not compile"\n')
+    script = textwrap.dedent(
+        f"""
+        import warnings
+        from pathlib import Path
+        import qthink.kernels.build as build
+        build.REQUIRED_CPU_FLAGS = ()
+        build.SOURCE = Path({str(broken)!r})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            print(build.linear_kernels_available(), build.linear_kernels_available())
+        print(len(caught), caught[0].message if caught else "")
+        """
+    )
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "QTHINK_KERNELS": "1"}
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=repo, timeout=120
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0] == "False False", result.stderr
+    assert lines[1].startswith("1 qthink: the AVX-512 linear kernels could not be built")

@@ -1,0 +1,173 @@
+"""Weight-only quantization: round-trip bounds, modules against the reference, whole models."""
+
+import pytest
+import torch
+from torch import nn
+
+from qthink.kernels import linear_kernels_available
+from qthink.loader import load_model
+from qthink.model.quant import (
+    Bf16Linear,
+    Int4Linear,
+    Int8Linear,
+    dequantize_int4,
+    dequantize_int8,
+    quantize_int4,
+    quantize_int8,
+    quantize_model,
+)
+
+# Rows of x around SMALL_M: native GEMV below, torch's GEMM above.
+ROW_COUNTS = [1, 3, 8, 9, 40]
+
+
+def weight(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    w[0] *= 50  # an outlier row must not change the other rows' scales
+    w[-1] = 0.25  # a constant row
+    return w
+
+
+@pytest.mark.parametrize("n,k", [(3, 16), (64, 100), (33, 2560)])
+def test_int8_round_trip_is_within_half_a_step(n, k):
+    w = weight(n, k)
+    q, scale = quantize_int8(w)
+    assert q.dtype == torch.int8 and scale.dtype == torch.bfloat16 and scale.shape == (n,)
+    error = (dequantize_int8(q, scale) - w).abs()
+    assert bool((error <= 0.501 * scale.float()[:, None]).all())
+
+
+@pytest.mark.parametrize("n,k,group", [(3, 64, 64), (64, 256, 128), (33, 2560, 128), (5, 512, 256)])
+def test_int4_round_trip_is_within_half_a_step(n, k, group):
+    w = weight(n, k)
+    packed, scale, offset = quantize_int4(w, group)
+    assert packed.shape == (n, k // 2) and packed.dtype == torch.uint8
+    assert scale.shape == offset.shape == (n, k // group)
+    error = (dequantize_int4(packed, scale, offset) - w).view(n, k // group, group).abs()
+    # Half a step, plus the bf16 rounding of the offset (the group minimum).
+    bound = 0.501 * scale.float() + 2**-8 * offset.float().abs()
+    assert bool((error <= bound[..., None]).all())
+
+
+def test_int4_uses_one_group_for_short_rows():
+    packed, scale, offset = quantize_int4(weight(4, 64), 128)
+    assert scale.shape == (4, 1)
+
+
+@pytest.mark.parametrize("k,group", [(100, 128), (256, 96), (384, 256)])
+def test_int4_rejects_unsupported_shapes(k, group):
+    with pytest.raises(ValueError, match="group size"):
+        quantize_int4(weight(4, k), group)
+
+
+def make_linear(n: int, k: int, bias: bool, dtype: torch.dtype) -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(k, n, bias=bias).to(dtype).requires_grad_(False)
+
+
+def module_reference(module: nn.Module, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, Int8Linear):
+        w = dequantize_int8(module.weight, module.scale, torch.float64)
+    elif isinstance(module, Int4Linear):
+        w = dequantize_int4(module.weight, module.scale, module.offset, torch.float64)
+    else:
+        w = linear.weight.double()
+    bias = 0 if linear.bias is None else linear.bias.double()
+    return x.double() @ w.T + bias
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+# Relative to the largest output. A bf16 output rounds to 2**-9; the native bf16 and int4
+# kernels round float32 activations to bf16 (int8 keeps them); float32 accumulation stays ~1e-6.
+TOLERANCE = {torch.bfloat16: 2e-2, torch.float32: 1e-2}
+INT8_FLOAT32_TOLERANCE = 1e-4
+MODULES = {
+    "bf16": lambda linear: Bf16Linear(linear),
+    "int8": lambda linear: Int8Linear(linear),
+    "int4": lambda linear: Int4Linear(linear, 64),
+}
+
+
+@pytest.mark.parametrize("kind", list(MODULES))
+@pytest.mark.parametrize("rows", ROW_COUNTS)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_module_matches_reference(kind, rows, bias, x_dtype, kernels, monkeypatch):
+    monkeypatch.setenv("QTHINK_KERNELS", kernels)
+    linear = make_linear(96, 192, bias, torch.bfloat16 if kind == "bf16" else torch.float32)
+    module = MODULES[kind](linear)
+    x = torch.randn(1, rows, 192, generator=torch.Generator().manual_seed(1)).to(x_dtype)
+    out = module(x)
+    assert out.shape == (1, rows, 96) and out.dtype == x_dtype
+    exact = kind == "int8" and x_dtype == torch.float32
+    tolerance = INT8_FLOAT32_TOLERANCE if exact else TOLERANCE[x_dtype]
+    assert relative_error(out, module_reference(module, linear, x)) < tolerance
+
+
+@pytest.mark.skipif(not linear_kernels_available(), reason="no AVX-512 BF16 kernels on this CPU")
+@pytest.mark.parametrize("kind", list(MODULES))
+@pytest.mark.parametrize("rows", [1, 5])
+def test_fallback_agrees_with_kernels(kind, rows, monkeypatch):
+    linear = make_linear(64, 256, True, torch.bfloat16)
+    module = MODULES[kind](linear)
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(2)).bfloat16()
+    native = module(x)
+    monkeypatch.setenv("QTHINK_KERNELS", "0")
+    fallback = module(x)
+    assert relative_error(native, fallback.double()) < 1e-2
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids, torch.arange(ids.shape[1])[None]).float()
+
+
+def random_prompt(length: int) -> torch.Tensor:
+    return torch.randint(0, 151_000, (1, length), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    return random_prompt(6)
+
+
+# 6 tokens take the native kernels, 12 take torch's GEMM.
+@pytest.mark.parametrize("length", [6, 12])
+@pytest.mark.parametrize("quantization,tolerance", [(None, 1e-2), ("int8", 2e-2), ("int4", 5e-2)])
+def test_quantized_model_stays_close(tiny_model_dir, length, quantization, tolerance):
+    prompt = random_prompt(length)
+    model = load_model(tiny_model_dir, "bfloat16")
+    expected = logits(model, prompt)
+    quantize_model(model, quantization)
+    layer = model.model.layers[0]
+    kind = {None: Bf16Linear, "int8": Int8Linear, "int4": Int4Linear}[quantization]
+    for linear in (layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.down_proj):
+        assert type(linear) is kind
+    assert type(model.lm_head) is Bf16Linear
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    got = logits(model, prompt)
+    assert relative_error(got, expected.double()) < tolerance
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.8
+
+
+def test_float32_model_keeps_plain_linears(tiny_model_dir):
+    model = load_model(tiny_model_dir, "float32")
+    quantize_model(model, None)
+    assert type(model.model.layers[0].mlp.up_proj) is nn.Linear
+
+
+def test_qwen2_bias_survives_quantization(make_checkpoint, prompt):
+    model = load_model(make_checkpoint(model_type="qwen2"), "bfloat16")
+    expected = logits(model, prompt)
+    quantize_model(model, "int8")
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    assert relative_error(logits(model, prompt), expected.double()) < 2e-2
+
+
+def test_unknown_quantization_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        quantize_model(load_model(tiny_model_dir, "bfloat16"), "int3")
