@@ -403,7 +403,9 @@ def test_server_errors_show_in_the_turn(page, scripted):
 def test_stop_keeps_the_partial_thinking(page, scripted, tmp_path):
     open_page(page, scripted.base)
     ask(page, "Think slowly: what is 17 * 24?")
-    page.wait_for_function("document.querySelector('.turn.assistant .thinking-body').textContent.length > 20")
+    live = page.locator(".turn.assistant.streaming .thinking-body .chip")
+    live.first.wait_for()
+    assert live.first.inner_text().lower() == "plan", "finished steps are labelled as they stream"
     page.click("#stop")
     turn = last_turn_done(page)
     assert page.locator("#send").is_visible() and not page.locator("#stop").is_visible()

@@ -174,6 +174,8 @@ function record(trace, choice, now, phase) {
   return part;
 }
 
+let turnCount = 0;
+
 // One assistant answer on the page: a live thinking panel, tool call cards, the answer.
 class AssistantTurn {
   constructor(list, trace, chat) {
@@ -182,8 +184,9 @@ class AssistantTurn {
     this.failed = false;
     this.userToggled = false;
     this.summaryText = el("span", { class: "thinking-status" }, "Thinking…");
-    this.thinkingText = document.createTextNode("");
-    this.thinkingBody = el("div", { class: "thinking-body live" }, this.thinkingText);
+    this.liveSteps = el("div", { class: "live-steps" });
+    this.thinkingText = el("div", { class: "live-text" });
+    this.thinkingBody = el("div", { class: "thinking-body live" }, this.liveSteps, this.thinkingText);
     this.panel = el("details", { class: "thinking", open: true },
       el("summary", { onclick: () => { this.userToggled = true; } }, el("span", { class: "thinking-icon" }), this.summaryText),
       this.thinkingBody);
@@ -193,7 +196,11 @@ class AssistantTurn {
     this.footer = el("div", { class: "turn-footer" });
     this.node = el("div", { class: "turn assistant streaming" }, this.panel, this.tools, this.answer, this.footer);
     list.append(this.node);
-    this.shown = { thinking: 0, answer: 0, tools: "" };
+    this.shown = { answer: 0, tools: "" };
+    this.idPrefix = `turn${++turnCount}`;
+    this.labelled = 0; // the thinking before this offset is drawn as labelled steps
+    this.labelling = false;
+    this.done = false;
     this.pending = false;
   }
 
@@ -206,8 +213,7 @@ class AssistantTurn {
 
   paint() {
     const { answer, timings } = this.trace;
-    this.thinkingText.appendData(answer.reasoning_content.slice(this.shown.thinking));
-    this.shown.thinking = answer.reasoning_content.length;
+    this.paintThinking();
     this.answerText.appendData(answer.content.slice(this.shown.answer));
     this.shown.answer = answer.content.length;
     const thinkingTokens = thinkingTokenCount(answer.tokens);
@@ -224,6 +230,30 @@ class AssistantTurn {
     this.chat.list.scrollTop = this.chat.list.scrollHeight;
   }
 
+  // Finished paragraphs of the thinking get their step labels while the rest streams in.
+  paintThinking() {
+    const text = this.trace.answer.reasoning_content;
+    this.thinkingText.textContent = text.slice(this.labelled).replace(/^\s+/, "");
+    const cut = text.lastIndexOf("\n\n");
+    if (cut > this.labelled && !this.labelling) this.labelLive(text.slice(0, cut));
+    if (this.panel.open) this.thinkingBody.scrollTop = this.thinkingBody.scrollHeight;
+  }
+
+  async labelLive(text) {
+    this.labelling = true;
+    try {
+      const analysis = await segment([], text, "");
+      if (this.done) return;
+      this.liveSteps.replaceChildren(renderSteps(analysis, [], text, this.idPrefix));
+      this.labelled = text.length;
+      this.paintThinking();
+    } catch {
+      // Labels are a help, not the stream: the text keeps streaming without them.
+    } finally {
+      this.labelling = false;
+    }
+  }
+
   fail(message) {
     this.failed = true;
     this.node.append(el("div", { class: "error-card" }, message));
@@ -231,6 +261,7 @@ class AssistantTurn {
 
   async finish() {
     this.paint();
+    this.done = true;
     const { answer, timings } = this.trace;
     this.node.classList.remove("streaming");
     const thinking = answer.tokens.filter((t) => t.part === "thinking");
@@ -259,7 +290,7 @@ class AssistantTurn {
     if (!answer.reasoning_content) return;
     try {
       const analysis = await segment(thinking, answer.reasoning_content, answer.content);
-      this.thinkingBody.replaceChildren(renderSteps(analysis, thinking, answer.reasoning_content, `c${Date.now()}`));
+      this.thinkingBody.replaceChildren(renderSteps(analysis, thinking, answer.reasoning_content, this.idPrefix));
       this.thinkingBody.classList.remove("live");
     } catch (e) {
       toast(e.message, true);
