@@ -165,7 +165,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         if req.prompt is not None:
             tokens = server.tokenizer.encode(req.prompt)
         else:
-            messages = [m.model_dump(exclude_none=True) for m in req.messages]
+            messages = [m.for_template() for m in req.messages]
             tokens = server.tokenizer.apply_chat_template(
                 messages,
                 tools=req.tools,

@@ -21,7 +21,7 @@ async def create_chat_completion(req: ChatCompletionRequest, server):
     structured = structured_output(req)
     if forced and structured:
         raise APIError(400, "tool_choice required/named cannot be combined with response_format")
-    messages = [m.model_dump(exclude_none=True) for m in req.messages]
+    messages = [m.for_template() for m in req.messages]
     prompt = await asyncio.to_thread(
         server.tokenizer.apply_chat_template,
         messages,

@@ -14,6 +14,14 @@ class Message(BaseModel):
     tool_call_id: str | None = None
     name: str | None = None
 
+    def for_template(self) -> dict:
+        """The message as the chat template reads it: clients of vLLM's newer convention send
+        the thinking back as `reasoning`, which the template knows as `reasoning_content`."""
+        data = self.model_dump(exclude_none=True)
+        if "reasoning_content" not in data and isinstance(data.get("reasoning"), str):
+            data["reasoning_content"] = data["reasoning"]
+        return data
+
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
