@@ -1,4 +1,4 @@
-// Small helpers shared by the chat and the trace view: DOM building, numbers, token maths.
+// Shared by the chat and the trace view: DOM building, numbers, token maths, trace files.
 
 export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
