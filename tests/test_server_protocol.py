@@ -3,6 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
+from qthink.server.errors import APIError
+from qthink.server.params import tool_choice_spec
 from qthink.server.protocol import ChatCompletionRequest
 from qthink.tokenizer import Tokenizer
 
@@ -38,3 +40,26 @@ def test_unknown_fields_pass_and_bad_types_are_refused():
     for bad in ({"n": "two"}, {"max_tokens": 0}, {"top_p": 1.5}, {"messages": []}, {"stream": "maybe"}):
         with pytest.raises(ValidationError):
             ChatCompletionRequest(**{"messages": [{"role": "user", "content": "hi"}], **bad})
+
+
+@pytest.mark.parametrize(
+    "choice, needle",
+    [
+        ("required", "needs `tools`"),
+        ({"type": "function", "function": {"name": "ping"}}, "needs `tools`"),
+        ("sometimes", "must be none, auto, required"),
+    ],
+)
+def test_tool_choice_that_cannot_be_honoured_is_refused(choice, needle):
+    req = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], tool_choice=choice)
+    with pytest.raises(APIError) as err:
+        tool_choice_spec(req)
+    assert err.value.status == 400 and needle in err.value.message
+
+
+def test_tool_choice_naming_an_unknown_tool_is_a_value_error():
+    tools = [{"type": "function", "function": {"name": "ping", "parameters": {"type": "object"}}}]
+    choice = {"type": "function", "function": {"name": "pong"}}
+    req = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], tools=tools, tool_choice=choice)
+    with pytest.raises(ValueError, match="pong"):  # the app answers ValueError with a 400
+        tool_choice_spec(req)

@@ -97,16 +97,15 @@ def tool_choice_spec(req: ChatCompletionRequest) -> tuple[bool, dict | None]:
     """(parse tool calls?, grammar forcing them). `none` never parses; `required` and a named
     function constrain the answer to calls, so they are well-formed."""
     choice = req.tool_choice
-    if not req.tools or choice == "none":
-        return False, None
-    if choice in (None, "auto"):
-        return True, None
-    if choice == "required":
-        return True, {"grammar": tool_call_grammar(req.tools)}
-    if isinstance(choice, dict) and (choice.get("function") or {}).get("name"):
-        return True, {"grammar": tool_call_grammar(req.tools, choice["function"]["name"])}
-    raise APIError(
-        400,
-        f"tool_choice must be none, auto, required or a named function, got {choice!r}",
-        param="tool_choice",
-    )
+    if choice in (None, "auto", "none"):
+        return bool(req.tools) and choice != "none", None
+    named = isinstance(choice, dict) and (choice.get("function") or {}).get("name")
+    if choice != "required" and not named:
+        raise APIError(
+            400,
+            f"tool_choice must be none, auto, required or a named function, got {choice!r}",
+            param="tool_choice",
+        )
+    if not req.tools:
+        raise APIError(400, f"tool_choice {choice!r} needs `tools`", param="tool_choice")
+    return True, {"grammar": tool_call_grammar(req.tools, named or None)}
