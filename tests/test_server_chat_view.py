@@ -129,3 +129,14 @@ def test_include_reasoning_false_sends_only_the_answer(tok):
     assert "reasoning_content" not in message and message["content"] == "Four."
     got = assemble(streamed(view_for(include_reasoning=False, stream=True), outs))
     assert got["reasoning_content"] == "" and got["content"] == "Four."
+
+
+def test_usage_counts_thinking_up_to_the_last_think_end(tok):
+    text = "a</think>b</think>\n\nanswer"
+    outs = engine_outputs(tok, text, "stop")
+    ids = outs[-1].outputs[0].token_ids
+    body = view_for().response(outs[-1])
+    assert body["choices"][0]["message"]["reasoning_content"] == "a</think>b"
+    details = body["usage"]["completion_tokens_details"]
+    assert details["reasoning_tokens"] == len(tok.encode("a</think>b"))
+    assert details["reasoning_tokens"] + 1 + len(tok.encode("\n\nanswer")) == len(ids)

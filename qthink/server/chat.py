@@ -7,7 +7,7 @@ import uuid
 from fastapi.responses import StreamingResponse
 
 from qthink.engine.outputs import CompletionOutput, RequestOutput
-from qthink.engine.sequence import THINK_END_ID, opens_thinking
+from qthink.engine.sequence import THINK_END_ID, THINK_START_ID, opens_thinking
 from qthink.parsing.reasoning import ReasoningStreamParser
 from qthink.parsing.tool_calls import ToolCallStreamParser, parse_tool_calls
 from qthink.server.errors import APIError
@@ -214,9 +214,10 @@ def finish_reason(c: CompletionOutput) -> str | None:
 
 
 def reasoning_tokens(token_ids: list[int], thinking: bool) -> int:
+    """Tokens up to the last </think>, as `split_reasoning` counts the thinking."""
     if THINK_END_ID in token_ids:
-        return token_ids.index(THINK_END_ID)
-    return len(token_ids) if thinking else 0
+        return len(token_ids) - 1 - token_ids[::-1].index(THINK_END_ID)
+    return len(token_ids) if thinking or token_ids[:1] == [THINK_START_ID] else 0
 
 
 def usage(out: RequestOutput, thinking: bool) -> dict:
