@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from qthink.config import DTYPES, ConfigError, ModelConfig
 from qthink.model.layers import RotaryEmbedding
 from qthink.model.parallel import SINGLE, TensorParallel
+from qthink.model.quant import quantize_model
 from qthink.model.qwen3 import Qwen3ForCausalLM
 
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
@@ -86,7 +87,7 @@ def load_model(
 ) -> Qwen3ForCausalLM:
     """Build the module without initialising it, then fill every parameter from the files;
     under tensor parallelism a rank reads only its own slice of each tensor. `quantization`
-    (int8, int4) then replaces the decoder's linear weights."""
+    (int8, int4) then replaces the decoder's linear weights; bf16 weights get the fast matmul."""
     config = ModelConfig.from_pretrained(model_dir)
     torch_dtype = resolve_dtype(dtype, config)
     with torch.device("meta"):
@@ -107,10 +108,7 @@ def load_model(
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta).to(device)
     model.eval().requires_grad_(False)
-    if quantization:
-        from qthink.model.quant import quantize_model
-
-        quantize_model(model, quantization)
+    quantize_model(model, quantization)  # int8/int4, or the fast bf16 matmul for bf16 weights
     return model
 
 
