@@ -1,0 +1,60 @@
+"""`qthink bench`: prefill and decode speed of a model through the engine, at several batch sizes."""
+
+import argparse
+import time
+
+import torch
+
+from qthink.chat_cli import add_model_arguments, engine_from_args
+from qthink.engine.engine import LLMEngine
+from qthink.engine.sampling_params import SamplingParams
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=64)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16], help="concurrent sequences")
+
+
+def measure(engine: LLMEngine, prompt_len: int, output_len: int, batch: int, seed: int = 0) -> dict:
+    """Times one batch: the prefill steps, then the decode steps (forced length, greedy)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    for _ in range(batch):
+        engine.add_request(torch.randint(1000, 100_000, (prompt_len,), generator=gen).tolist(), params)
+    start = time.perf_counter()
+    prefill_done = None
+    while engine.has_unfinished():
+        engine.step()
+        if prefill_done is None and all(s.num_output_tokens > 0 for s in engine.scheduler.running):
+            prefill_done = time.perf_counter()
+    end = time.perf_counter()
+    decode_tokens = batch * (output_len - 1)
+    return {
+        "batch": batch,
+        "prefill_tok_s": batch * prompt_len / (prefill_done - start),
+        "decode_tok_s": decode_tokens / (end - prefill_done),
+        "seconds": end - start,
+    }
+
+
+def run(args) -> int:
+    if args.max_model_len is None:
+        args.max_model_len = args.prompt_len + args.output_len + 16
+    engine = engine_from_args(args)
+    engine.config.max_num_batched_tokens = max(
+        engine.config.max_num_batched_tokens, args.prompt_len * max(args.batch)
+    )
+    engine.scheduler.max_num_batched_tokens = engine.config.max_num_batched_tokens
+    engine.scheduler.max_num_seqs = max(engine.scheduler.max_num_seqs, max(args.batch))
+    measure(engine, min(args.prompt_len, 16), 4, 1)  # warm-up: one-off kernel set-up is not timed
+    print(
+        f"{engine.model_dir.name}: dtype {engine.dtype}, quantization {engine.quantization or 'none'}, "
+        f"{torch.get_num_threads()} threads, prompt {args.prompt_len}, output {args.output_len}"
+    )
+    print(f"{'batch':>5} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    for b in args.batch:
+        r = measure(engine, args.prompt_len, args.output_len, b)
+        print(f"{b:>5} {r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.2f}")
+    return 0
