@@ -1,5 +1,6 @@
 """POST /v1/completions: raw prompts in, text out (with the same sampling, streaming and logprobs)."""
 
+import asyncio
 import time
 import uuid
 
@@ -9,57 +10,85 @@ from qthink.engine.outputs import CompletionOutput, RequestOutput
 from qthink.server.errors import APIError
 from qthink.server.params import sampling_params, structured_output
 from qthink.server.protocol import CompletionRequest
-from qthink.server.streaming import last_output, sse, sse_done, stream_outputs
+from qthink.server.streaming import last_output, merged, sse, sse_done, stream_outputs
 
 
 async def create_completion(req: CompletionRequest, server):
-    prompt = req.prompt
-    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-        if len(prompt) != 1:
-            raise APIError(
-                400, "send one prompt per request (batch by sending requests concurrently)", param="prompt"
-            )
-        prompt = prompt[0]
-    ids = server.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    raw = _prompts(req.prompt)
+    prompts = [_token_ids(p, server.tokenizer) for p in raw]
+    structured = structured_output(req)
+    streams = []
+    try:
+        for ids in prompts:  # each request is checked (and queued) before any response starts
+            params = sampling_params(req, server.engine.max_model_len, len(ids), req.logprobs, structured)
+            streams.append(await stream_outputs(server, ids, params))
+    except Exception:
+        for stream in streams:
+            await stream.aclose()  # leaving a stream aborts its request
+        raise
+    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    head = {"id": rid, "object": "text_completion", "created": created, "model": server.model_name}
+    prefixes = [_echo(p, ids, server.tokenizer) if req.echo else "" for p, ids in zip(raw, prompts)]
+    if req.stream:
+        events = _stream(merged(streams), head, prefixes, req)
+        return StreamingResponse(events, media_type="text/event-stream")
+    finals = await asyncio.gather(*(last_output(s) for s in streams))
+    choices = [
+        _choice(c, i * req.n + c.index, prefixes[i] + c.text, c.logprobs)
+        for i, final in enumerate(finals)
+        for c in final.outputs
+    ]
+    return {**head, "choices": choices, "usage": _usage(finals)}
+
+
+def _prompts(prompt) -> list:
+    """A prompt is a string or token ids; a list of either is a batch, one choice group each."""
+    if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+        return [prompt]
+    if not prompt:
+        raise APIError(400, "the prompt is empty", param="prompt")
+    return list(prompt)
+
+
+def _token_ids(prompt: str | list[int], tokenizer) -> list[int]:
+    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
     if not ids:
         raise APIError(400, "the prompt is empty", param="prompt")
-    params = sampling_params(req, server.engine.max_model_len, len(ids), req.logprobs, structured_output(req))
-    rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    outputs = await stream_outputs(server, ids, params)
-    head = {"id": rid, "object": "text_completion", "created": created, "model": server.model_name}
-    prefix = (prompt if isinstance(prompt, str) else server.tokenizer.decode(ids)) if req.echo else ""
-    if req.stream:
-        return StreamingResponse(_stream(outputs, head, prefix, req), media_type="text/event-stream")
-    final = await last_output(outputs)
-    choices = [_choice(c, prefix + c.text, c.logprobs) for c in final.outputs]
-    return {**head, "choices": choices, "usage": _usage(final)}
+    return ids
 
 
-async def _stream(outputs, head: dict, prefix: str, req: CompletionRequest):
-    seen: dict[int, tuple[int, int]] = {}
-    last = None
-    async for out in outputs:
-        last = out
+def _echo(prompt: str | list[int], ids: list[int], tokenizer) -> str:
+    return prompt if isinstance(prompt, str) else tokenizer.decode(ids)
+
+
+async def _stream(outputs, head: dict, prefixes: list[str], req: CompletionRequest):
+    seen: dict[tuple[int, int], tuple[int, int]] = {}
+    last: dict[int, RequestOutput] = {}
+    async for i, out in outputs:
+        last[i] = out
         for c in out.outputs:
-            text_at, tok_at = seen.get(c.index, (0, 0))
+            text_at, tok_at = seen.get((i, c.index), (0, 0))
             text = c.text[text_at:]
-            if c.index not in seen:
-                text = prefix + text
-            seen[c.index] = (len(c.text), len(c.token_ids))
+            if (i, c.index) not in seen:
+                text = prefixes[i] + text
+            seen[i, c.index] = (len(c.text), len(c.token_ids))
             lps = c.logprobs[tok_at:] if c.logprobs is not None else None
-            piece = CompletionOutput(c.index, text, c.token_ids[tok_at:], finish_reason=c.finish_reason)
+            piece = CompletionOutput(
+                c.index, text, c.token_ids[tok_at:], finish_reason=c.finish_reason, stop_reason=c.stop_reason
+            )
             if text or c.finish_reason is not None:
-                yield sse({**head, "choices": [_choice(piece, text, lps)]})
-    if last is not None and last.error:
-        yield sse({"error": {"message": last.error, "type": "server_error", "code": 500}})
-    elif last is not None and req.stream_options and req.stream_options.include_usage:
-        yield sse({**head, "choices": [], "usage": _usage(last)})
+                yield sse({**head, "choices": [_choice(piece, i * req.n + c.index, text, lps)]})
+    errors = [out.error for out in last.values() if out.error]
+    if errors:
+        yield sse({"error": {"message": errors[0], "type": "server_error", "code": 500}})
+    elif last and req.stream_options and req.stream_options.include_usage:
+        yield sse({**head, "choices": [], "usage": _usage(list(last.values()))})
     yield sse_done()
 
 
-def _choice(c: CompletionOutput, text: str, logprobs) -> dict:
+def _choice(c: CompletionOutput, index: int, text: str, logprobs) -> dict:
     return {
-        "index": c.index,
+        "index": index,
         "text": text,
         "logprobs": _logprobs(c.token_ids, logprobs),
         "finish_reason": c.finish_reason,
@@ -82,10 +111,7 @@ def _logprobs(token_ids: list[int], logprobs) -> dict | None:
     return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
 
 
-def _usage(out: RequestOutput) -> dict:
-    completion = sum(len(c.token_ids) for c in out.outputs)
-    return {
-        "prompt_tokens": len(out.prompt_token_ids),
-        "completion_tokens": completion,
-        "total_tokens": len(out.prompt_token_ids) + completion,
-    }
+def _usage(outs: list[RequestOutput]) -> dict:
+    prompt = sum(len(out.prompt_token_ids) for out in outs)
+    completion = sum(len(c.token_ids) for out in outs for c in out.outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

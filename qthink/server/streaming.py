@@ -1,5 +1,6 @@
 """Server-sent events, and engine output streams whose request errors surface before the response."""
 
+import asyncio
 import json
 
 from qthink.engine.sampling_params import SamplingParamsError
@@ -14,22 +15,32 @@ def sse_done() -> str:
     return "data: [DONE]\n\n"
 
 
-async def stream_outputs(server, prompt, params):
+async def stream_outputs(server, prompt, params) -> "OutputStream":
     """Submit the request and wait for its first output, so a refused request (too long,
-    bad grammar) is a 400 rather than a broken stream; then iterate the rest."""
+    bad grammar) is a 400 rather than a broken stream."""
     outputs = server.engine.generate(prompt, params)
     try:
         first = await anext(outputs)
     except (ValueError, SamplingParamsError) as e:
         await outputs.aclose()
         raise APIError(400, str(e)) from None
+    return OutputStream(first, outputs)
 
-    async def rest():
-        yield first
-        async for out in outputs:
+
+class OutputStream:
+    """One request's outputs, the first already received; `aclose` aborts the request even
+    when nobody has iterated yet (a later request of the same batch was refused)."""
+
+    def __init__(self, first, rest):
+        self.first, self.rest = first, rest
+
+    async def __aiter__(self):
+        yield self.first
+        async for out in self.rest:
             yield out
 
-    return rest()
+    async def aclose(self) -> None:
+        await self.rest.aclose()
 
 
 async def last_output(outputs):
@@ -38,3 +49,33 @@ async def last_output(outputs):
     async for out in outputs:
         final = out
     return final
+
+
+async def merged(streams):
+    """(position, output) from several requests' streams as the outputs come. Leaving early
+    (the client went away) cancels the readers, which aborts every request."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, stream) -> None:
+        try:
+            async for out in stream:
+                await queue.put((i, out))
+            await queue.put((i, None))
+        except Exception as e:  # handed to the reader, so the stream reports it
+            await queue.put((i, e))
+
+    readers = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        open_streams = len(readers)
+        while open_streams:
+            i, item = await queue.get()
+            if isinstance(item, Exception):
+                raise item
+            if item is None:
+                open_streams -= 1
+            else:
+                yield i, item
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
