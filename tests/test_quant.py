@@ -80,14 +80,17 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref).abs().max() / ref.abs().max()).item()
 
 
-# Relative to the largest output. A bf16 output rounds to 2**-9; the native bf16 and int4
-# kernels round float32 activations to bf16 (int8 keeps them); float32 accumulation stays ~1e-6.
+# Relative to the largest output. A bf16 output rounds to 2**-9; the native bf16 kernel rounds
+# float32 activations to bf16 and the int4 kernel to int8 per group of 128 (int8 keeps them);
+# float32 accumulation stays ~1e-6.
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float32: 1e-2}
 INT8_FLOAT32_TOLERANCE = 1e-4
+INT4_NATIVE_TOLERANCE = 3e-2  # int8 activations: test_kernels.py checks the exact bound
 MODULES = {
     "bf16": lambda linear: Bf16Linear(linear),
     "int8": lambda linear: Int8Linear(linear),
-    "int4": lambda linear: Int4Linear(linear, 64),
+    "int4": lambda linear: Int4Linear(linear, 128),
+    "int4 (groups of 64: torch path)": lambda linear: Int4Linear(linear, 64),
 }
 
 
@@ -98,13 +101,15 @@ MODULES = {
 @pytest.mark.parametrize("kernels", ["1", "0"])
 def test_module_matches_reference(kind, rows, bias, x_dtype, kernels, monkeypatch):
     monkeypatch.setenv("QTHINK_KERNELS", kernels)
-    linear = make_linear(96, 192, bias, torch.bfloat16 if kind == "bf16" else torch.float32)
+    linear = make_linear(96, 256, bias, torch.bfloat16 if kind == "bf16" else torch.float32)
     module = MODULES[kind](linear)
-    x = torch.randn(1, rows, 192, generator=torch.Generator().manual_seed(1)).to(x_dtype)
+    x = torch.randn(1, rows, 256, generator=torch.Generator().manual_seed(1)).to(x_dtype)
     out = module(x)
     assert out.shape == (1, rows, 96) and out.dtype == x_dtype
     exact = kind == "int8" and x_dtype == torch.float32
     tolerance = INT8_FLOAT32_TOLERANCE if exact else TOLERANCE[x_dtype]
+    if kind == "int4":
+        tolerance = INT4_NATIVE_TOLERANCE
     assert relative_error(out, module_reference(module, linear, x)) < tolerance
 
 
@@ -118,7 +123,8 @@ def test_fallback_agrees_with_kernels(kind, rows, monkeypatch):
     native = module(x)
     monkeypatch.setenv("QTHINK_KERNELS", "0")
     fallback = module(x)
-    assert relative_error(native, fallback.double()) < 1e-2
+    tolerance = INT4_NATIVE_TOLERANCE if kind.startswith("int4") else 1e-2
+    assert relative_error(native, fallback.double()) < tolerance
 
 
 def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -138,10 +144,12 @@ def prompt():
 # 6 tokens take the native kernels, 12 take torch's GEMM.
 @pytest.mark.parametrize("length", [6, 12])
 @pytest.mark.parametrize("quantization,tolerance", [(None, 1e-2), ("int8", 2e-2), ("int4", 5e-2)])
-def test_quantized_model_stays_close(tiny_model_dir, length, quantization, tolerance):
+def test_quantized_model_stays_close(tiny_model_dir, length, quantization, tolerance, monkeypatch):
     prompt = random_prompt(length)
     model = load_model(tiny_model_dir, "bfloat16")
-    expected = logits(model, prompt)
+    monkeypatch.setenv("QTHINK_KERNELS", "0")
+    expected = logits(model, prompt)  # torch's own matmuls on the bf16 weights
+    monkeypatch.delenv("QTHINK_KERNELS")
     quantize_model(model, quantization)
     layer = model.model.layers[0]
     kind = {None: Bf16Linear, "int8": Int8Linear, "int4": Int4Linear}[quantization]

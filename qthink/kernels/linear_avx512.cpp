@@ -16,9 +16,6 @@ namespace {
 
 constexpr int64_t kRowsPerTask = 16;
 
-// bf16 of (128 + q) for a nibble q is 0x4300 | q: dequantizing a nibble costs one OR.
-constexpr uint16_t kBf16Of128 = 0x4300;
-
 inline float bf16_bits_to_float(uint16_t bits) {
   uint32_t widened = static_cast<uint32_t>(bits) << 16;
   float value;
@@ -165,22 +162,23 @@ struct Int8Kernel : BlockKernel<Int8Kernel> {
 };
 
 // Packing: in each block of 64 weights, byte j holds weight j (low nibble) and weight
-// j + 32 (high nibble), so both halves expand to 32 consecutive weights.
-// Dequantized weight = q * scale + offset, scale and offset per row and group.
+// j + 32 (high nibble). Dequantized weight = q * scale + offset, per row and group.
+// Activations are quantized to int8 per group (QuantizedRows), so each 128 weights cost
+// one load, three bit operations and two VNNI dot products (u8 nibbles x s8 activations).
 struct Int4Kernel : BlockKernel<Int4Kernel> {
   const uint8_t* w;        // [N, K / 2]
   const uint16_t* scale;   // [N, K / G] bf16
   const uint16_t* offset;  // [N, K / G] bf16
-  const uint16_t* x;       // [M, K] bf16
-  const float* x_group_sums;  // [M, K / G]
+  const int8_t* xq;        // [M, K], each 128-chunk ordered as its low then high nibbles
+  const float* x_scale;    // [M, K / G]
+  const float* x_sum;      // [M, K / G]
   int64_t K;
   int64_t G;
 
   template <int NB, int MB>
   void block(int64_t n, int64_t m, float (*res)[NB]) const {
     const int64_t groups = K / G;
-    const __m512i low_nibble = _mm512_set1_epi16(0x000F);
-    const __m512i bf16_128 = _mm512_set1_epi16(kBf16Of128);
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
     __m512 total[MB][NB];
     float constant[MB][NB];
     for (int i = 0; i < MB; ++i)
@@ -189,34 +187,32 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
         constant[i][j] = 0.0f;
       }
     for (int64_t g = 0; g < groups; ++g) {
-      __m512 lo_acc[MB][NB], hi_acc[MB][NB];
+      __m512i acc[MB][NB];
       for (int i = 0; i < MB; ++i)
-        for (int j = 0; j < NB; ++j) lo_acc[i][j] = hi_acc[i][j] = _mm512_setzero_ps();
-      for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_si512();
+      for (int64_t k = g * G; k < (g + 1) * G; k += 128) {
         __m512i lo[NB], hi[NB];
         for (int j = 0; j < NB; ++j) {
-          const __m512i bytes =
-              _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(w + (n + j) * (K / 2) + k / 2)));
-          lo[j] = _mm512_ternarylogic_epi32(bytes, low_nibble, bf16_128, 0xEA);  // (a & b) | c
-          hi[j] = _mm512_or_si512(_mm512_srli_epi16(bytes, 4), bf16_128);
+          const __m512i bytes = _mm512_loadu_si512(w + (n + j) * (K / 2) + k / 2);
+          lo[j] = _mm512_and_si512(bytes, nibble);
+          hi[j] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
         }
         for (int i = 0; i < MB; ++i) {
-          const __m512i x_lo = _mm512_loadu_si512(x + (m + i) * K + k);
-          const __m512i x_hi = _mm512_loadu_si512(x + (m + i) * K + k + 32);
+          const __m512i x_lo = _mm512_loadu_si512(xq + (m + i) * K + k);
+          const __m512i x_hi = _mm512_loadu_si512(xq + (m + i) * K + k + 64);
           for (int j = 0; j < NB; ++j) {
-            lo_acc[i][j] = _mm512_dpbf16_ps(lo_acc[i][j], as_bh(lo[j]), as_bh(x_lo));
-            hi_acc[i][j] = _mm512_dpbf16_ps(hi_acc[i][j], as_bh(hi[j]), as_bh(x_hi));
+            acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], lo[j], x_lo);
+            acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], hi[j], x_hi);
           }
         }
       }
       for (int j = 0; j < NB; ++j) {
         const float s = bf16_bits_to_float(scale[(n + j) * groups + g]);
         const float o = bf16_bits_to_float(offset[(n + j) * groups + g]);
-        const __m512 s_vec = _mm512_set1_ps(s);
         for (int i = 0; i < MB; ++i) {
-          total[i][j] = _mm512_fmadd_ps(_mm512_add_ps(lo_acc[i][j], hi_acc[i][j]), s_vec, total[i][j]);
-          // The accumulators hold sum((128 + q) * x): remove the 128 and add the offset.
-          constant[i][j] += (o - 128.0f * s) * x_group_sums[(m + i) * groups + g];
+          const __m512 step = _mm512_set1_ps(s * x_scale[(m + i) * groups + g]);
+          total[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), step, total[i][j]);
+          constant[i][j] += o * x_sum[(m + i) * groups + g];
         }
       }
     }
@@ -224,6 +220,48 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
       for (int j = 0; j < NB; ++j) res[i][j] = _mm512_reduce_add_ps(total[i][j]) + constant[i][j];
   }
 };
+
+// Activations quantized for Int4Kernel: symmetric int8 with one scale per row and group,
+// plus the exact float sum of each group (for the weights' offsets).
+struct QuantizedRows {
+  at::Tensor values;  // int8 [M, K]
+  at::Tensor scales;  // float [M, K / G]
+  at::Tensor sums;    // float [M, K / G]
+};
+
+// Within a 128-chunk the kernel's low nibbles hold weights 0..31 and 64..95, the high
+// nibbles 32..63 and 96..127: store the activations in that order (swap the middle quarters).
+inline int64_t chunk_position(int64_t k) {
+  const int64_t quarter = (k % 128) / 32;
+  const int64_t swapped = quarter == 1 ? 2 : quarter == 2 ? 1 : quarter;
+  return k - k % 128 + swapped * 32 + k % 32;
+}
+
+QuantizedRows quantize_rows(const at::Tensor& x, int64_t G) {
+  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const int64_t M = x.size(0), K = x.size(1), groups = K / G;
+  QuantizedRows rows{at::empty({M, K}, x.options().dtype(at::kChar)), at::empty({M, groups}, xf.options()),
+                     at::empty({M, groups}, xf.options())};
+  const float* src = xf.data_ptr<float>();
+  int8_t* dst = rows.values.data_ptr<int8_t>();
+  float* scales = rows.scales.data_ptr<float>();
+  float* sums = rows.sums.data_ptr<float>();
+  for (int64_t r = 0; r < M * groups; ++r) {
+    const float* values = src + r * G;
+    float largest = 0.0f, sum = 0.0f;
+    for (int64_t k = 0; k < G; ++k) {
+      largest = std::max(largest, std::abs(values[k]));
+      sum += values[k];
+    }
+    const float step = largest / 127.0f;
+    const float inverse = largest > 0.0f ? 127.0f / largest : 0.0f;
+    for (int64_t k = 0; k < G; ++k)
+      dst[r * G - r * G % K + chunk_position(r * G % K + k)] = static_cast<int8_t>(std::nearbyint(values[k] * inverse));
+    scales[r] = step;
+    sums[r] = sum;
+  }
+  return rows;
+}
 
 Output make_output(const at::Tensor& out, const c10::optional<at::Tensor>& bias) {
   const float* bias_data = nullptr;
@@ -273,7 +311,7 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 }
 
 void check_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset, int64_t K, int64_t G) {
-  TORCH_CHECK(G > 0 && G % 64 == 0 && K % G == 0, "int4 needs group_size a multiple of 64 dividing K; got ", G,
+  TORCH_CHECK(G > 0 && G % 128 == 0 && K % G == 0, "int4 needs group_size a multiple of 128 dividing K; got ", G,
               " and K=", K);
   TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.is_contiguous() && w.size(1) == K / 2,
               "w must be contiguous uint8 [N, K/2]");
@@ -288,15 +326,15 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const int64_t K = w.size(1) * 2;
   check_input(x, K);
   check_int4(w, scale, offset, K, group_size);
-  const at::Tensor xb = x.to(at::kBFloat16).contiguous();
-  const at::Tensor sums = xb.to(at::kFloat).view({x.size(0), K / group_size, group_size}).sum(-1).contiguous();
+  const QuantizedRows rows = quantize_rows(x, group_size);
   at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
   Int4Kernel kernel;
   kernel.w = w.data_ptr<uint8_t>();
   kernel.scale = bf16_bits(scale);
   kernel.offset = bf16_bits(offset);
-  kernel.x = bf16_bits(xb);
-  kernel.x_group_sums = sums.data_ptr<float>();
+  kernel.xq = rows.values.data_ptr<int8_t>();
+  kernel.x_scale = rows.scales.data_ptr<float>();
+  kernel.x_sum = rows.sums.data_ptr<float>();
   kernel.K = K;
   kernel.G = group_size;
   const Output output = make_output(out, bias);

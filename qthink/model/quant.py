@@ -27,6 +27,7 @@ __all__ = [
 # Rows up to which the native kernels beat torch's GEMM (benchmarks/bench_linear.py).
 SMALL_M = 8
 INT4_BLOCK = 64  # the packing unit along K: byte j of a block holds weights j and j + 32
+NATIVE_INT4_GROUP = 128  # the native int4 kernels need groups of whole 128-weight chunks
 QUANTIZATIONS = (None, "int8", "int4")
 
 
@@ -150,6 +151,7 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.group_size = int4_group_size(linear.in_features, group_size)
+        self.native = self.group_size % NATIVE_INT4_GROUP == 0
         packed, scale, offset = quantize_int4(linear.weight, self.group_size)
         self.register_buffer("weight", packed)
         self.register_buffer("scale", scale)
@@ -157,43 +159,45 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", _float_bias(linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_kernels(x):
-            out = kernel_ops().linear_int4(
-                _rows(x), self.weight, self.scale, self.offset, self.group_size, self.bias
-            )
-            return out.view(*x.shape[:-1], self.out_features)
+        if self.native and use_kernels(x):
+            args = (self.weight, self.scale, self.offset, self.group_size, self.bias)
+            return kernel_ops().linear_int4(_rows(x), *args).view(*x.shape[:-1], self.out_features)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized(x), bias)
 
     def dequantized(self, x: torch.Tensor) -> torch.Tensor:
         """The weight in x's dtype, for inputs where one GEMM beats many GEMVs."""
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16 and linear_kernels_available():
+        native = self.native and x.device.type == "cpu" and x.dtype == torch.bfloat16
+        if native and linear_kernels_available():
             w = kernel_ops().dequantize_int4(self.weight, self.scale, self.offset, self.group_size)
             return w.to(x.dtype)
         return dequantize_int4(self.weight, self.scale, self.offset, x.dtype)
 
 
-def _replacement(linear: nn.Linear, quantization: str | None, group_size: int) -> nn.Module | None:
+def _replacement(
+    linear: nn.Linear | Bf16Linear, quantization: str | None, group_size: int
+) -> nn.Module | None:
     if quantization == "int8":
         return Int8Linear(linear)
     if quantization == "int4":
         return Int4Linear(linear, group_size)
-    if linear.weight.dtype == torch.bfloat16:
+    if type(linear) is nn.Linear and linear.weight.dtype == torch.bfloat16:
         return Bf16Linear(linear)
     return None
 
 
 def quantize_model(model: nn.Module, quantization: str | None, group_size: int = 128) -> None:
-    """Replace the decoder layers' `nn.Linear`s in place: by int8 or int4 modules, or with
-    `quantization=None` by the fast bf16 module (bf16 weights only). Other bf16 linears
-    (the lm_head, often tied to the embeddings) get the fast bf16 module, sharing their weight."""
+    """Replace the decoder layers' `nn.Linear`s (or `Bf16Linear`s) in place: by int8 or int4
+    modules, or with `quantization=None` by the fast bf16 module (bf16 weights only). Other
+    bf16 linears (the lm_head, often tied to the embeddings) get the fast bf16 module, sharing
+    their weight."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     targets = [
         (parent_name, parent, name, child)
         for parent_name, parent in model.named_modules()
         for name, child in parent.named_children()
-        if type(child) is nn.Linear
+        if type(child) in (nn.Linear, Bf16Linear)
     ]
     for parent_name, parent, name, linear in targets:
         in_decoder = ".layers." in f".{parent_name}."
