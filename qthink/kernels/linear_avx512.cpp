@@ -221,44 +221,59 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
   }
 };
 
-// Activations quantized for Int4Kernel: symmetric int8 with one scale per row and group,
-// plus the exact float sum of each group (for the weights' offsets).
 struct QuantizedRows {
   at::Tensor values;  // int8 [M, K]
   at::Tensor scales;  // float [M, K / G]
   at::Tensor sums;    // float [M, K / G]
 };
 
-// Within a 128-chunk the kernel's low nibbles hold weights 0..31 and 64..95, the high
-// nibbles 32..63 and 96..127: store the activations in that order (swap the middle quarters).
-inline int64_t chunk_position(int64_t k) {
-  const int64_t quarter = (k % 128) / 32;
-  const int64_t swapped = quarter == 1 ? 2 : quarter == 2 ? 1 : quarter;
-  return k - k % 128 + swapped * 32 + k % 32;
+inline __m512 load_floats(const float* p) { return _mm512_loadu_ps(p); }
+
+inline __m512 load_floats(const at::BFloat16* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
+// Within a 128-chunk the kernel's low nibbles meet activations 0..31 and 64..95, the high
+// nibbles 32..63 and 96..127: store the activations in that order (swap the middle quarters).
+constexpr int64_t kQuarterDestination[4] = {0, 64, 32, 96};
+
+template <typename T>
+void quantize_group(const T* values, int64_t G, int8_t* chunk_start, float* scale, float* sum) {
+  __m512 largest = _mm512_setzero_ps(), total = _mm512_setzero_ps();
+  for (int64_t k = 0; k < G; k += 16) {
+    const __m512 v = load_floats(values + k);
+    largest = _mm512_max_ps(largest, _mm512_abs_ps(v));
+    total = _mm512_add_ps(total, v);
+  }
+  const float peak = _mm512_reduce_max_ps(largest);
+  *scale = peak / 127.0f;
+  *sum = _mm512_reduce_add_ps(total);
+  const __m512 inverse = _mm512_set1_ps(peak > 0.0f ? 127.0f / peak : 0.0f);
+  for (int64_t k = 0; k < G; k += 16) {
+    const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(load_floats(values + k), inverse));  // round to nearest
+    int8_t* dst = chunk_start + k / 128 * 128 + kQuarterDestination[k % 128 / 32] + k % 32;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8(q));
+  }
+}
+
+// Activations for Int4Kernel: symmetric int8 with one scale per row and group, plus the
+// exact float sum of each group (it multiplies the weights' offsets).
 QuantizedRows quantize_rows(const at::Tensor& x, int64_t G) {
-  const at::Tensor xf = x.to(at::kFloat).contiguous();
   const int64_t M = x.size(0), K = x.size(1), groups = K / G;
-  QuantizedRows rows{at::empty({M, K}, x.options().dtype(at::kChar)), at::empty({M, groups}, xf.options()),
-                     at::empty({M, groups}, xf.options())};
-  const float* src = xf.data_ptr<float>();
+  const at::Tensor xc = x.contiguous();
+  const auto floats = at::TensorOptions().dtype(at::kFloat);
+  QuantizedRows rows{at::empty({M, K}, floats.dtype(at::kChar)), at::empty({M, groups}, floats),
+                     at::empty({M, groups}, floats)};
   int8_t* dst = rows.values.data_ptr<int8_t>();
   float* scales = rows.scales.data_ptr<float>();
   float* sums = rows.sums.data_ptr<float>();
   for (int64_t r = 0; r < M * groups; ++r) {
-    const float* values = src + r * G;
-    float largest = 0.0f, sum = 0.0f;
-    for (int64_t k = 0; k < G; ++k) {
-      largest = std::max(largest, std::abs(values[k]));
-      sum += values[k];
+    if (xc.scalar_type() == at::kBFloat16) {
+      quantize_group(xc.data_ptr<at::BFloat16>() + r * G, G, dst + r * G, scales + r, sums + r);
+    } else {
+      quantize_group(xc.data_ptr<float>() + r * G, G, dst + r * G, scales + r, sums + r);
     }
-    const float step = largest / 127.0f;
-    const float inverse = largest > 0.0f ? 127.0f / largest : 0.0f;
-    for (int64_t k = 0; k < G; ++k)
-      dst[r * G - r * G % K + chunk_position(r * G % K + k)] = static_cast<int8_t>(std::nearbyint(values[k] * inverse));
-    scales[r] = step;
-    sums[r] = sum;
   }
   return rows;
 }
