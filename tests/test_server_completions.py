@@ -84,3 +84,15 @@ def test_leaving_a_batch_stream_aborts_every_request(server):
                     break
     stats = wait_idle(server.engine)
     assert stats["num_running"] == 0 and stats["kv_blocks_free"] == stats["kv_blocks_total"]
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+def test_client_timing_out_on_a_whole_response_aborts_it(server, route):
+    """Not streamed: a client that gives up (a timeout) must not leave a long run going."""
+    body = {"model": "qthink-test", "max_tokens": 480, "ignore_eos": True}
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    body |= {"prompt": "hi"} if route == "/v1/completions" else chat
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + route, json=body, timeout=httpx.Timeout(30, read=0.5))
+    stats = wait_idle(server.engine, timeout=3)
+    assert stats["num_running"] == 0 and stats["kv_blocks_free"] == stats["kv_blocks_total"]

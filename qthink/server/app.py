@@ -21,6 +21,7 @@ from qthink.server.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
+from qthink.server.streaming import ClientGone
 
 PUBLIC_PATHS = ("/health",)
 UI_PATHS = ("/", "/viewer/")  # the page's own files; every call it makes to the API is authenticated
@@ -102,6 +103,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, exc: APIError):
         return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code)
 
+    @app.exception_handler(ClientGone)
+    async def gone(_: Request, exc: ClientGone):
+        return error_response(499, "the client closed the request", code="client_closed_request")
+
     @app.exception_handler(EngineDeadError)
     async def dead(_: Request, exc: EngineDeadError):
         return error_response(503, str(exc), kind="server_error")
@@ -148,14 +153,14 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         return {"object": "list", "data": [card]}
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatCompletionRequest):
+    async def chat(req: ChatCompletionRequest, request: Request):
         _check_model(server, req.model)
-        return await create_chat_completion(req, server)
+        return await create_chat_completion(req, server, request)
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest, request: Request):
         _check_model(server, req.model)
-        return await create_completion(req, server)
+        return await create_completion(req, server, request)
 
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):

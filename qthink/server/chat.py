@@ -4,6 +4,7 @@ import asyncio
 import time
 import uuid
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from qthink.engine.outputs import CompletionOutput, RequestOutput
@@ -13,10 +14,10 @@ from qthink.parsing.tool_calls import ToolCallStreamParser, parse_tool_calls
 from qthink.server.errors import APIError
 from qthink.server.params import sampling_params, structured_output, tool_choice_spec
 from qthink.server.protocol import ChatCompletionRequest
-from qthink.server.streaming import last_output, sse, sse_done, stream_outputs
+from qthink.server.streaming import last_output, sse, sse_done, stream_outputs, unless_disconnected
 
 
-async def create_chat_completion(req: ChatCompletionRequest, server):
+async def create_chat_completion(req: ChatCompletionRequest, server, request: Request):
     parse_tools, forced = tool_choice_spec(req)
     structured = structured_output(req)
     if forced and structured:
@@ -36,7 +37,7 @@ async def create_chat_completion(req: ChatCompletionRequest, server):
     outputs = await stream_outputs(server, prompt, params)
     if req.stream:
         return StreamingResponse(view.stream(outputs, server.metrics), media_type="text/event-stream")
-    final = await last_output(outputs)
+    final = await unless_disconnected(request, last_output(outputs))
     return view.response(final)
 
 

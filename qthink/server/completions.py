@@ -4,16 +4,17 @@ import asyncio
 import time
 import uuid
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from qthink.engine.outputs import CompletionOutput, RequestOutput
 from qthink.server.errors import APIError
 from qthink.server.params import sampling_params, structured_output
 from qthink.server.protocol import CompletionRequest
-from qthink.server.streaming import last_output, merged, sse, sse_done, stream_outputs
+from qthink.server.streaming import last_output, merged, sse, sse_done, stream_outputs, unless_disconnected
 
 
-async def create_completion(req: CompletionRequest, server):
+async def create_completion(req: CompletionRequest, server, request: Request):
     raw = _prompts(req.prompt)
     prompts = [_token_ids(p, server.tokenizer) for p in raw]
     structured = structured_output(req)
@@ -32,7 +33,7 @@ async def create_completion(req: CompletionRequest, server):
     if req.stream:
         events = _stream(merged(streams), head, prefixes, req)
         return StreamingResponse(events, media_type="text/event-stream")
-    finals = await asyncio.gather(*(last_output(s) for s in streams))
+    finals = await unless_disconnected(request, asyncio.gather(*(last_output(s) for s in streams)))
     choices = [
         _choice(c, i * req.n + c.index, prefixes[i] + c.text, c.logprobs)
         for i, final in enumerate(finals)

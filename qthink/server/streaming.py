@@ -79,3 +79,31 @@ async def merged(streams):
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def unless_disconnected(request, work):
+    """Await `work` (the whole answer of a non-streamed request) while listening for the
+    client to leave: if it goes first (a timeout, a closed tab), cancelling `work` aborts
+    its requests, so a long thinking run no longer holds the engine for nobody."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        raise ClientGone()
+    finally:
+        for pending in (task, gone):
+            pending.cancel()
+        await asyncio.gather(task, gone, return_exceptions=True)
+
+
+async def _disconnect(request) -> None:
+    # the body is already read, so the next message is the disconnect; Request.is_disconnected
+    # cannot be polled instead: behind an http middleware it never reports one
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
