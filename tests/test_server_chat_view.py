@@ -9,7 +9,6 @@ import pytest
 from qthink.engine.outputs import CompletionOutput, RequestOutput
 from qthink.parsing.reasoning import split_reasoning_text
 from qthink.server.chat import ChatView
-from qthink.server.metrics import Metrics
 from qthink.server.protocol import ChatCompletionRequest
 from qthink.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -61,8 +60,7 @@ def streamed(view: ChatView, outs: list[RequestOutput]) -> list[dict]:
             for out in outs:
                 yield out
 
-        metrics = Metrics(None, "qthink-test")  # never scraped here, so it needs no engine
-        return [event async for event in view.stream(source(), metrics)]
+        return [event async for event in view.stream(source())]
 
     events = asyncio.run(run())
     assert events[-1] == "data: [DONE]\n\n"

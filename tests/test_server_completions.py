@@ -96,3 +96,27 @@ def test_client_timing_out_on_a_whole_response_aborts_it(server, route):
         httpx.post(server.url + route, json=body, timeout=httpx.Timeout(30, read=0.5))
     stats = wait_idle(server.engine, timeout=3)
     assert stats["num_running"] == 0 and stats["kv_blocks_free"] == stats["kv_blocks_total"]
+
+
+def latency_counts(server) -> dict[str, float]:
+    """The sample count of each latency histogram on /metrics."""
+    text = httpx.get(server.url + "/metrics").text
+    counts = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("qthink:") and name.split("{")[0].endswith("_seconds_count"):
+            counts[name.split("{")[0].removeprefix("qthink:")] = float(value)
+    return counts
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_request_feeds_the_latency_histograms(client, server, stream):
+    before = latency_counts(server)
+    r = complete(client, PROMPTS, stream=stream)
+    if stream:
+        list(r)
+    after = latency_counts(server)
+    grew = {name: after[name] - before.get(name, 0) for name in after}
+    assert grew["time_to_first_token_seconds_count"] == 2
+    assert grew["e2e_request_latency_seconds_count"] == 2
+    assert grew["inter_token_latency_seconds_count"] == 2 * (6 - 1)  # one gap per later token

@@ -36,7 +36,7 @@ async def create_chat_completion(req: ChatCompletionRequest, server, request: Re
     view = ChatView(req, server.model_name, opens_thinking(prompt), parse_tools)
     outputs = await stream_outputs(server, prompt, params)
     if req.stream:
-        return StreamingResponse(view.stream(outputs, server.metrics), media_type="text/event-stream")
+        return StreamingResponse(view.stream(outputs), media_type="text/event-stream")
     final = await unless_disconnected(request, last_output(outputs))
     return view.response(final)
 
@@ -97,31 +97,20 @@ class ChatView:
 
     # ---- stream ---------------------------------------------------------------------------
 
-    async def stream(self, outputs, metrics):
+    async def stream(self, outputs):
         states: dict[int, ChoiceStream] = {}
         last = None
-        start = time.monotonic()
-        first_token_at = prev_at = None
         try:
             async for out in outputs:
                 last = out
-                now = time.monotonic()
                 for c in out.outputs:
                     state = states.setdefault(c.index, ChoiceStream(self))
-                    if len(c.token_ids) > state.tokens_seen:
-                        if first_token_at is None:
-                            first_token_at = now
-                            metrics.ttft.observe(now - start)
-                        elif prev_at is not None:
-                            metrics.itl.observe(now - prev_at)
-                        prev_at = now
                     for chunk in state.advance(c):
                         yield sse(self._chunk(c.index, *chunk))
             if last is not None and last.error:
                 yield sse({"error": {"message": last.error, "type": "server_error", "code": 500}})
             elif last is not None and self.req.stream_options and self.req.stream_options.include_usage:
                 yield sse({**self._envelope(), "choices": [], "usage": usage(last, self.thinking)})
-            metrics.e2e.observe(time.monotonic() - start)
             yield sse_done()
         except Exception as e:  # an engine fault mid-stream: tell the client, close cleanly
             yield sse({"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error", "code": 500}})

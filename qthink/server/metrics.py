@@ -1,5 +1,7 @@
 """Prometheus metrics of one server: latency histograms, and engine gauges read at scrape time."""
 
+import time
+
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -55,3 +57,26 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RequestTimer:
+    """One request's latencies, from submission: to its first token, between tokens (per
+    engine step, which adds one token to each running sequence) and to its end."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self.start = time.monotonic()
+        self.tokens = 0
+        self.last_token_at: float | None = None
+
+    def saw(self, out) -> None:
+        now = time.monotonic()
+        tokens = sum(len(c.token_ids) for c in out.outputs)
+        if tokens > self.tokens:
+            if self.last_token_at is None:
+                self.metrics.ttft.observe(now - self.start)
+            else:
+                self.metrics.itl.observe(now - self.last_token_at)
+            self.tokens, self.last_token_at = tokens, now
+        if out.finished:
+            self.metrics.e2e.observe(now - self.start)

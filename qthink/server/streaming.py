@@ -5,6 +5,7 @@ import json
 
 from qthink.engine.sampling_params import SamplingParamsError
 from qthink.server.errors import APIError
+from qthink.server.metrics import RequestTimer
 
 
 def sse(payload: dict) -> str:
@@ -18,25 +19,29 @@ def sse_done() -> str:
 async def stream_outputs(server, prompt, params) -> "OutputStream":
     """Submit the request and wait for its first output, so a refused request (too long,
     bad grammar) is a 400 rather than a broken stream."""
+    timer = RequestTimer(server.metrics)
     outputs = server.engine.generate(prompt, params)
     try:
         first = await anext(outputs)
     except (ValueError, SamplingParamsError) as e:
         await outputs.aclose()
         raise APIError(400, str(e)) from None
-    return OutputStream(first, outputs)
+    return OutputStream(first, outputs, timer)
 
 
 class OutputStream:
-    """One request's outputs, the first already received; `aclose` aborts the request even
-    when nobody has iterated yet (a later request of the same batch was refused)."""
+    """One request's outputs, the first already received, timed for the latency metrics;
+    `aclose` aborts the request even when nobody has iterated yet (a later request of the
+    same batch was refused)."""
 
-    def __init__(self, first, rest):
-        self.first, self.rest = first, rest
+    def __init__(self, first, rest, timer: RequestTimer):
+        self.first, self.rest, self.timer = first, rest, timer
 
     async def __aiter__(self):
+        self.timer.saw(self.first)
         yield self.first
         async for out in self.rest:
+            self.timer.saw(out)
             yield out
 
     async def aclose(self) -> None:
