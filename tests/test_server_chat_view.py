@@ -3,6 +3,7 @@ tool calls the model chose itself, a call drafted in the thinking, thinking cut 
 
 import asyncio
 import json
+import random
 
 import pytest
 
@@ -138,3 +139,26 @@ def test_usage_counts_thinking_up_to_the_last_think_end(tok):
     details = body["usage"]["completion_tokens_details"]
     assert details["reasoning_tokens"] == len(tok.encode("a</think>b"))
     assert details["reasoning_tokens"] + 1 + len(tok.encode("\n\nanswer")) == len(ids)
+
+
+PIECES = ["\n", "\n\n", " ", "</think>", "<tool_call>", "</tool_call>", "<", "ok", "上海", "{bad"]
+PIECES += ['{"name": "ping"}', '{"name": "get_time", "arguments": {"city": "x"}}', '{"name": "nope"}']
+
+
+@pytest.mark.parametrize("tools", [TOOLS, None], ids=["tools", "no tools"])
+def test_stream_adds_up_to_the_whole_response_on_random_outputs(tok, tools):
+    rng = random.Random(7)
+    for _ in range(60):
+        text = "".join(rng.choice(PIECES) for _ in range(rng.randint(1, 9)))
+        if text.count("</think>") > 1:
+            continue  # the model writes one; a stream cannot take back text before a later one
+        outs = engine_outputs(tok, text, rng.choice(["stop", "length"]))
+        whole = view_for(tools=tools).response(outs[-1])["choices"][0]
+        message = whole["message"]
+        got = assemble(streamed(view_for(tools=tools, stream=True), outs))
+        assert got["reasoning_content"] == (message.get("reasoning_content") or ""), text
+        assert got["content"] == (message["content"] or ""), text
+        assert [(c["name"], c["arguments"]) for c in got["tool_calls"].values()] == [
+            (c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls", [])
+        ], text
+        assert got["finish_reason"] == whole["finish_reason"], text
