@@ -16,6 +16,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", choices=["int8", "int4"])
     p.add_argument("--chat-template", help="'thinking-2507', 'qwen3', a .jinja file or a template")
     p.add_argument("--kv-cache-memory", type=int, help="bytes for the KV cache")
+    p.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=["auto", "int8", "fp8", "bfloat16", "float16"],
+        help="int8/fp8 halve a bf16 cache (per-token, per-head scales)",
+    )
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,7 +48,11 @@ def engine_from_args(args) -> LLMEngine:
         from qthink.demo import default_model_path
 
         model = str(default_model_path())
-    knobs = {"max_model_len": args.max_model_len, "kv_cache_memory": args.kv_cache_memory}
+    knobs = {
+        "max_model_len": args.max_model_len,
+        "kv_cache_memory": args.kv_cache_memory,
+        "kv_cache_dtype": args.kv_cache_dtype,
+    }
     return LLMEngine(
         model,
         dtype=args.dtype,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 SUPPORTED_ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+KV_CACHE_DTYPES = ("auto", "int8", "fp8", "bfloat16", "float16", "float32")
 
 
 class ConfigError(ValueError):
@@ -126,3 +127,7 @@ class EngineConfig:
             raise ConfigError("max_num_seqs and max_num_batched_tokens must be >= 1")
         if self.block_size < 1:
             raise ConfigError("block_size must be >= 1")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ConfigError(
+                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"
+            )

@@ -110,7 +110,9 @@ class LLMEngine:
 
     def _plan_kv_blocks(self, may_shrink_context: bool) -> int:
         bs = self.config.block_size
-        per_block = kv_bytes_per_token(self.model_config, _dtype_name(self.dtype)) * bs // self.model.tp.size
+        kv_dtype = self.config.kv_cache_dtype
+        kv_name = _dtype_name(self.dtype) if kv_dtype == "auto" else kv_dtype
+        per_block = kv_bytes_per_token(self.model_config, kv_name) * bs // self.model.tp.size
         budget = self.config.kv_cache_memory
         if budget is None:
             budget = int(available_memory(self.device) * self.config.kv_cache_fraction)

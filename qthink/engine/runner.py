@@ -27,15 +27,12 @@ class ModelRunner:
         self.device = device
         self.block_size = config.block_size
         self.num_blocks = num_blocks
-        dtype = next(model.parameters()).dtype
-        slots = num_blocks * config.block_size
         self.tp = model.tp
-        shape = (slots, model_config.num_key_value_heads // self.tp.size, model_config.head_dim)
-        # Zeros, not empty: padded decode slots are masked, but NaN garbage would still leak.
+        dtype = kv_cache_torch_dtype(config.kv_cache_dtype, next(model.parameters()).dtype)
+        slots = num_blocks * config.block_size
+        kv_heads = model_config.num_key_value_heads // self.tp.size
         self.caches = [
-            KVCache(
-                torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
-            )
+            KVCache.allocate(slots, kv_heads, model_config.head_dim, dtype, device)
             for _ in range(model_config.num_hidden_layers)
         ]
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -114,6 +111,24 @@ class ModelRunner:
         lens = torch.tensor(ctx_lens, device=self.device)
         mask = torch.arange(width, device=self.device)[None, :] < lens[:, None]
         return padded, mask[:, None, None, :]
+
+
+KV_CACHE_DTYPES = {
+    "int8": torch.int8,
+    "fp8": torch.float8_e4m3fn,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+
+
+def kv_cache_torch_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
+    """`auto` stores the cache in the model's dtype; int8 and fp8 halve a bf16 cache."""
+    if name == "auto":
+        return model_dtype
+    if name not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be auto or one of {', '.join(KV_CACHE_DTYPES)}, got {name!r}")
+    return KV_CACHE_DTYPES[name]
 
 
 def default_threads() -> int:

@@ -33,10 +33,49 @@ class AttentionMetadata:
 
 @dataclass
 class KVCache:
-    """One layer's cache: [num_slots, kv_heads, head_dim] for keys and for values."""
+    """One layer's cache: [num_slots, kv_heads, head_dim] for keys and for values. An 8-bit
+    cache (int8 or fp8) also keeps one scale per slot and head: [num_slots, kv_heads]."""
 
     k: torch.Tensor
     v: torch.Tensor
+    k_scale: torch.Tensor | None = None
+    v_scale: torch.Tensor | None = None
+
+    # Largest magnitude each 8-bit format holds.
+    LIMITS = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
+
+    @classmethod
+    def allocate(cls, slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device) -> "KVCache":
+        # Zeros, not empty: padded decode slots are masked, but NaN garbage would still leak.
+        shape = (slots, kv_heads, head_dim)
+        k, v = torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+        if dtype not in cls.LIMITS:
+            return cls(k, v)
+        ones = torch.ones(slots, kv_heads, dtype=torch.float32, device=device)
+        return cls(k, v, ones, ones.clone())
+
+    def write(self, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        for store, scales, x in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
+            if scales is None:
+                store.index_copy_(0, slots, x.to(store.dtype))
+                continue
+            limit = self.LIMITS[store.dtype]
+            scale = x.float().abs().amax(-1).clamp_min(1e-8) / limit
+            q = (x.float() / scale.unsqueeze(-1)).clamp(-limit, limit)
+            q = (q.round() if store.dtype == torch.int8 else q).to(store.dtype)
+            # Raw bytes: CPU index ops have no float8 kernels, but bytes move the same.
+            store.view(torch.uint8).index_copy_(0, slots, q.view(torch.uint8))
+            scales.index_copy_(0, slots, scale)
+
+    def read(self, slots: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V at `slots` (any index shape), in `dtype`."""
+        if self.k_scale is None:
+            return self.k[slots].to(dtype), self.v[slots].to(dtype)
+        k = self.k.view(torch.uint8)[slots].view(self.k.dtype).to(dtype)
+        v = self.v.view(torch.uint8)[slots].view(self.v.dtype).to(dtype)
+        return k * self.k_scale[slots].unsqueeze(-1).to(dtype), v * self.v_scale[slots].unsqueeze(-1).to(
+            dtype
+        )
 
 
 class Attention(nn.Module):
@@ -74,8 +113,7 @@ class Attention(nn.Module):
         if meta is None:
             out = self._causal(q, k, v)
         else:
-            cache.k.index_copy_(0, meta.slot_mapping, k.to(cache.k.dtype))
-            cache.v.index_copy_(0, meta.slot_mapping, v.to(cache.v.dtype))
+            cache.write(meta.slot_mapping, k, v)
             out = self._decode(q, meta, cache) if meta.is_decode else self._prefill(q, meta, cache)
         return self.tp.all_reduce(self.o_proj(out.reshape(*shape, self.heads * self.head_dim)))
 
@@ -89,8 +127,7 @@ class Attention(nn.Module):
         outs, start = [], 0
         for qlen, ctx, slots in zip(meta.query_lens, meta.context_lens, meta.context_slots):
             qi = q[start : start + qlen].transpose(0, 1)  # [heads, qlen, dim]
-            ki = cache.k[slots].to(q.dtype).transpose(0, 1)  # [kv_heads, ctx, dim]
-            vi = cache.v[slots].to(q.dtype).transpose(0, 1)
+            ki, vi = (t.transpose(0, 1) for t in cache.read(slots, q.dtype))  # [kv_heads, ctx, dim]
             if qlen == ctx:
                 o = F.scaled_dot_product_attention(
                     qi, ki, vi, is_causal=True, scale=self.scale, enable_gqa=True
@@ -110,7 +147,6 @@ class Attention(nn.Module):
         # axis, so GQA needs no repeated K/V.
         batch, group = q.shape[0], self.heads // self.kv_heads
         qg = q.view(batch, self.kv_heads, group, self.head_dim)
-        k = cache.k[meta.decode_slots].to(q.dtype).transpose(1, 2)  # [B, kv_heads, ctx, dim]
-        v = cache.v[meta.decode_slots].to(q.dtype).transpose(1, 2)
+        k, v = (t.transpose(1, 2) for t in cache.read(meta.decode_slots, q.dtype))  # [B, kv_heads, ctx, dim]
         o = F.scaled_dot_product_attention(qg, k, v, attn_mask=meta.decode_mask, scale=self.scale)
         return o.reshape(batch, self.heads, self.head_dim)

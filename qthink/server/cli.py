@@ -46,7 +46,11 @@ def run(args) -> int:
         from qthink.demo import default_model_path
 
         model = str(default_model_path())
-    knobs = {"max_model_len": args.max_model_len, "kv_cache_memory": args.kv_cache_memory}
+    knobs = {
+        "max_model_len": args.max_model_len,
+        "kv_cache_memory": args.kv_cache_memory,
+        "kv_cache_dtype": args.kv_cache_dtype,
+    }
     engine = AsyncEngine(
         model,
         dtype=args.dtype,
