@@ -10,7 +10,9 @@ import pytest
 from qthink.engine.outputs import CompletionOutput, RequestOutput
 from qthink.parsing.reasoning import split_reasoning_text
 from qthink.server.chat import ChatView
+from qthink.server.errors import APIError
 from qthink.server.protocol import ChatCompletionRequest
+from qthink.server.streaming import last_output
 from qthink.tokenizer import IncrementalDetokenizer, Tokenizer
 
 TOOLS = [
@@ -162,3 +164,18 @@ def test_stream_adds_up_to_the_whole_response_on_random_outputs(tok, tools):
             (c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls", [])
         ], text
         assert got["finish_reason"] == whole["finish_reason"], text
+
+
+def test_a_request_failed_in_the_engine_is_a_500_with_its_message(tok):
+    outs = engine_outputs(tok, "Thinking", "error")
+    outs[-1].error = "RuntimeError: grammar state lost"  # as the engine reports a failed request
+
+    async def source():
+        for out in outs:
+            yield out
+
+    with pytest.raises(APIError) as err:
+        asyncio.run(last_output(source()))
+    assert err.value.status == 500 and "grammar state lost" in err.value.message
+    chunks = streamed(view_for(stream=True), outs)
+    assert chunks[-1]["error"]["message"] == "RuntimeError: grammar state lost"

@@ -49,10 +49,13 @@ class OutputStream:
 
 
 async def last_output(outputs):
-    """Run a stream to its end; the final, complete output."""
+    """Run a stream to its end; the final, complete output. A request that failed inside
+    the engine (the engine itself goes on) is a 500 carrying the engine's message."""
     final = None
     async for out in outputs:
         final = out
+    if final is not None and final.error:
+        raise APIError(500, final.error, kind="server_error", code="engine_error")
     return final
 
 
