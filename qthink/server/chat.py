@@ -69,7 +69,7 @@ class ChatView:
         calls = []
         if self.tools:
             content, calls = parse_tool_calls(content, self.tools)
-        if self.req.include_reasoning and reasoning is not None:
+        if self.req.include_reasoning:  # null rather than absent: clients read the attribute
             message["reasoning_content"] = message["reasoning"] = reasoning
         message["content"] = content
         if calls:
