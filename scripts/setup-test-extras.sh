@@ -13,3 +13,9 @@ if ! command -v g++ >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++
 fi
+
+# BFCL's own function-calling data for `qthink eval run bfcl:...`. --no-deps: only the data files
+# are read, and the package's dependency pins (numpy, model SDKs) would fight the project's.
+if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('bfcl_eval') is None)"; then
+  python -m pip install -q --no-deps bfcl-eval
+fi
