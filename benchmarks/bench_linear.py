@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qthink.kernels import kernel_ops, linear_kernels_available
-from qthink.model.quant import SMALL_M, Bf16Linear, Int4Linear, Int8Linear, unpack_int4
+from qthink.model.quant import Bf16Linear, Int4Linear, Int8Linear, unpack_int4
 
 LAYERS = 36
 # name: (out_features, in_features, uses per token)
@@ -76,23 +76,24 @@ def make_cases(n: int, k: int, m: int, pool_bytes: int) -> list[Case]:
     int8 = copies(Int8Linear(linear_module(weight)), n * k, pool_bytes)
     int4 = copies(int4_module, n * k // 2, pool_bytes)
     int4_torch = copies(torch_int4_pack(int4_module), n * k // 2, pool_bytes)
-    suffix = "" if m <= SMALL_M else " (torch path)"
     cases = [
         Case("torch F.linear bf16", dense, 2 * n * k, lambda x, w: F.linear(x, w)),
         Case("torch _weight_int8pack_mm", int8, n * k, torch_int8_mm),
         Case("torch _weight_int4pack_mm", int4_torch, n * k // 2, torch_int4_mm),
-        Case("qthink bf16" + suffix, bf16, 2 * n * k, lambda x, w: w(x)),
-        Case("qthink int8" + suffix, int8, n * k, lambda x, w: w(x)),
-        Case("qthink int4" + suffix, int4, n * k // 2, lambda x, w: w(x)),
+        Case("qthink Bf16Linear", bf16, 2 * n * k, lambda x, w: w(x)),
+        Case("qthink Int8Linear", int8, n * k, lambda x, w: w(x)),
+        Case("qthink Int4Linear", int4, n * k // 2, lambda x, w: w(x)),
     ]
-    if m > SMALL_M:
-        cases.append(Case("int8 dequantize + F.linear", int8, n * k, int8_dequantized_mm))
-    if m > SMALL_M and linear_kernels_available():
+    if m > 1 and linear_kernels_available():  # both native paths, whichever the modules pick
         ops = kernel_ops()
         cases += [
-            Case("native bf16 kernel", dense, 2 * n * k, lambda x, w: ops.linear_bf16(x, w, None)),
-            Case("native int8 kernel", int8, n * k, lambda x, w: ops.linear_int8(x, w.weight, w.scale, None)),
-            Case("native int4 kernel", int4, n * k // 2, native_int4_mm),
+            Case("native GEMV bf16", dense, 2 * n * k, lambda x, w: ops.linear_bf16(x, w, None)),
+            Case("native GEMV int8", int8, n * k, lambda x, w: ops.linear_int8(x, w.weight, w.scale, None)),
+            Case("native GEMV int4", int4, n * k // 2, native_int4_gemv),
+            Case(
+                "native tiled GEMM int8", int8, n * k, lambda x, w: ops.gemm_int8(x, w.weight, w.scale, None)
+            ),
+            Case("native tiled GEMM int4", int4, n * k // 2, native_int4_gemm),
         ]
     return cases
 
@@ -105,12 +106,16 @@ def torch_int4_mm(x: torch.Tensor, w: tuple[torch.Tensor, torch.Tensor]) -> torc
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, w[0], GROUP_SIZE, w[1])
 
 
-def int8_dequantized_mm(x: torch.Tensor, w: Int8Linear) -> torch.Tensor:
-    return F.linear(x, w.weight.to(torch.bfloat16) * w.scale[:, None])
+def native_int8_gemm(x: torch.Tensor, w: Int8Linear) -> torch.Tensor:
+    return kernel_ops().gemm_int8(x, w.weight, w.scale, None)
 
 
-def native_int4_mm(x: torch.Tensor, w: Int4Linear) -> torch.Tensor:
+def native_int4_gemv(x: torch.Tensor, w: Int4Linear) -> torch.Tensor:
     return kernel_ops().linear_int4(x, w.weight, w.scale, w.offset, w.group_size, None)
+
+
+def native_int4_gemm(x: torch.Tensor, w: Int4Linear) -> torch.Tensor:
+    return kernel_ops().gemm_int4(x, w.weight, w.scale, w.offset, w.group_size, None)
 
 
 def time_cases(cases: list[Case], x: torch.Tensor, repeats: int) -> dict[str, float]:
@@ -169,9 +174,8 @@ def main() -> None:
             baseline = totals["torch F.linear bf16"]
             print("\nAll linears of one decode step (36 layers + lm_head), M=1:")
             for name, seconds in totals.items():
-                print(
-                    f"  {name:34s} {seconds * 1e3:8.1f} ms  {1 / seconds:6.2f} tok/s  x{baseline / seconds:5.2f}"
-                )
+                rate = f"{1 / seconds:6.2f} tok/s"
+                print(f"  {name:34s} {seconds * 1e3:8.1f} ms  {rate}  x{baseline / seconds:5.2f}")
 
 
 if __name__ == "__main__":

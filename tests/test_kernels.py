@@ -97,11 +97,23 @@ def test_int4_kernel(n, k, group, m, with_bias):
 
 
 @needs_kernels
-def test_int4_kernel_dequantizes_like_torch():
-    packed, scale, offset = quantize_int4(torch.randn(37, 384), 128)
-    native = kernel_ops().dequantize_int4(packed, scale, offset, 128)
-    # Both compute q * scale + offset in float32 and round once to bf16.
-    assert torch.equal(native, dequantize_int4(packed, scale, offset, torch.float32).bfloat16())
+@pytest.mark.parametrize("n,k", [(5, 256), (700, 384)])
+@pytest.mark.parametrize("m", [1, 9, 40])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_tiled_gemms(n, k, m, with_bias):
+    """Large M: weight tiles dequantized to bf16, then torch's GEMM; x is bf16."""
+    weight = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
+    x = bf16_values(m, k, seed=2).bfloat16()
+    bias = torch.randn(n) if with_bias else None
+    q, scale = quantize_int8(weight)
+    ref, magnitude = reference(x, dequantize_int8(q, scale, torch.float64), bias)
+    # The tiles round each dequantized weight to bf16 once more.
+    assert_within(kernel_ops().gemm_int8(x, q, scale, bias), ref, magnitude, BF16_OUTPUT_RTOL)
+    packed, scale4, offset = quantize_int4(weight, 128)
+    ref, magnitude = reference(x, dequantize_int4(packed, scale4, offset, torch.float64), bias)
+    assert_within(
+        kernel_ops().gemm_int4(x, packed, scale4, offset, 128, bias), ref, magnitude, BF16_OUTPUT_RTOL
+    )
 
 
 @needs_kernels
@@ -113,6 +125,8 @@ def test_kernels_reject_unsupported_shapes():
         kernel_ops().linear_int4(torch.randn(1, 128), packed, scale, offset, 128, None)
     with pytest.raises(RuntimeError, match="contiguous bf16"):
         kernel_ops().linear_bf16(torch.randn(1, 8), torch.randn(4, 16).bfloat16()[:, :8], None)
+    with pytest.raises(RuntimeError, match="bfloat16 \\[M, 256\\]"):
+        kernel_ops().gemm_int4(torch.randn(1, 256), packed, scale, offset, 128, None)
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         kernel_ops().linear_bf16(torch.randn(1, 8).double(), torch.randn(4, 8).bfloat16(), None)
 

@@ -17,8 +17,8 @@ from qthink.model.quant import (
     quantize_model,
 )
 
-# Rows of x around SMALL_M: native GEMV below, torch's GEMM above.
-ROW_COUNTS = [1, 3, 8, 9, 40]
+# Rows of x around SMALL_M_BF16 and SMALL_M: native GEMV below, GEMMs above.
+ROW_COUNTS = [1, 3, 5, 8, 9, 40]
 
 
 def weight(n: int, k: int, seed: int = 0) -> torch.Tensor:

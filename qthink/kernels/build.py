@@ -10,7 +10,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("linear_avx512.cpp")
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni")
-COMPILE_FLAGS = ["-O3", "-march=native", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-fopenmp"]
+ISA_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
+COMPILE_FLAGS = ["-O3", "-march=native", *ISA_FLAGS, "-fopenmp"]
 
 
 def cpu_flags() -> set[str]:
@@ -70,5 +71,6 @@ def linear_kernels_available() -> bool:
 
 
 def kernel_ops():
-    """The loaded kernels' op namespace: linear_bf16, linear_int8, linear_int4, dequantize_int4."""
+    """The loaded kernels' op namespace: linear_bf16, linear_int8, linear_int4 (small M, GEMV)
+    and gemm_int8, gemm_int4 (large M, dequantized tiles through torch's GEMM)."""
     return torch.ops.qthink_kernels

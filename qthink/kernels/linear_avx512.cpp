@@ -361,35 +361,99 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return out;
 }
 
-// Dequantizes packed int4 weights to bf16 [N, K], for large M where a GEMM wins.
-at::Tensor dequantize_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
-                           int64_t group_size) {
-  const int64_t N = w.size(0), K = w.size(1) * 2, groups = K / group_size;
-  check_int4(w, scale, offset, K, group_size);
-  at::Tensor out = at::empty({N, K}, w.options().dtype(at::kBFloat16));
-  const uint8_t* packed = w.data_ptr<uint8_t>();
-  const uint16_t* scales = bf16_bits(scale);
-  const uint16_t* offsets = bf16_bits(offset);
-  uint16_t* dst = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  at::parallel_for(0, N, kRowsPerTask, [&](int64_t begin, int64_t end) {
+// Row dequantizers to bf16, for large M where one GEMM beats many GEMVs.
+struct Int4Rows {
+  const uint8_t* packed;
+  const uint16_t* scales;
+  const uint16_t* offsets;
+  int64_t K;
+  int64_t G;
+
+  void operator()(int64_t n, uint16_t* dst) const {
     const __m512i low_nibble = _mm512_set1_epi32(0x0F);
-    for (int64_t n = begin; n < end; ++n) {
-      for (int64_t k = 0; k < K; k += 64) {
-        const int64_t g = n * groups + k / group_size;
-        const __m512 s = _mm512_set1_ps(bf16_bits_to_float(scales[g]));
-        const __m512 o = _mm512_set1_ps(bf16_bits_to_float(offsets[g]));
-        for (int half = 0; half < 2; ++half) {
-          const __m512i bytes =
-              _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(packed + n * (K / 2) + k / 2 + 16 * half)));
-          const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, low_nibble)), s, o);
-          const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), s, o);
-          _mm256_storeu_si256((__m256i*)(dst + n * K + k + 16 * half), (__m256i)_mm512_cvtneps_pbh(lo));
-          _mm256_storeu_si256((__m256i*)(dst + n * K + k + 32 + 16 * half), (__m256i)_mm512_cvtneps_pbh(hi));
-        }
+    const int64_t groups = K / G;
+    for (int64_t k = 0; k < K; k += 64) {
+      const int64_t g = n * groups + k / G;
+      const __m512 s = _mm512_set1_ps(bf16_bits_to_float(scales[g]));
+      const __m512 o = _mm512_set1_ps(bf16_bits_to_float(offsets[g]));
+      for (int half = 0; half < 2; ++half) {
+        const __m512i bytes =
+            _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(packed + n * (K / 2) + k / 2 + 16 * half)));
+        const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, low_nibble)), s, o);
+        const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), s, o);
+        _mm256_storeu_si256((__m256i*)(dst + k + 16 * half), (__m256i)_mm512_cvtneps_pbh(lo));
+        _mm256_storeu_si256((__m256i*)(dst + k + 32 + 16 * half), (__m256i)_mm512_cvtneps_pbh(hi));
       }
     }
+  }
+};
+
+struct Int8Rows {
+  const int8_t* w;
+  const uint16_t* scale;
+  int64_t K;
+
+  void operator()(int64_t n, uint16_t* dst) const {
+    const __m512 s = _mm512_set1_ps(bf16_bits_to_float(scale[n]));
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w + n * K + k)));
+      _mm256_storeu_si256((__m256i*)(dst + k), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_cvtepi32_ps(q), s)));
+    }
+    for (; k < K; ++k) dst[k] = at::BFloat16(w[n * K + k] * bf16_bits_to_float(scale[n])).x;
+  }
+};
+
+template <typename Rows>
+void dequantize_rows(const Rows& rows, int64_t first, int64_t count, int64_t K, at::Tensor& dst) {
+  uint16_t* out = reinterpret_cast<uint16_t*>(dst.data_ptr<at::BFloat16>());
+  for (int64_t r = 0; r < count; ++r) rows(first + r, out + r * K);
+}
+
+// Weight tiles this large stay in a core's cache between dequantization and the GEMM.
+constexpr int64_t kTileBytes = 1 << 20;
+
+// out = x @ dequantize(W).T + bias. Each thread dequantizes its own tiles of weight rows and
+// multiplies them with a single-threaded GEMM: one parallel region per call, because on a
+// busy machine every extra barrier waits for a descheduled thread.
+template <typename Rows>
+at::Tensor tiled_linear(const at::Tensor& x, const Rows& rows, int64_t N, int64_t K,
+                        const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(1) == K && x.scalar_type() == at::kBFloat16,
+              "x must be a CPU bfloat16 [M, ", K, "] tensor");
+  const int64_t tile_rows = std::min(N, std::max<int64_t>(16, kTileBytes / (2 * K) / 16 * 16));
+  const int64_t tiles = (N + tile_rows - 1) / tile_rows;
+  at::Tensor out_t = at::empty({N, x.size(0)}, x.options());
+  const at::Tensor xt = x.t();
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor tile = at::empty({tile_rows, K}, x.options());
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t first = t * tile_rows, count = std::min(tile_rows, N - first);
+      at::Tensor part = tile.narrow(0, 0, count);
+      dequantize_rows(rows, first, count, K, part);
+      at::Tensor dst = out_t.narrow(0, first, count);
+      at::mm_out(dst, part, xt);
+    }
   });
+  at::Tensor out = out_t.t().contiguous();
+  if (bias.has_value()) out.add_(*bias);
   return out;
+}
+
+at::Tensor gemm_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
+                     int64_t group_size, const c10::optional<at::Tensor>& bias) {
+  const int64_t N = w.size(0), K = w.size(1) * 2;
+  check_int4(w, scale, offset, K, group_size);
+  const Int4Rows rows{w.data_ptr<uint8_t>(), bf16_bits(scale), bf16_bits(offset), K, group_size};
+  return tiled_linear(x, rows, N, K, bias);
+}
+
+at::Tensor gemm_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                     const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous(), "w must be contiguous int8 [N, K]");
+  TORCH_CHECK(scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() && scale.numel() == w.size(0),
+              "scale must be contiguous bf16 [N]");
+  return tiled_linear(x, Int8Rows{w.data_ptr<int8_t>(), bf16_bits(scale), w.size(1)}, w.size(0), w.size(1), bias);
 }
 
 }  // namespace
@@ -398,12 +462,14 @@ TORCH_LIBRARY(qthink_kernels, m) {
   m.def("linear_bf16(Tensor x, Tensor w, Tensor? bias) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias) -> Tensor");
   m.def("linear_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, Tensor? bias) -> Tensor");
-  m.def("dequantize_int4(Tensor w, Tensor scale, Tensor offset, int group_size) -> Tensor");
+  m.def("gemm_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias) -> Tensor");
+  m.def("gemm_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, Tensor? bias) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) {
   m.impl("linear_bf16", &linear_bf16);
   m.impl("linear_int8", &linear_int8);
   m.impl("linear_int4", &linear_int4);
-  m.impl("dequantize_int4", &dequantize_int4);
+  m.impl("gemm_int8", &gemm_int8);
+  m.impl("gemm_int4", &gemm_int4);
 }

@@ -1,9 +1,10 @@
 """Weight-only quantization (int8, int4) of the decoder's linear layers, and their fast matmuls.
 
 Each replacement module keeps `nn.Linear`'s forward semantics. On a CPU with AVX-512 BF16 a
-decode-sized input (at most `SMALL_M` rows) goes to the native GEMV in `qthink.kernels`,
-which streams weights at close to memory bandwidth; larger inputs, other devices and
-machines without the kernels (or with QTHINK_KERNELS=0) take torch's own ops.
+decode-sized input (a few rows) goes to the native GEMV in `qthink.kernels`, which streams
+weights at close to memory bandwidth; larger bf16 inputs of int8/int4 layers go to its tiled
+dequantize-then-GEMM, the rest to torch's `F.linear`. Other devices and machines without the
+kernels (or with QTHINK_KERNELS=0) take torch's own ops throughout.
 """
 
 import torch
@@ -24,15 +25,21 @@ __all__ = [
     "quantize_model",
 ]
 
-# Rows up to which the native kernels beat torch's GEMM (benchmarks/bench_linear.py).
+# Rows of x up to which the native GEMV beats a GEMM (benchmarks/bench_linear.py): torch's
+# bf16 GEMM (oneDNN) catches up sooner than the dequantize-then-GEMM path of int8 and int4.
 SMALL_M = 8
+SMALL_M_BF16 = 4
 INT4_BLOCK = 64  # the packing unit along K: byte j of a block holds weights j and j + 32
 NATIVE_INT4_GROUP = 128  # the native int4 kernels need groups of whole 128-weight chunks
 QUANTIZATIONS = (None, "int8", "int4")
 
 
-def use_kernels(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.numel() // x.shape[-1] <= SMALL_M and linear_kernels_available()
+def native_cpu(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and linear_kernels_available()
+
+
+def rows_of(x: torch.Tensor) -> int:
+    return x.numel() // x.shape[-1]
 
 
 def _float_bias(linear: nn.Linear) -> torch.Tensor | None:
@@ -53,7 +60,7 @@ class Bf16Linear(nn.Module):
         self.register_buffer("bias", _float_bias(linear), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_kernels(x) and self.weight.is_contiguous():
+        if rows_of(x) <= SMALL_M_BF16 and self.weight.is_contiguous() and native_cpu(x):
             out = kernel_ops().linear_bf16(_rows(x), self.weight, self.bias)
             return out.view(*x.shape[:-1], self.out_features)
         bias = None if self.bias is None else self.bias.to(x.dtype)
@@ -84,14 +91,17 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", _float_bias(linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_kernels(x):
-            out = kernel_ops().linear_int8(_rows(x), self.weight, self.scale, self.bias)
+        rows, args = _rows(x), (self.weight, self.scale, self.bias)
+        if native_cpu(x) and rows_of(x) <= SMALL_M:
+            out = kernel_ops().linear_int8(rows, *args)
+        elif native_cpu(x) and x.dtype == torch.bfloat16:
+            out = kernel_ops().gemm_int8(rows, *args)
         elif x.device.type == "cpu" and x.dtype == torch.bfloat16:
             # torch's int8 matmul is fast only with bf16 activations.
-            out = torch.ops.aten._weight_int8pack_mm(_rows(x), self.weight, self.scale)
+            out = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scale)
             out = out if self.bias is None else out + self.bias.to(out.dtype)
         else:
-            out = F.linear(_rows(x), self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+            out = F.linear(rows, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
             out = out if self.bias is None else out + self.bias.to(out.dtype)
         return out.view(*x.shape[:-1], self.out_features)
 
@@ -159,19 +169,16 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", _float_bias(linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.native and use_kernels(x):
-            args = (self.weight, self.scale, self.offset, self.group_size, self.bias)
-            return kernel_ops().linear_int4(_rows(x), *args).view(*x.shape[:-1], self.out_features)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized(x), bias)
-
-    def dequantized(self, x: torch.Tensor) -> torch.Tensor:
-        """The weight in x's dtype, for inputs where one GEMM beats many GEMVs."""
-        native = self.native and x.device.type == "cpu" and x.dtype == torch.bfloat16
-        if native and linear_kernels_available():
-            w = kernel_ops().dequantize_int4(self.weight, self.scale, self.offset, self.group_size)
-            return w.to(x.dtype)
-        return dequantize_int4(self.weight, self.scale, self.offset, x.dtype)
+        args = (self.weight, self.scale, self.offset, self.group_size, self.bias)
+        if self.native and native_cpu(x) and rows_of(x) <= SMALL_M:
+            out = kernel_ops().linear_int4(_rows(x), *args)
+        elif self.native and native_cpu(x) and x.dtype == torch.bfloat16:
+            out = kernel_ops().gemm_int4(_rows(x), *args)
+        else:
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            w = dequantize_int4(self.weight, self.scale, self.offset, x.dtype)
+            out = F.linear(_rows(x), w, bias)
+        return out.view(*x.shape[:-1], self.out_features)
 
 
 def _replacement(
