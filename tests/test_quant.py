@@ -127,6 +127,14 @@ def test_fallback_agrees_with_kernels(kind, rows, monkeypatch):
     assert relative_error(native, fallback.double()) < tolerance
 
 
+@pytest.mark.parametrize("kind", list(MODULES))
+def test_other_devices_take_torch_ops(kind):
+    """Tensors off the CPU (here: meta, as CUDA would be) never reach the native kernels."""
+    module = MODULES[kind](make_linear(32, 256, True, torch.bfloat16)).to("meta")
+    out = module(torch.empty(3, 256, dtype=torch.bfloat16, device="meta"))
+    assert out.shape == (3, 32) and out.device.type == "meta"
+
+
 def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(ids, torch.arange(ids.shape[1])[None]).float()

@@ -44,9 +44,10 @@ def _build_and_load() -> bool:
         return False
     key = build_key(flags)
     build_dir = cache_dir() / key
-    build_dir.mkdir(parents=True, exist_ok=True)
     try:
         from torch.utils.cpp_extension import load
+
+        build_dir.mkdir(parents=True, exist_ok=True)
 
         load(
             name=f"qthink_kernels_{key}",
@@ -57,7 +58,7 @@ def _build_and_load() -> bool:
             is_python_module=False,
             verbose=False,
         )
-    except Exception as error:  # any compiler or loader failure means: use torch's kernels
+    except Exception as error:  # any cache, compiler or loader failure means: use torch's kernels
         warnings.warn(
             f"qthink: the AVX-512 linear kernels could not be built ({error}); using torch's", stacklevel=2
         )
