@@ -4,6 +4,7 @@ import atexit
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -84,6 +85,9 @@ class LLMEngine:
         )
         self.requests: dict[str, RequestState] = {}
         self.early_stop_ids: dict[str, list[int]] = {}
+        # Test hook: called with each batch's sequences before the model runs; raising from it is a
+        # fault inside the step, which tests use to show that one bad request fails alone.
+        self.fault_hook: Callable[[list[Sequence]], None] | None = None
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
@@ -216,7 +220,7 @@ class LLMEngine:
         """Run the batch; if it raises, run each sequence alone so one bad request fails alone.
         Re-running is safe: a step writes K/V to fixed slots and commits nothing before success."""
         try:
-            return self._rows(*self.runner.run(batch))
+            return self._run(batch)
         except Exception as batch_error:
             if len(batch.seqs) == 1:
                 return {batch.seqs[0]: batch_error}
@@ -224,10 +228,15 @@ class LLMEngine:
         for seq, n in zip(batch.seqs, batch.num_tokens):
             single = ScheduledBatch([seq], [n])
             try:
-                rows.update(self._rows(*self.runner.run(single)))
+                rows.update(self._run(single))
             except Exception as e:
                 rows[seq] = e
         return rows
+
+    def _run(self, batch: ScheduledBatch) -> dict:
+        if self.fault_hook is not None:
+            self.fault_hook(batch.seqs)
+        return self._rows(*self.runner.run(batch))
 
     @staticmethod
     def _rows(seqs: list[Sequence], result) -> dict:
