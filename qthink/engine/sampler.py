@@ -1,10 +1,13 @@
-"""Batched sampling: penalties, temperature, top-k/top-p/min-p, per-request seeds, logprobs."""
+"""Batched sampling: penalties, temperature, min-p/top-k/top-p, per-request seeds, logprobs."""
 
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
 from qthink.engine.sampling_params import SamplingParams
+
+SAMPLING_EPS = 1e-5  # a temperature below this is greedy, as in vLLM
 
 
 @dataclass
@@ -17,20 +20,31 @@ class SampleResult:
 
 
 @dataclass
-class SamplingBatch:
-    """Per-row sampling settings as tensors, built once per step; work a feature needs is
-    skipped when no row in the batch uses it."""
+class Penalties:
+    """Sparse penalty work for one step: flat indices (row * V + token) into the logits of the
+    tokens a penalty touches, with the per-index amounts, so cost follows the number of
+    distinct tokens seen rather than batch x vocabulary."""
 
-    temperature: torch.Tensor  # [B, 1]; 0 marks a greedy row
-    top_k: torch.Tensor | None  # [B] long, vocab size where off
-    top_p: torch.Tensor | None  # [B, 1]
-    min_p: torch.Tensor | None  # [B, 1]
-    presence: torch.Tensor | None  # [B, 1]
-    frequency: torch.Tensor | None  # [B, 1]
-    repetition: torch.Tensor | None  # [B, 1]
-    output_counts: torch.Tensor | None  # [B, V] occurrences in the output so far
-    seen: torch.Tensor | None  # [B, V] bool: in prompt or output (repetition penalty)
-    blocked: torch.Tensor | None  # [B, V] bool: EOS/stop ids before min_tokens
+    repetition_index: torch.Tensor | None  # distinct tokens of prompt + output, penalised rows
+    repetition: torch.Tensor | None  # the row's repetition penalty, per index
+    output_index: torch.Tensor | None  # distinct output tokens, rows with presence/frequency
+    output_amount: torch.Tensor | None  # frequency * count, per index
+    presence: torch.Tensor | None  # the row's presence penalty, per index
+    blocked_index: torch.Tensor | None  # EOS and stop ids of rows short of min_tokens
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row sampling settings as tensors, built once per step. A feature no row uses is None
+    and costs nothing; filters are neutral on greedy rows, whose token is the argmax."""
+
+    temperature: torch.Tensor | None  # [B, 1]; None when every sampled row has temperature 1
+    greedy: torch.Tensor | None  # [B] bool; None when no row is greedy
+    top_k: torch.Tensor | None  # [B, 1] long, vocab size where off
+    top_p: torch.Tensor | None  # [B, 1], 1 where off
+    log_min_p: torch.Tensor | None  # [B, 1], -inf where off
+    candidates: int  # every sampled row has top_k: only this many tokens per row are considered
+    penalties: Penalties | None
     generators: list[torch.Generator | None]
     global_generator: torch.Generator | None
     num_logprobs: int  # max top-K asked in the batch; -1 when none asks
@@ -48,127 +62,190 @@ class SamplingBatch:
         eos_ids: list[tuple[int, ...]] | None = None,
         global_generator: torch.Generator | None = None,
     ) -> "SamplingBatch":
-        rows = len(params)
-
-        def column(values, dtype=torch.float32):
-            return torch.tensor(values, dtype=dtype, device=device).view(rows, 1)
-
-        temps = [p.temperature or 0.0 for p in params]
-        greedy = [t < 1e-5 for t in temps]
-        top_k = [p.top_k if p.top_k and p.top_k > 0 else vocab_size for p in params]
-        need_counts = any(p.presence_penalty or p.frequency_penalty for p in params)
-        need_seen = any(p.repetition_penalty != 1.0 for p in params)
-        blocked = None
-        if any(p.min_tokens > len(o) for p, o in zip(params, output_ids)):
-            blocked = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)
-            for r, (p, o) in enumerate(zip(params, output_ids)):
-                if p.min_tokens > len(o):
-                    ids = list(eos_ids[r] if eos_ids else ()) + list(p.stop_token_ids)
-                    blocked[r, [i for i in ids if i < vocab_size]] = True
+        greedy = [(p.temperature or 0.0) < SAMPLING_EPS for p in params]
+        sampled = [p for p, g in zip(params, greedy) if not g]
+        sampled_k = [_top_k(p, vocab_size) for p in sampled]
+        column = _column_maker(greedy, device)
         asked = [p.logprobs for p in params if p.logprobs is not None]
         return cls(
-            temperature=column(temps),
-            top_k=torch.tensor(top_k, device=device) if min(top_k) < vocab_size else None,
-            top_p=column([p.top_p or 1.0 for p in params])
-            if any((p.top_p or 1) < 1 for p in params)
+            temperature=column([p.temperature for p in params], 1.0)
+            if any(p.temperature != 1.0 for p in sampled)
             else None,
-            min_p=column([p.min_p for p in params]) if any(p.min_p > 0 for p in params) else None,
-            presence=column([p.presence_penalty for p in params]) if need_counts else None,
-            frequency=column([p.frequency_penalty for p in params]) if need_counts else None,
-            repetition=column([p.repetition_penalty for p in params]) if need_seen else None,
-            output_counts=_counts(output_ids, vocab_size, device) if need_counts else None,
-            seen=_seen(prompt_ids, output_ids, vocab_size, device) if need_seen else None,
-            blocked=blocked,
-            generators=generators,
+            greedy=torch.tensor(greedy, device=device) if any(greedy) else None,
+            top_k=column([_top_k(p, vocab_size) for p in params], vocab_size, torch.long)
+            if any(k < vocab_size for k in sampled_k)
+            else None,
+            top_p=column([_top_p(p) for p in params], float("inf"))
+            if any(_top_p(p) < 1.0 for p in sampled)
+            else None,
+            log_min_p=column([p.min_p for p in params], 0.0).log()
+            if any(p.min_p > 0 for p in sampled)
+            else None,
+            candidates=max(sampled_k) if sampled_k and max(sampled_k) < vocab_size else 0,
+            penalties=_penalties(params, prompt_ids, output_ids, eos_ids, vocab_size, device),
+            generators=list(generators),
             global_generator=global_generator,
             num_logprobs=max(asked) if asked else -1,
             all_greedy=all(greedy),
         )
 
 
-def _any_top_p(params: list[SamplingParams]) -> bool:
-    return any((p.top_p or 1.0) < 1.0 for p in params)
+def _top_k(params: SamplingParams, vocab_size: int) -> int:
+    """0 and -1 switch top-k off, as does a k at least the vocabulary."""
+    k = params.top_k or 0
+    return min(k, vocab_size) if k > 0 else vocab_size
 
 
-def _counts(output_ids, vocab_size, device) -> torch.Tensor:
-    counts = torch.zeros(len(output_ids), vocab_size, dtype=torch.float32, device=device)
-    for r, ids in enumerate(output_ids):
-        if ids:
-            t = torch.tensor(ids, device=device)
-            counts[r].index_add_(0, t, torch.ones_like(t, dtype=torch.float32))
-    return counts
+def _top_p(params: SamplingParams) -> float:
+    """1 is off; off rows get inf so float rounding in the cumulative sum never drops a token."""
+    p = params.top_p or 1.0
+    return p if p < 1.0 else float("inf")
 
 
-def _seen(prompt_ids, output_ids, vocab_size, device) -> torch.Tensor:
-    seen = torch.zeros(len(prompt_ids), vocab_size, dtype=torch.bool, device=device)
-    for r, (p, o) in enumerate(zip(prompt_ids, output_ids)):
-        seen[r, torch.tensor(p + o, dtype=torch.long, device=device)] = True
-    return seen
+def _column_maker(greedy: list[bool], device):
+    """Builds a [B, 1] tensor of a per-row setting, neutral on greedy rows."""
+
+    def column(values: list, neutral, dtype=torch.float32) -> torch.Tensor:
+        rows = [neutral if g else v for v, g in zip(values, greedy)]
+        return torch.tensor(rows, dtype=dtype, device=device).view(-1, 1)
+
+    return column
+
+
+def _flat_index(rows_ids: list[list[int]], rows: list[int], vocab_size: int) -> torch.Tensor:
+    """row * V + token for every token of the chosen rows (repeats kept)."""
+    tokens = torch.tensor(list(chain.from_iterable(rows_ids[r] for r in rows)), dtype=torch.long)
+    lengths = torch.tensor([len(rows_ids[r]) for r in rows])
+    row_of = torch.repeat_interleave(torch.tensor(rows, dtype=torch.long), lengths)
+    return row_of * vocab_size + tokens
+
+
+def _per_row(params: list[SamplingParams], name: str) -> torch.Tensor:
+    return torch.tensor([getattr(p, name) for p in params], dtype=torch.float32)
+
+
+def _penalties(params, prompt_ids, output_ids, eos_ids, vocab_size, device) -> Penalties | None:
+    rep_rows = [r for r, p in enumerate(params) if p.repetition_penalty != 1.0]
+    out_rows = [r for r, p in enumerate(params) if p.presence_penalty or p.frequency_penalty]
+    short = [r for r, p in enumerate(params) if p.min_tokens > len(output_ids[r])]
+    if not (rep_rows or out_rows or short):
+        return None
+    penalties = Penalties(None, None, None, None, None, None)
+    if rep_rows:
+        both = [prompt_ids[r] + output_ids[r] for r in range(len(params))]
+        index = _flat_index(both, rep_rows, vocab_size).unique()
+        penalties.repetition_index = index.to(device)
+        penalties.repetition = _per_row(params, "repetition_penalty")[index // vocab_size].to(device)
+    if out_rows:
+        index, counts = _flat_index(output_ids, out_rows, vocab_size).unique(return_counts=True)
+        rows = index // vocab_size
+        penalties.output_index = index.to(device)
+        penalties.output_amount = (_per_row(params, "frequency_penalty")[rows] * counts).to(device)
+        penalties.presence = _per_row(params, "presence_penalty")[rows].to(device)
+    if short:
+        eos_ids = eos_ids or [()] * len(params)
+        stops = [[t for t in (*eos, *p.stop_token_ids) if t < vocab_size] for eos, p in zip(eos_ids, params)]
+        penalties.blocked_index = _flat_index(stops, short, vocab_size).to(device)
+    return penalties
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """vLLM's definitions: repetition over prompt+output (positive logits divided, negative
-    multiplied); presence and frequency over the output."""
-    if batch.repetition is not None:
-        penalised = torch.where(logits > 0, logits / batch.repetition, logits * batch.repetition)
-        logits = torch.where(batch.seen, penalised, logits)
-    if batch.output_counts is not None:
-        logits = logits - batch.frequency * batch.output_counts
-        logits = logits - batch.presence * (batch.output_counts > 0)
-    if batch.blocked is not None:
-        logits = logits.masked_fill(batch.blocked, float("-inf"))
+    """vLLM's definitions and order: min_tokens masks EOS and stop ids; repetition over
+    prompt+output (positive logits divided, negative multiplied); then frequency * count and
+    presence over the output. Returns a new tensor; the raw logits stay for logprobs."""
+    penalties = batch.penalties
+    if penalties is None:
+        return logits
+    logits = logits.clone()
+    flat = logits.view(-1)
+    if penalties.blocked_index is not None:
+        flat[penalties.blocked_index] = float("-inf")
+    if penalties.repetition_index is not None:
+        values = flat[penalties.repetition_index]
+        rep = penalties.repetition
+        flat[penalties.repetition_index] = torch.where(values > 0, values / rep, values * rep)
+    if penalties.output_index is not None:
+        values = flat[penalties.output_index]
+        flat[penalties.output_index] = values - penalties.output_amount - penalties.presence
     return logits
+
+
+def _candidates(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Temperature-scaled logits of the tokens each row may sample (-inf for the rest) and
+    their token ids, best first; ids is None when the columns are the whole vocabulary in
+    order. vLLM's order: temperature, min-p, top-k, then top-p on the renormalised rest."""
+    if batch.temperature is not None:
+        logits = logits / batch.temperature
+    if batch.top_k is None and batch.top_p is None:
+        values, ids = logits, None
+    elif batch.candidates:  # only the best k per row can survive: skip the full sort
+        values, ids = logits.topk(batch.candidates, dim=-1)
+    else:
+        values, ids = logits.sort(dim=-1, descending=True)
+    if batch.log_min_p is not None:
+        best = values.max(dim=-1, keepdim=True).values
+        values = values.masked_fill(values < best + batch.log_min_p, float("-inf"))
+    if batch.top_k is not None:
+        positions = torch.arange(values.shape[-1], device=values.device)
+        values = values.masked_fill(positions >= batch.top_k, float("-inf"))
+    if batch.top_p is not None:
+        probs = values.softmax(-1)
+        mass_above = probs.cumsum(-1) - probs  # the top token has 0 above it, so it always stays
+        values = values.masked_fill(mass_above >= batch.top_p, float("-inf"))
+    return values, ids
 
 
 def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Temperature-scaled logits with top-k, top-p and min-p applied (-inf outside)."""
-    logits = logits / batch.temperature.clamp_min(1e-5)
-    if batch.top_k is not None or batch.top_p is not None:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        drop = torch.zeros_like(sorted_logits, dtype=torch.bool)
-        if batch.top_k is not None:
-            ranks = torch.arange(logits.shape[-1], device=logits.device)
-            drop |= ranks[None, :] >= batch.top_k[:, None]
-        if batch.top_p is not None:
-            probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
-            before = probs.cumsum(-1) - probs  # mass strictly above each token
-            drop |= before >= batch.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
-    if batch.min_p is not None:
-        probs = logits.softmax(-1)
-        threshold = batch.min_p * probs.max(dim=-1, keepdim=True).values
-        logits = logits.masked_fill(probs < threshold, float("-inf"))
-    return logits
+    """Temperature-scaled [B, V] logits with min-p, top-k and top-p applied (-inf outside)."""
+    values, ids = _candidates(logits, batch)
+    if ids is None:
+        return values
+    return torch.full_like(logits, float("-inf")).scatter_(-1, ids, values)
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
-    """Pick one token per row. Seeded rows draw only from their own generator, so their
-    samples do not depend on what else is in the batch."""
-    raw_logprobs = logits.log_softmax(-1)
+    """Pick one token per row of float32 [B, V] logits. Greedy rows take the argmax; seeded
+    rows draw only from their own generator, so their samples do not depend on the batch."""
     processed = apply_penalties(logits, batch)
     if batch.all_greedy:
         tokens = processed.argmax(-1)
     else:
-        probs = filter_logits(processed, batch).softmax(-1)
-        tokens = _exponential_race(probs, batch)
-        greedy_rows = batch.temperature.view(-1) < 1e-5
-        if greedy_rows.any():
-            tokens = torch.where(greedy_rows, processed.argmax(-1), tokens)
-    chosen = raw_logprobs.gather(1, tokens[:, None]).squeeze(1)
-    ranks = (raw_logprobs > chosen[:, None]).sum(-1) + 1
-    result = SampleResult(tokens, chosen, ranks)
-    if batch.num_logprobs > 0:
-        result.top_logprobs, result.top_ids = raw_logprobs.topk(batch.num_logprobs, dim=-1)
+        tokens = _random_tokens(processed, batch)
+        if batch.greedy is not None:
+            tokens = torch.where(batch.greedy, processed.argmax(-1), tokens)
+    return _with_logprobs(logits, tokens, batch.num_logprobs)
+
+
+def _random_tokens(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Gumbel-max in exponential form: argmax(p / q), q ~ Exp(1), samples from p; in log space
+    it needs no softmax: argmax(logit - log q)."""
+    values, ids = _candidates(logits, batch)
+    noise = _exponential_noise(values, ids, batch, logits.shape[-1])
+    choice = (values - noise.log()).argmax(-1)
+    return choice if ids is None else ids.gather(1, choice[:, None]).squeeze(1)
+
+
+def _exponential_noise(values, ids, batch: SamplingBatch, vocab_size: int) -> torch.Tensor:
+    """Exp(1) noise per candidate. A seeded row draws one number per vocabulary token from its
+    own generator, indexed by token id, so its noise is the same whichever candidate set
+    (top-k, sorted, whole vocabulary) the rest of the batch makes this step use."""
+    noise = torch.empty_like(values).exponential_(generator=batch.global_generator)
+    for row, generator in enumerate(batch.generators):
+        if generator is not None:
+            own = torch.empty(vocab_size, device=generator.device).exponential_(generator=generator)
+            own = own.to(values.device)
+            noise[row] = own if ids is None else own[ids[row]]
+    # a draw of exactly 0 would make -inf - log(0) a NaN that argmax picks
+    return noise.clamp_min_(torch.finfo(noise.dtype).tiny)
+
+
+def _with_logprobs(logits: torch.Tensor, tokens: torch.Tensor, num_logprobs: int) -> SampleResult:
+    """Logprob and rank of each chosen token, and the top-K, under the raw distribution."""
+    normaliser = logits.logsumexp(-1, keepdim=True)
+    chosen = logits.gather(1, tokens[:, None])
+    ranks = (logits > chosen).sum(-1) + 1
+    result = SampleResult(tokens, (chosen - normaliser).squeeze(1), ranks)
+    if num_logprobs > 0:
+        top_values, result.top_ids = logits.topk(num_logprobs, dim=-1)
+        result.top_logprobs = top_values - normaliser
     return result
-
-
-def _exponential_race(probs: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """argmax(p / q) with q ~ Exp(1) samples from p; each row draws its own q."""
-    q = torch.empty_like(probs)
-    if batch.global_generator is not None or not any(batch.generators):
-        q.exponential_(generator=batch.global_generator)
-    for row, gen in enumerate(batch.generators):
-        if gen is not None:  # a CPU generator: draw on the CPU, then move (device-agnostic)
-            q[row] = torch.empty(probs.shape[-1], device=gen.device).exponential_(generator=gen).to(q.device)
-    return (probs / q).argmax(-1)
