@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,13 +50,15 @@ class CodeInterpreter(Tool):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._private = Path(tempfile.mkdtemp(prefix="qthink-kernel-"))
         self._images = 0
+        self._lock = threading.Lock()  # one kernel runs one cell at a time, even for parallel calls
         self.km = None
         self.kc = None
 
     def call(self, params: dict) -> str:
-        if self.km is None or not self.km.is_alive():
-            self._start()
-        return self.execute(params["code"])
+        with self._lock:
+            if self.km is None or not self.km.is_alive():
+                self._start()
+            return self.execute(params["code"])
 
     def execute(self, code: str) -> str:
         """Run code; at the timeout the kernel is interrupted (and restarted if it will not stop)."""

@@ -13,7 +13,15 @@ import sys
 import sysconfig
 
 _NETWORK_EVENTS = {"socket.connect", "socket.sendto", "socket.bind"}
-_PROCESS_EVENTS = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "pty.spawn"}
+_PROCESS_EVENTS = {
+    "subprocess.Popen",
+    "os.system",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.fork",
+    "pty.spawn",
+}
 _DEVICES = ("/dev/null", "/dev/urandom", "/dev/random", "/dev/shm", "/proc/self", f"/proc/{os.getpid()}")
 
 
@@ -25,7 +33,11 @@ def install(workdir: str, allow_network: bool = False, allow_outside_files: bool
 
 class _Policy:
     def __init__(self, workdir: str, allow_network: bool, allow_outside_files: bool):
-        self.workdir, self.allow_network, self.allow_outside_files = workdir, allow_network, allow_outside_files
+        self.workdir, self.allow_network, self.allow_outside_files = (
+            workdir,
+            allow_network,
+            allow_outside_files,
+        )
         self.read_roots = tuple({workdir, *_python_roots(), *_DEVICES, "/usr/share/fonts", "/etc/fonts"})
         self.write_roots = (workdir, "/dev/null", "/dev/shm")
 
