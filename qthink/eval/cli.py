@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from qthink.eval.report import compare, markdown, summarize, write_reports
-from qthink.eval.runner import RunConfig, run_tasks
 from qthink.eval.tasks import TaskError, examples, load_task
 
 
@@ -58,7 +57,9 @@ def run(args) -> int:
     return args.eval_run(args)
 
 
-def _config(args) -> RunConfig:
+def _config(args):
+    from qthink.eval.runner import RunConfig
+
     return RunConfig(
         base_urls=args.base_urls or ["http://127.0.0.1:8000/v1"],
         output=args.output,
@@ -86,6 +87,8 @@ def run_eval(args) -> int:
         return 2
     for task in task_list:
         task.items = task.items[: args.limit] if args.limit else task.items
+    from qthink.eval.runner import run_tasks
+
     config = _config(args)
     records = asyncio.run(run_tasks(task_list, config))
     shown = {k: v for k, v in vars(config).items() if k not in ("api_key", "progress")}
