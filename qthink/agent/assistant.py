@@ -64,10 +64,10 @@ class Assistant:
 
     def run_nonstream(self, messages: list[dict], **kwargs) -> list[dict]:
         """The final response list of `run`."""
-        response: list[dict] = []
-        for response in self.run(messages, **kwargs):
+        final: list[dict] = []
+        for final in self.run(messages, **kwargs):  # noqa: B007 — the last state is the result
             pass
-        return response
+        return final
 
     def call_tools(self, tool_calls: list[dict]) -> list[dict]:
         """Run one turn's calls concurrently; results come back in the calls' order."""

@@ -1,4 +1,4 @@
-"""The agent's model: any OpenAI-compatible endpoint through the `openai` client, or qthink's engine in-process."""
+"""The agent's model: an OpenAI-compatible endpoint through the `openai` client, or the engine in-process."""
 
 from collections.abc import Iterator
 from dataclasses import fields

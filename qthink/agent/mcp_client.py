@@ -1,4 +1,4 @@
-"""MCP servers as agent tools: stdio or streamable-HTTP sessions on a background event loop, restarted when they die."""
+"""MCP servers as agent tools: stdio or streamable-HTTP sessions, restarted when they die, closed on exit."""
 
 import asyncio
 import atexit

@@ -1,4 +1,4 @@
-"""In-process guards for the code interpreter's kernel: audit hooks that refuse network, files outside the working dir, and new processes.
+"""Audit hooks for the code interpreter's kernel: no network, no files outside its dir, no new processes.
 
 Limits, stated plainly: audit hooks guard Python code. Native code (a C extension,
 ctypes) can go around them, so this is a seat belt against a model's mistakes, not a
