@@ -12,16 +12,16 @@ import pytest
 from tests.server_harness import free_port
 
 
-def serve(model_dir, port: int) -> subprocess.Popen:
+def serve(model_dir, port: int, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "qthink", "serve", str(model_dir), "--port", str(port), "--dtype", "float32"]
     cmd += ["--max-model-len", "512", "--kv-cache-memory", str(16 << 20), "--max-num-seqs", "8"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()
+        assert proc.poll() is None, f"qthink serve exited with {proc.returncode}"
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return
@@ -31,9 +31,10 @@ def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 120) -> None
 
 
 @pytest.fixture
-def served_url(tiny_model_dir):
+def served_url(tiny_model_dir, tmp_path):
     port = free_port()
-    proc = serve(tiny_model_dir, port)
+    # a file, not a pipe: a full pipe would stall the server's logging
+    proc = serve(tiny_model_dir, port, (tmp_path / "serve.log").open("w"))
     try:
         wait_healthy(proc, f"http://127.0.0.1:{port}")
         yield f"http://127.0.0.1:{port}/v1"
