@@ -103,7 +103,8 @@ PRESETS = {
     "aime24": ("HuggingFaceH4/aime_2024", None, "train", _math),
     "gpqa_diamond": ("Idavidrein/gpqa", "gpqa_diamond", "train", _gpqa),
     "mmlu_pro": ("TIGER-Lab/MMLU-Pro", None, "test", _mmlu_pro),
-    "livecodebench": ("livecodebench/code_generation_lite", "release_v6", "test", _livecodebench),
+    # the parquet mirror of LiveCodeBench's release v6 window: the original needs a loading script
+    "livecodebench": ("lighteval/code_generation_lite", "v6", "test", _livecodebench),
 }
 
 
