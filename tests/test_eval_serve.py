@@ -12,9 +12,9 @@ import pytest
 from tests.server_harness import free_port
 
 
-def serve(model_dir, port: int, log) -> subprocess.Popen:
+def serve(model_dir, port: int, log, max_model_len: int = 512) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "qthink", "serve", str(model_dir), "--port", str(port), "--dtype", "float32"]
-    cmd += ["--max-model-len", "512", "--kv-cache-memory", str(16 << 20), "--max-num-seqs", "8"]
+    cmd += ["--max-model-len", str(max_model_len), "--kv-cache-memory", str(16 << 20), "--max-num-seqs", "8"]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
