@@ -20,6 +20,7 @@ _PROCESS_EVENTS = {
     "os.posix_spawn",
     "os.spawn",
     "os.fork",
+    "os.forkpty",
     "pty.spawn",
 }
 _DEVICES = ("/dev/null", "/dev/urandom", "/dev/random", "/dev/shm", "/proc/self", f"/proc/{os.getpid()}")

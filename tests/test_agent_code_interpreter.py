@@ -1,0 +1,124 @@
+"""The code interpreter: a persistent kernel with a timeout, memory and CPU caps, and no network."""
+
+import re
+import resource
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from qthink.agent.code_interpreter import CodeInterpreter
+from tests.test_agent_loop import ScriptedEndpoint, agent, reply, tool_messages
+
+TIMEOUT = 3
+
+
+@pytest.fixture(scope="module")
+def interpreter(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp("ci-work")
+    tool = CodeInterpreter(
+        {"work_dir": str(work_dir), "timeout": TIMEOUT, "memory_mb": 2048, "cpu_seconds": 300}
+    )
+    yield tool
+    tool.close()
+
+
+def run(interpreter, code: str) -> str:
+    return interpreter.call({"code": code})
+
+
+def test_state_persists_and_stdout_and_last_value_come_back(interpreter):
+    assert run(interpreter, "x = 20\nprint('hello')\nx + 1") == "hello\n21"
+    assert run(interpreter, "x * 2") == "40"
+    assert run(interpreter, "import os; os.getcwd()") == repr(str(interpreter.work_dir))
+
+
+def test_endless_loop_is_interrupted_at_the_timeout_and_the_kernel_stays_usable(interpreter):
+    run(interpreter, "kept = 'still here'")
+    started = time.monotonic()
+    result = run(interpreter, "while True:\n    pass")
+    elapsed = time.monotonic() - started
+    assert f"longer than {TIMEOUT} s" in result
+    assert TIMEOUT <= elapsed < TIMEOUT + 5
+    assert run(interpreter, "kept") == "'still here'"
+
+
+def test_allocating_10_gb_fails_inside_the_kernel_only(interpreter):
+    host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run(interpreter, "big = bytearray(10 * 1024**3)")
+    assert "MemoryError" in result
+    limits = run(
+        interpreter, "import resource; resource.getrlimit(resource.RLIMIT_AS), resource.getrlimit(0)"
+    )
+    assert limits == f"(({2048 << 20}, {2048 << 20}), (300, 305))"
+    assert run(interpreter, "len(bytearray(50 * 1024**2))") == str(50 * 1024**2)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - host_peak < 200 * 1024  # KiB
+
+
+def test_network_to_other_hosts_is_refused_but_loopback_works(interpreter):
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = threading.Thread(target=lambda: listener.accept()[0].close(), daemon=True)
+    accepted.start()
+    port = listener.getsockname()[1]
+    code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5).close(); 'ok'"
+    assert run(interpreter, code) == "'ok'"
+    accepted.join(timeout=5)
+    listener.close()
+    refused = run(interpreter, "import socket; socket.create_connection(('10.255.255.1', 80), timeout=5)")
+    assert "PermissionError" in refused and "network access is disabled" in refused
+    udp = run(
+        interpreter, "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('8.8.8.8', 53))"
+    )
+    assert "network access is disabled" in udp
+
+
+def test_files_outside_the_working_dir_are_refused(interpreter, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    refused = run(interpreter, f"open({str(secret)!r}).read()")
+    assert "PermissionError" in refused and "outside the working directory" in refused
+    assert "PermissionError" in run(interpreter, f"open({str(tmp_path / 'new.txt')!r}, 'w')")
+    assert run(interpreter, "open('notes.txt', 'w').write('kept'); open('notes.txt').read()") == "'kept'"
+    assert (interpreter.work_dir / "notes.txt").read_text() == "kept"
+
+
+def test_new_processes_are_refused_without_network(interpreter):
+    result = run(interpreter, "import subprocess; subprocess.run(['true'])")
+    assert "starting processes is disabled" in result
+
+
+def test_tracebacks_and_images_come_back(interpreter, monkeypatch):
+    monkeypatch.setattr(interpreter, "timeout", 60)  # matplotlib's first import builds a font cache
+    error = run(interpreter, "def f():\n    return 1 / 0\nf()")
+    assert "ZeroDivisionError" in error and "return 1 / 0" in error
+    plot = run(interpreter, "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()")
+    path = Path(re.search(r"!\[image\]\((.+?\.png)\)", plot).group(1))
+    assert path.parent == interpreter.work_dir
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_kernel_that_dies_is_restarted(interpreter):
+    run(interpreter, "lost = 1")
+    result = run(interpreter, "import os; os._exit(1)")
+    assert "restarted" in result
+    assert "NameError" in run(interpreter, "lost")
+    assert "PermissionError: access outside the working directory" in run(
+        interpreter, "open('/etc/hostname')"
+    )
+
+
+def test_assistant_uses_the_code_interpreter_by_name(tmp_path):
+    calls = [("code_interpreter", {"code": "sum(range(101))"})]
+    endpoint = ScriptedEndpoint([reply("compute", "", calls), reply(None, "5050")])
+    try:
+        cfg = {"name": "code_interpreter", "work_dir": str(tmp_path), "timeout": 20}
+        with agent(endpoint, [cfg]) as bot:
+            response = bot.run_nonstream([{"role": "user", "content": "sum 0..100"}])
+            assert bot.tools["code_interpreter"].work_dir == tmp_path.resolve()
+    finally:
+        endpoint.close()
+    assert tool_messages(response)[0]["content"] == "5050"
+    schema = endpoint.requests[0]["tools"][0]["function"]
+    assert schema["name"] == "code_interpreter" and schema["parameters"]["required"] == ["code"]
