@@ -2,7 +2,7 @@
 and, when given a llama-bench binary and GGUF files, llama.cpp — all in one run, as ratios.
 
     python benchmarks/make_4b_checkpoint.py /data/qwen3-4b-random     # once, ~8 GB, outside git
-    python benchmarks/bench_decode.py /data/qwen3-4b-random [--engines qthink-bf16 qthink-int8 qthink-int4 hf-bf16]
+    python benchmarks/bench_decode.py /data/qwen3-4b-random [--engines qthink-bf16 qthink-int4 hf-bf16]
         [--llama-bench PATH --gguf BF16=/data/bf16.gguf Q8_0=/data/q8.gguf Q4_K_M=/data/q4.gguf]
 
 Prompt 128 tokens, 64 forced output tokens, batch 1 and 8 (and 16 for qthink), 2 threads.
