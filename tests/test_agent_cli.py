@@ -1,0 +1,46 @@
+"""`qthink agent` in a subprocess against a scripted endpoint: labelled thinking, calls, results, turns."""
+
+import json
+import subprocess
+import sys
+
+from tests.test_agent_loop import ScriptedEndpoint, reply
+
+
+def run_cli(endpoint, *args, stdin=None):
+    command = [sys.executable, "-m", "qthink", "agent", "--model-server", endpoint.url, "--no-color", *args]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_one_prompt_with_an_mcp_tool_prints_each_part_labelled(tmp_path):
+    server = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone=Asia/Shanghai"]}
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"time": server}}))
+    call = ("time-get_current_time", {"timezone": "Europe/Paris"})
+    endpoint = ScriptedEndpoint([reply("I need the clock.", "", [call]), reply("Got it.", "It is late.")])
+    try:
+        done = run_cli(endpoint, "--mcp", str(config), "-p", "What time is it in Paris?")
+    finally:
+        endpoint.close()
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[thinking] I need the clock."
+    assert lines[1] == '[call time-get_current_time] {"timezone": "Europe/Paris"}'
+    assert lines[2].startswith("[result time-get_current_time] {")
+    assert '"timezone": "Europe/Paris"' in done.stdout
+    assert lines[-2:] == ["[thinking] Got it.", "[answer] It is late."]
+    assert endpoint.requests[0]["model"] == "scripted"  # read from /v1/models when not given
+
+
+def test_stdin_turns_share_history_without_old_thinking():
+    endpoint = ScriptedEndpoint([reply("t1", "first"), reply("t2", "second")])
+    try:
+        done = run_cli(endpoint, "--system", "Be brief.", stdin="hello\n\nagain\nexit\nnever sent\n")
+    finally:
+        endpoint.close()
+    assert done.returncode == 0, done.stderr
+    assert len(endpoint.requests) == 2
+    second = endpoint.requests[1]["messages"]
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
+    assert second[2] == {"role": "assistant", "content": "first"}
+    assert "[answer] second" in done.stdout
