@@ -31,7 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bot = Assistant(llm=llm_config(args), function_list=function_list(args), system_message=args.system)
+    bot = Assistant(
+        llm=llm_config(args),
+        function_list=function_list(args),
+        system_message=args.system,
+        max_rounds=args.max_rounds,
+    )
     printer = Printer(color=sys.stdout.isatty() and not args.no_color)
     messages: list[dict] = []
     try:
