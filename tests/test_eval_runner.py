@@ -266,3 +266,19 @@ def test_unknown_task_is_a_one_line_error(tmp_path):
     cmd = [sys.executable, "-m", "qthink", "eval", "run", str(tmp_path / "nope.jsonl")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 2 and "no task" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_endpoint_is_a_one_line_error(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "qthink",
+        "eval",
+        "run",
+        "math-example",
+        "--output",
+        str(tmp_path / "r.jsonl"),
+    ]
+    cmd += ["--base-url", "http://127.0.0.1:9/v1", "--retries", "0", "--no-progress"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 1 and "127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr

@@ -87,10 +87,16 @@ def run_eval(args) -> int:
         return 2
     for task in task_list:
         task.items = task.items[: args.limit] if args.limit else task.items
+    import openai
+
     from qthink.eval.runner import run_tasks
 
     config = _config(args)
-    records = asyncio.run(run_tasks(task_list, config))
+    try:
+        records = asyncio.run(run_tasks(task_list, config))
+    except openai.OpenAIError as e:  # e.g. no server at the URL when asking for its model name
+        print(f"qthink eval: {', '.join(config.base_urls)}: {e}", file=sys.stderr)
+        return 1
     shown = {k: v for k, v in vars(config).items() if k not in ("api_key", "progress")}
     summary = summarize(task_list, records, {**shown, "output": str(config.output)})
     paths = write_reports(summary, records, config.output.with_suffix(""))

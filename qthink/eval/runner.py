@@ -134,7 +134,7 @@ async def run_tasks(task_list: list[T.Task], config: RunConfig) -> list[dict]:
     ]
     pool = EndpointPool(config.base_urls, config.api_key, config.timeout, config.retries, config.backoff)
     try:
-        model = config.model or await pool.model_name()
+        model = config.model or (await pool.model_name() if todo else "")
         await _ask_all(pool, todo, config, model)
     finally:
         await pool.close()
