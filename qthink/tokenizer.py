@@ -149,7 +149,7 @@ class Tokenizer:
         )
         try:
             text = _compile(template).render(**context)
-        except jinja2.TemplateError as e:
+        except Exception as e:  # untrusted template on untrusted input: any failure is a bad request
             raise ChatTemplateError(f"the chat template failed to render: {e}") from None
         if not continue_final:
             return text

@@ -282,6 +282,8 @@ def test_template_sources(tok, tokenizer_dir, tmp_path):
     assert by_name[-2:] == [THINK_START_ID, tok.encode("\n")[0]]
     with pytest.raises(ChatTemplateError, match="does not parse"):
         tok.apply_chat_template(user, chat_template="{% if %}")
+    with pytest.raises(ChatTemplateError, match="failed to render"):
+        tok.apply_chat_template(user, chat_template="{{ messages[0].content + 1 }}")
 
 
 def test_vocabulary_and_special_ids(tok, hf):
