@@ -118,7 +118,7 @@ def native_int4_gemm(x: torch.Tensor, w: Int4Linear) -> torch.Tensor:
     return kernel_ops().gemm_int4(x, w.weight, w.scale, w.offset, w.group_size, None)
 
 
-def time_cases(cases: list[Case], x: torch.Tensor, repeats: int) -> dict[str, float]:
+def time_cases(cases: list[Case], x: torch.Tensor, repeats: int, clock=time.perf_counter) -> dict[str, float]:
     """Best seconds per call of each case, calls interleaved across cases and weight copies."""
     best = {case.name: math.inf for case in cases}
     for case in cases:  # warm-up: oneDNN primitives, page faults, kernel build
@@ -126,9 +126,9 @@ def time_cases(cases: list[Case], x: torch.Tensor, repeats: int) -> dict[str, fl
     for repeat in range(repeats):
         for case in cases:
             weight = case.weights[repeat % len(case.weights)]
-            start = time.perf_counter()
+            start = clock()
             case.call(x, weight)
-            best[case.name] = min(best[case.name], time.perf_counter() - start)
+            best[case.name] = min(best[case.name], clock() - start)
     return best
 
 
@@ -142,14 +142,14 @@ def report(shape: str, n: int, k: int, m: int, cases: list[Case], best: dict[str
         print(f"  {case.name:34s} {seconds * 1e3:9.3f} ms {rate:8.1f} {unit}  x{baseline / seconds:5.2f}")
 
 
-def run(m: int, shapes: list[str], repeats: int, pool_bytes: int) -> dict[str, float]:
+def run(m: int, shapes: list[str], repeats: int, pool_bytes: int, clock) -> dict[str, float]:
     """Per-token milliseconds of all linears (uses per token x best time) for each case."""
     totals: dict[str, float] = {}
     for shape in shapes:
         n, k, uses = SHAPES[shape]
         x = torch.randn(m, k, dtype=torch.bfloat16)
         cases = make_cases(n, k, m, pool_bytes)
-        best = time_cases(cases, x, repeats)
+        best = time_cases(cases, x, repeats, clock)
         report(shape, n, k, m, cases, best)
         for name, seconds in best.items():
             totals[name] = totals.get(name, 0.0) + uses * seconds
@@ -164,12 +164,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--pool-gb", type=float, default=1.0, help="GB of weights cycled per case")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="one thread, timed by its CPU time: steady on a machine shared with other work",
+    )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, native kernels: {linear_kernels_available()}")
+    threads = 1 if args.cpu_time else args.threads
+    clock = time.thread_time if args.cpu_time else time.perf_counter
+    torch.set_num_threads(threads)
+    print(f"torch {torch.__version__}, {threads} threads, native kernels: {linear_kernels_available()}")
     for m in args.m:
         shapes = [s for s in args.shapes if m <= 16 or s != "lm_head"]  # prefill samples one row
-        totals = run(m, shapes, args.repeats, int(args.pool_gb * 1e9))
+        totals = run(m, shapes, args.repeats, int(args.pool_gb * 1e9), clock)
         if m == 1 and len(shapes) == len(SHAPES):
             baseline = totals["torch F.linear bf16"]
             print("\nAll linears of one decode step (36 layers + lm_head), M=1:")
