@@ -42,24 +42,35 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("prompt", help="the user message")
 
 
-def engine_from_args(args) -> LLMEngine:
-    model = args.model
+def model_and_engine_kwargs(args, model: str | None = None) -> tuple[str, dict]:
+    """The model to load (the offline demo model when none is named) and the engine's knobs."""
+    model = model or args.model
     if model is None:
         from qthink.demo import default_model_path
 
         model = str(default_model_path())
-    knobs = {
-        "max_model_len": args.max_model_len,
-        "kv_cache_memory": args.kv_cache_memory,
+    kwargs = {
+        "dtype": args.dtype,
+        "quantization": args.quantization,
+        "chat_template": args.chat_template,
         "kv_cache_dtype": args.kv_cache_dtype,
     }
-    return LLMEngine(
-        model,
-        dtype=args.dtype,
-        quantization=args.quantization,
-        chat_template=args.chat_template,
-        **{k: v for k, v in knobs.items() if v},
-    )
+    for knob in (
+        "max_model_len",
+        "kv_cache_memory",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "tensor_parallel_size",
+        "seed",
+    ):
+        if getattr(args, knob, None) is not None:
+            kwargs[knob] = getattr(args, knob)
+    return model, kwargs
+
+
+def engine_from_args(args) -> LLMEngine:
+    model, kwargs = model_and_engine_kwargs(args)
+    return LLMEngine(model, **kwargs)
 
 
 def sampling_from_args(args, max_len: int, prompt_len: int) -> SamplingParams:

@@ -5,7 +5,7 @@ import logging
 
 import uvicorn
 
-from qthink.chat_cli import add_model_arguments
+from qthink.chat_cli import add_model_arguments, model_and_engine_kwargs
 from qthink.engine.async_engine import AsyncEngine
 from qthink.server.app import build_app
 
@@ -41,27 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    model = args.model_path or args.model
-    if model is None:
-        from qthink.demo import default_model_path
-
-        model = str(default_model_path())
-    knobs = {
-        "max_model_len": args.max_model_len,
-        "kv_cache_memory": args.kv_cache_memory,
-        "kv_cache_dtype": args.kv_cache_dtype,
-    }
-    engine = AsyncEngine(
-        model,
-        dtype=args.dtype,
-        quantization=args.quantization,
-        chat_template=args.chat_template,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        tensor_parallel_size=args.tensor_parallel_size,
-        seed=args.seed,
-        **{k: v for k, v in knobs.items() if v},
-    )
+    model, kwargs = model_and_engine_kwargs(args, args.model_path)
+    engine = AsyncEngine(model, **kwargs)
     name = args.served_model_name or model
     app = build_app(
         engine,
