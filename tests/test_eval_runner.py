@@ -282,3 +282,17 @@ def test_unreachable_endpoint_is_a_one_line_error(tmp_path):
     cmd += ["--base-url", "http://127.0.0.1:9/v1", "--retries", "0", "--no-progress"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 1 and "127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_item_that_breaks_the_scorer_is_scored_wrong_and_the_run_goes_on(tmp_path):
+    task = load_task("function-example")
+    task.items = task.items[:2]
+    task.items[0]["ground_truth"] = [{}]  # malformed: no function name
+    with ScriptedEndpoint(lambda body: ("t", None, [("weather_current", {"city": "Oslo"})])) as endpoint:
+        records = asyncio.run(run_tasks([task], config(tmp_path, [endpoint.url])))
+    by_id = {r["id"]: r for r in records}
+    assert (
+        by_id["simple-weather"]["error"].startswith("scoring failed")
+        and not by_id["simple-weather"]["correct"]
+    )
+    assert "expected a call to convert_length" in by_id["simple-convert"]["error"]

@@ -125,7 +125,8 @@ def plot(records: list[dict], path: Path, bins: int = 6) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.lines:
+        ax.legend()
     ax.set_title("Accuracy vs thinking length")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

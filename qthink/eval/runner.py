@@ -94,9 +94,12 @@ def token_split(answer: Answer) -> tuple[int | None, int | None, bool]:
 
 
 async def score_reply(item: dict, answer: Answer, seed: int) -> dict:
-    if item["kind"] == "code":  # programs run for seconds: keep the event loop free
-        return await asyncio.to_thread(T.score, item, answer.reply, seed)
-    return T.score(item, answer.reply, seed)
+    try:
+        if item["kind"] == "code":  # programs run for seconds: keep the event loop free
+            return await asyncio.to_thread(T.score, item, answer.reply, seed)
+        return T.score(item, answer.reply, seed)
+    except Exception as e:  # noqa: BLE001 - one odd answer must not end a run of thousands
+        return {"correct": False, "extracted": None, "error": f"scoring failed: {type(e).__name__}: {e}"}
 
 
 async def ask(pool: EndpointPool, task: str, item: dict, sample: int, config: RunConfig, model: str) -> dict:
