@@ -45,7 +45,7 @@ def _reasoning(message) -> str | None:
 
 def _content_calls(content: str | None, tools: list[dict] | None) -> tuple[str | None, list[dict]]:
     """Hermes `<tool_call>` blocks left in the content by a server run without a tool parser."""
-    from qthink.parsing.tool_calls import parse_tool_calls
+    from qthink.parsing.tool_calls import parse_tool_calls  # pulls in the tokenizer: only when needed
 
     if not tools or not content or "<tool_call>" not in content:
         return content, []
@@ -93,7 +93,6 @@ class EndpointPool:
                 self.in_flight[url] -= 1
             delay = min(60.0, self.backoff * 2**attempt)
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
-        raise AssertionError("unreachable")
 
     def _answer(self, response, url: str, attempts: int, tools) -> Answer:
         choice = response.choices[0]
