@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from qthink import __version__
 from qthink.engine.async_engine import AsyncEngine, EngineDeadError
@@ -15,6 +16,7 @@ from qthink.server.chat import create_chat_completion
 from qthink.server.completions import create_completion
 from qthink.server.errors import APIError, error_response, validation_message
 from qthink.server.metrics import Metrics
+from qthink.server.params import template_kwargs
 from qthink.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -99,6 +101,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         message, param = validation_message(exc.errors())
         return error_response(400, message, param=param)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException):  # unparsable body, unknown route, wrong method
+        response = error_response(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError):
         return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code)
@@ -175,7 +183,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
                 messages,
                 tools=req.tools,
                 add_generation_prompt=req.add_generation_prompt,
-                **(req.chat_template_kwargs or {}),
+                **template_kwargs(req.chat_template_kwargs),
             )
         return {"tokens": tokens, "count": len(tokens), "max_model_len": server.engine.max_model_len}
 
