@@ -26,6 +26,12 @@ def complete(client, prompt, **kw):
     return client.completions.create(model="qthink-test", prompt=prompt, max_tokens=6, temperature=0, **kw)
 
 
+def route_body(route: str, **fields) -> dict:
+    """A request saying "hi" to either endpoint."""
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    return {"model": "qthink-test", **({"prompt": "hi"} if route == "/v1/completions" else chat), **fields}
+
+
 def wait_idle(engine, timeout=10.0) -> dict:
     deadline = time.monotonic() + timeout
     stats = engine.stats()
@@ -89,9 +95,7 @@ def test_leaving_a_batch_stream_aborts_every_request(server):
 @pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
 def test_client_timing_out_on_a_whole_response_aborts_it(server, route):
     """Not streamed: a client that gives up (a timeout) must not leave a long run going."""
-    body = {"model": "qthink-test", "max_tokens": 480, "ignore_eos": True}
-    chat = {"messages": [{"role": "user", "content": "hi"}]}
-    body |= {"prompt": "hi"} if route == "/v1/completions" else chat
+    body = route_body(route, max_tokens=480, ignore_eos=True)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + route, json=body, timeout=httpx.Timeout(30, read=0.5))
     stats = wait_idle(server.engine, timeout=3)
@@ -120,3 +124,13 @@ def test_every_request_feeds_the_latency_histograms(client, server, stream):
     assert grew["time_to_first_token_seconds_count"] == 2
     assert grew["e2e_request_latency_seconds_count"] == 2
     assert grew["inter_token_latency_seconds_count"] == 2 * (6 - 1)  # one gap per later token
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+def test_streams_tell_proxies_not_to_buffer(server, route):
+    body = route_body(route, max_tokens=2, stream=True)
+    with httpx.stream("POST", server.url + route, json=body, timeout=30) as resp:
+        lines = [line for line in resp.iter_lines() if line]
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    assert resp.headers["x-accel-buffering"] == "no" and resp.headers["cache-control"] == "no-cache"
+    assert lines[-1] == "data: [DONE]"

@@ -5,16 +5,22 @@ import time
 import uuid
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
 
 from qthink.engine.outputs import CompletionOutput, RequestOutput
 from qthink.engine.sequence import THINK_END_ID, THINK_START_ID, opens_thinking
 from qthink.parsing.reasoning import ReasoningStreamParser
 from qthink.parsing.tool_calls import ToolCallStreamParser, parse_tool_calls
 from qthink.server.errors import APIError
-from qthink.server.params import sampling_params, structured_output, tool_choice_spec
+from qthink.server.params import sampling_params, structured_output, template_kwargs, tool_choice_spec
 from qthink.server.protocol import ChatCompletionRequest
-from qthink.server.streaming import last_output, sse, sse_done, stream_outputs, unless_disconnected
+from qthink.server.streaming import (
+    event_stream,
+    last_output,
+    sse,
+    sse_done,
+    stream_outputs,
+    unless_disconnected,
+)
 
 
 async def create_chat_completion(req: ChatCompletionRequest, server, request: Request):
@@ -29,14 +35,14 @@ async def create_chat_completion(req: ChatCompletionRequest, server, request: Re
         tools=req.tools,
         add_generation_prompt=req.add_generation_prompt,
         tokenize=True,
-        **(req.chat_template_kwargs or {}),
+        **template_kwargs(req.chat_template_kwargs),
     )
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = sampling_params(req, server.engine.max_model_len, len(prompt), logprobs, forced or structured)
     view = ChatView(req, server.model_name, opens_thinking(prompt), parse_tools)
     outputs = await stream_outputs(server, prompt, params)
     if req.stream:
-        return StreamingResponse(view.stream(outputs), media_type="text/event-stream")
+        return event_stream(view.stream(outputs))
     final = await unless_disconnected(request, last_output(outputs))
     return view.response(final)
 

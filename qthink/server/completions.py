@@ -5,13 +5,20 @@ import time
 import uuid
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
 
 from qthink.engine.outputs import CompletionOutput, RequestOutput
 from qthink.server.errors import APIError
 from qthink.server.params import sampling_params, structured_output
 from qthink.server.protocol import CompletionRequest
-from qthink.server.streaming import last_output, merged, sse, sse_done, stream_outputs, unless_disconnected
+from qthink.server.streaming import (
+    event_stream,
+    last_output,
+    merged,
+    sse,
+    sse_done,
+    stream_outputs,
+    unless_disconnected,
+)
 
 
 async def create_completion(req: CompletionRequest, server, request: Request):
@@ -32,7 +39,7 @@ async def create_completion(req: CompletionRequest, server, request: Request):
     prefixes = [_echo(p, ids, server.tokenizer) if req.echo else "" for p, ids in zip(raw, prompts)]
     if req.stream:
         events = _stream(merged(streams), head, prefixes, req)
-        return StreamingResponse(events, media_type="text/event-stream")
+        return event_stream(events)
     finals = await unless_disconnected(request, asyncio.gather(*(last_output(s) for s in streams)))
     choices = [
         _choice(c, i * req.n + c.index, prefixes[i] + c.text, c.logprobs)

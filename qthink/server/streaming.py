@@ -3,9 +3,18 @@
 import asyncio
 import json
 
+from fastapi.responses import StreamingResponse
+
 from qthink.engine.sampling_params import SamplingParamsError
 from qthink.server.errors import APIError
 from qthink.server.metrics import RequestTimer
+
+# a proxy (nginx) that buffers or caches the stream would hold every token back
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def event_stream(events) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def sse(payload: dict) -> str:
