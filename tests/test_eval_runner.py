@@ -296,3 +296,13 @@ def test_an_item_that_breaks_the_scorer_is_scored_wrong_and_the_run_goes_on(tmp_
         and not by_id["simple-weather"]["correct"]
     )
     assert "expected a call to convert_length" in by_id["simple-convert"]["error"]
+
+
+def test_hermes_calls_left_in_the_content_are_parsed(tmp_path):
+    task = load_task("function-example")
+    task.items = task.items[:1]
+    call = '<tool_call>\n{"name": "weather_current", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    with ScriptedEndpoint(lambda body: ("t", call)) as endpoint:
+        (record,) = asyncio.run(run_tasks([task], config(tmp_path, [endpoint.url])))
+    assert record["correct"], record["error"]
+    assert record["extracted"] == [{"weather.current": {"city": "Oslo"}}]
