@@ -1,0 +1,114 @@
+"""Access: the API key guards every route but the public ones; CORS is off unless origins are allowed."""
+
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import uvicorn
+from starlette.routing import Mount
+
+from qthink.server.app import build_app
+from tests.server_harness import RunningServer, free_port
+
+KEY = "sk-reliability"
+# Public without the key: the health probe, and the chat page's shell (the page loads before the
+# user types the key; its text segmentation is model-free and runs from the page without a key).
+PUBLIC = {"/health", "/", "/viewer/config", "/viewer/segment", "/viewer/static"}
+
+
+@pytest.fixture(scope="module")
+def keyed(tiny_model_dir):
+    with RunningServer(tiny_model_dir, api_key=KEY) as running:
+        yield running
+
+
+@contextmanager
+def serving(app):
+    """Another app over the same engine, on its own port; lifespan off, so it leaves the engine running."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def every_route(app) -> list[tuple[str, str]]:
+    """(method, path) for every route the app serves, mounted static files included."""
+    routes = []
+    for route in app.routes:
+        if isinstance(route, Mount):
+            routes.append(("GET", route.path + "/main.js"))
+            continue
+        routes += [(method, route.path) for method in sorted(route.methods - {"HEAD"})]
+    return routes
+
+
+def is_public(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in PUBLIC)
+
+
+def test_every_route_but_the_public_ones_needs_the_key(keyed):
+    routes = every_route(keyed.app)
+    assert len(routes) >= 14 and ("POST", "/v1/chat/completions") in routes
+    guarded = [(m, p) for m, p in routes if not is_public(p)]
+    with httpx.Client(base_url=keyed.url, timeout=30) as client:
+        for method, path in guarded:
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+                r = client.request(method, path, json={}, headers=headers)
+                assert r.status_code == 401, (method, path, headers, r.status_code)
+                assert r.json()["error"]["code"] == "invalid_api_key"
+        for method, path in routes:
+            r = client.request(method, path, json={}, headers={"Authorization": f"Bearer {KEY}"})
+            assert r.status_code != 401, (method, path)
+        for method, path in set(routes) - set(guarded):
+            assert client.request(method, path, json={"text": "x"}).status_code != 401, (method, path)
+    print(f"\nroutes checked: {len(routes)}, guarded: {len(guarded)}")
+
+
+def test_metrics_public_opens_metrics_only(keyed):
+    app = build_app(keyed.engine, "qthink-test", api_key=KEY, metrics_public=True)
+    with serving(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert client.get("/metrics").status_code == 200
+        assert client.get("/v1/models").status_code == 401
+        assert client.get("/version").status_code == 401
+
+
+def cors_headers(url: str, origin: str) -> tuple[dict, dict]:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        simple = client.get("/health", headers={"Origin": origin})
+        preflight = client.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+    return simple.headers, preflight.headers
+
+
+def test_cors_is_off_by_default(keyed):
+    simple, preflight = cors_headers(keyed.url, "http://elsewhere.example")
+    assert "access-control-allow-origin" not in simple
+    assert "access-control-allow-origin" not in preflight
+
+
+def test_cors_on_for_the_allowed_origins_only(keyed):
+    app = build_app(keyed.engine, "qthink-test", api_key=KEY, allowed_origins=["http://ui.example"])
+    with serving(app) as url:
+        simple, preflight = cors_headers(url, "http://ui.example")
+        assert simple["access-control-allow-origin"] == "http://ui.example"
+        assert preflight["access-control-allow-origin"] == "http://ui.example"
+        assert "POST" in preflight["access-control-allow-methods"]
+        simple, preflight = cors_headers(url, "http://elsewhere.example")
+        assert "access-control-allow-origin" not in simple
+        assert "access-control-allow-origin" not in preflight
