@@ -1,5 +1,6 @@
 """qthink-nano: its data format, deterministic training, the shipped checkpoint, its quality."""
 
+import json
 import random
 
 import pytest
@@ -26,13 +27,32 @@ def test_loss_mask_covers_exactly_the_last_assistant_turn(tok):
         assert THINK_END_ID in ids[first:]
 
 
+def test_transcripts_render_as_transformers_renders_the_2507_template(tok, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from qthink.checkpoint import TEMPLATES_DIR
+
+    reference = AutoTokenizer.from_pretrained(tokenizer_dir)
+    template = (TEMPLATES_DIR / "thinking-2507.jinja").read_text()
+    rng = random.Random(7)
+    for _ in range(20):
+        messages, tools = conversation(rng)
+        expected = reference.apply_chat_template(
+            messages, tools=tools, chat_template=template, tokenize=False
+        )
+        assert tok.apply_chat_template(messages, tools=tools, tokenize=False) == expected
+
+
 def test_tool_transcript_shape(tok):
     first, whole = tool_use(random.Random(3))
     call = first[-1]["tool_calls"][0]["function"]
     assert call["arguments"]["city"] in first[1]["content"]
     text = tok.apply_chat_template(whole, tools=TOOLS, tokenize=False)
-    assert text.count("<tool_call>") == 2  # the system prompt's example and the call
-    assert "<tool_response>" in text and whole[-1]["content"].endswith(".")
+    conversation_part = text.split("<|im_start|>user\n", 1)[1]
+    assert conversation_part.count("<tool_call>") == 1
+    assert conversation_part.count("<tool_response>") == 1
+    result = json.loads(whole[-2]["content"])["result"]
+    assert result in whole[-1]["content"]
 
 
 def test_arithmetic_scratchpad_is_right():
@@ -44,12 +64,14 @@ def test_arithmetic_scratchpad_is_right():
         assert assistant["reasoning_content"].endswith(f" is {value}.")
 
 
-def test_training_is_deterministic(tok):
+def test_training_is_deterministic_to_the_byte(tok, tmp_path):
+    from qthink.nano.build import expand, save_artifact
     from qthink.nano.train import TrainConfig, train
 
     cfg = TrainConfig(
         steps=2,
         batch=2,
+        pool=2,
         hidden=32,
         layers=1,
         heads=2,
@@ -58,11 +80,15 @@ def test_training_is_deterministic(tok):
         intermediate=64,
         vocab_samples=30,
     )
-    a, vocab_a = train(tok, cfg, log=lambda *_: None)
-    b, vocab_b = train(tok, cfg, log=lambda *_: None)
-    assert vocab_a == vocab_b
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.equal(x, y), name
+    files = []
+    for run in range(2):
+        model, vocab = train(tok, cfg, log=lambda *_: None)
+        files.append(save_artifact(model, vocab, cfg, tmp_path / f"run{run}.safetensors").read_bytes())
+    assert files[0] == files[1]
+    folder = expand(tmp_path / "run0.safetensors", tmp_path / "checkpoint")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["vocab_size"] == 151_936 and config["tie_word_embeddings"] is False
+    assert (folder / "chat_template.jinja").read_text().count("<think>") >= 1
 
 
 @pytest.fixture(scope="module")

@@ -41,14 +41,18 @@ def expand(artifact: Path, out: Path) -> Path:
     return out
 
 
+def digest(path: Path) -> str:
+    """A short content hash: the cache folder of an artefact, and the rebuild's check."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def ensure_nano(rebuild: bool = False) -> Path:
     """The qthink-nano checkpoint folder, built once into the cache (seconds, no training)."""
     from qthink.demo import cache_dir
 
     if rebuild:
         retrain(ARTIFACT)
-    digest = hashlib.sha256(ARTIFACT.read_bytes()).hexdigest()[:16]
-    out = cache_dir() / "nano" / digest
+    out = cache_dir() / "nano" / digest(ARTIFACT)
     if not (out / "model.safetensors").is_file():
         tmp = out.with_name(out.name + ".tmp")
         expand(ARTIFACT, tmp)
@@ -60,7 +64,9 @@ def retrain(path: Path, cfg: TrainConfig | None = None, log=print) -> Path:
     """Train from scratch with the fixed seed and write the compact artefact to `path`."""
     from qthink.tokenizer import Tokenizer
 
-    torch.set_num_threads(2)
+    # One thread: float sums then do not depend on the machine's core count, so the rebuild
+    # reproduces the shipped weights bit for bit (and a busy 2-core machine runs it faster).
+    torch.set_num_threads(1)
     cfg = cfg or TrainConfig()
     tokenizer = Tokenizer.from_pretrained(tokenizer_files_dir(), chat_template="thinking-2507")
     model, vocab = train(tokenizer, cfg, log)

@@ -15,8 +15,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from qthink.nano import ensure_nano
+    from qthink.nano.build import ARTIFACT, digest
 
+    shipped = digest(ARTIFACT) if ARTIFACT.is_file() else None
     path = ensure_nano(rebuild=args.rebuild)
+    if args.rebuild:
+        same = digest(ARTIFACT) == shipped
+        print("the rebuild reproduces the shipped weights bit for bit" if same else "the rebuild differs")
     print(path)
     if args.eval:
         from qthink.nano.evaluate import evaluate

@@ -66,8 +66,8 @@ PLACES = ["Units", "Tens", "Hundreds", "Thousands"]
 
 
 def arithmetic(rng: random.Random) -> list[dict]:
-    """Addition or subtraction of 2-3 digit numbers, worked digit by digit in the thinking."""
-    a, b = rng.randint(10, 999), rng.randint(10, 999)
+    """Addition or subtraction of two-digit numbers, worked digit by digit in the thinking."""
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
     add = rng.random() < 0.5
     if not add and b > a:
         a, b = b, a
@@ -164,9 +164,9 @@ def conversation(rng: random.Random) -> tuple[list[dict], list[dict] | None]:
     r = rng.random()
     if r < 0.45:
         return arithmetic(rng), None
-    if r < 0.6:
+    if r < 0.55:
         return multi_turn(rng), None
-    if r < 0.75:
+    if r < 0.65:
         return multiple_choice(rng), None
     first, whole = tool_use(rng)
     return (first if rng.random() < 0.5 else whole), TOOLS

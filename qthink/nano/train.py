@@ -14,23 +14,25 @@ from qthink.model.layers import RotaryEmbedding
 from qthink.model.qwen3 import Qwen3ForCausalLM
 from qthink.nano.data import conversation, render
 
+Row = tuple[list[int], list[int]]  # token ids and loss mask of one rendered conversation
 CONSTANT = 0.1  # hidden dimension 0 carries this value unchanged through the residual stream
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 420
-    batch: int = 20
+    steps: int = 1200
+    batch: int = 16
+    pool: int = 8
     lr: float = 3e-3
     warmup: int = 40
-    hidden: int = 160
+    hidden: int = 128
     layers: int = 4
-    heads: int = 5
+    heads: int = 4
     kv_heads: int = 1
     head_dim: int = 32
-    intermediate: int = 448
-    vocab_samples: int = 4000
+    intermediate: int = 384
+    vocab_samples: int = 1000
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> dict:
@@ -51,12 +53,16 @@ def model_config(cfg: TrainConfig, vocab_size: int) -> dict:
     )
 
 
-def corpus_vocabulary(tokenizer, cfg: TrainConfig) -> list[int]:
-    """Every token id the generator can produce (sampled widely), plus the control tokens."""
+def corpus_vocabulary(tokenizer, cfg: TrainConfig, batches: list[list[Row]]) -> list[int]:
+    """The control tokens, every token the training batches use, and a wide sample of what the
+    generator produces (so held-out prompts rarely meet a token without an embedding)."""
     rng = random.Random(cfg.seed + 1)
     ids = set(range(151643, 151669))
     for _ in range(cfg.vocab_samples):
         ids.update(render(tokenizer, *conversation(rng))[0])
+    for rows in batches:
+        for row_ids, _ in rows:
+            ids.update(row_ids)
     return sorted(ids)
 
 
@@ -97,23 +103,36 @@ def _pin_constant_dimension(model: Qwen3ForCausalLM) -> None:
         layer.mlp.down_proj.weight.register_hook(zero(0))
 
 
-def batches(tokenizer, remap: dict[int, int], cfg: TrainConfig):
+def training_batches(tokenizer, cfg: TrainConfig) -> list[list[Row]]:
+    """Every step's rendered conversations, grouped by length (padding would otherwise double
+    the cost): each pool of `pool` batches is sorted by length, cut, and served in seeded order."""
     rng = random.Random(cfg.seed)
-    while True:
-        rows = [render(tokenizer, *conversation(rng)) for _ in range(cfg.batch)]
-        width = max(len(ids) for ids, _ in rows)
-        ids = torch.zeros(cfg.batch, width, dtype=torch.long)
-        mask = torch.zeros(cfg.batch, width, dtype=torch.bool)
-        for r, (row_ids, row_mask) in enumerate(rows):
-            ids[r, : len(row_ids)] = torch.tensor([remap[t] for t in row_ids])
-            mask[r, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.bool)
-        yield ids, mask
+    batches = []
+    while len(batches) < cfg.steps:
+        rows = [render(tokenizer, *conversation(rng)) for _ in range(cfg.batch * cfg.pool)]
+        rows.sort(key=lambda row: len(row[0]))
+        groups = [rows[i : i + cfg.batch] for i in range(0, len(rows), cfg.batch)]
+        rng.shuffle(groups)
+        batches.extend(groups)
+    return batches[: cfg.steps]
+
+
+def collate(rows: list[Row], remap: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded compact ids and the loss mask, both [batch, longest]."""
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for r, (row_ids, row_mask) in enumerate(rows):
+        ids[r, : len(row_ids)] = torch.tensor([remap[t] for t in row_ids])
+        mask[r, : len(row_mask)] = torch.tensor(row_mask, dtype=torch.bool)
+    return ids, mask
 
 
 def train(tokenizer, cfg: TrainConfig, log=print) -> tuple[Qwen3ForCausalLM, list[int]]:
     """Returns the trained compact model and the full-vocabulary id of each compact row."""
     torch.use_deterministic_algorithms(True)
-    vocab = corpus_vocabulary(tokenizer, cfg)
+    batches = training_batches(tokenizer, cfg)
+    vocab = corpus_vocabulary(tokenizer, cfg, batches)
     remap = {t: i for i, t in enumerate(vocab)}
     model = build_model(cfg, len(vocab))
     decay = [p for n, p in model.named_parameters() if not n.endswith("norm.weight")]
@@ -124,7 +143,8 @@ def train(tokenizer, cfg: TrainConfig, log=print) -> tuple[Qwen3ForCausalLM, lis
         betas=(0.9, 0.98),
     )
     start = time.time()
-    for step, (ids, mask) in zip(range(cfg.steps), batches(tokenizer, remap, cfg)):
+    for step, rows in enumerate(batches):
+        ids, mask = collate(rows, remap)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * _schedule(step, cfg)
         positions = torch.arange(ids.shape[1]).expand_as(ids)
