@@ -15,6 +15,9 @@
 namespace {
 
 constexpr int64_t kRowsPerTask = 16;
+// How far ahead along a weight row to prefetch: the hardware prefetchers ramp up slowly on
+// the many short row streams of a GEMV.
+constexpr int64_t kPrefetchBytes = 1024;
 
 inline float bf16_bits_to_float(uint16_t bits) {
   uint32_t widened = static_cast<uint32_t>(bits) << 16;
@@ -104,7 +107,10 @@ struct Bf16Kernel : BlockKernel<Bf16Kernel> {
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
       __m512i wv[NB];
-      for (int j = 0; j < NB; ++j) wv[j] = _mm512_loadu_si512(rows + j * K + k);
+      for (int j = 0; j < NB; ++j) {
+        _mm_prefetch((const char*)(rows + j * K + k) + kPrefetchBytes, _MM_HINT_T0);
+        wv[j] = _mm512_loadu_si512(rows + j * K + k);
+      }
       for (int i = 0; i < MB; ++i) {
         const __m512i xv = _mm512_loadu_si512(xs + i * K + k);
         for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(wv[j]), as_bh(xv));
@@ -141,8 +147,11 @@ struct Int8Kernel : BlockKernel<Int8Kernel> {
     int64_t k = 0;
     for (; k + 16 <= K; k += 16) {
       __m512 wv[NB];
-      for (int j = 0; j < NB; ++j)
+      for (int j = 0; j < NB; ++j) {
+        // One prefetch per 64-byte line: every fourth step of 16 weights.
+        if (k % 64 == 0) _mm_prefetch((const char*)(rows + j * K + k) + kPrefetchBytes, _MM_HINT_T0);
         wv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(rows + j * K + k))));
+      }
       for (int i = 0; i < MB; ++i) {
         const __m512 xv = _mm512_loadu_ps(xs + i * K + k);
         for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
@@ -193,6 +202,7 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
       for (int64_t k = g * G; k < (g + 1) * G; k += 128) {
         __m512i lo[NB], hi[NB];
         for (int j = 0; j < NB; ++j) {
+          _mm_prefetch((const char*)(w + (n + j) * (K / 2) + k / 2 + kPrefetchBytes), _MM_HINT_T0);
           const __m512i bytes = _mm512_loadu_si512(w + (n + j) * (K / 2) + k / 2);
           lo[j] = _mm512_and_si512(bytes, nibble);
           hi[j] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
