@@ -171,6 +171,9 @@ class LLMEngine:
         bad = [t for t in prompt_ids if not 0 <= t < self.model_config.vocab_size]
         if bad:
             raise RequestError(f"prompt token id {bad[0]} is outside the vocabulary")
+        bad = [t for t in params.stop_token_ids if not 0 <= t < self.model_config.vocab_size]
+        if bad:
+            raise RequestError(f"stop token id {bad[0]} is outside the vocabulary")
         if n >= limit:
             raise RequestError(
                 f"the prompt has {n} tokens, but this model's context is {limit} tokens "

@@ -56,7 +56,8 @@ def build_app(
         yield
         await engine.shutdown()  # aborts whatever is still in flight, then stops the engine thread
 
-    app = FastAPI(title="qthink", version=__version__, lifespan=lifespan)
+    # max_body_size also stops a chunked body, which has no Content-Length for the guard to check
+    app = FastAPI(title="qthink", version=__version__, lifespan=lifespan, max_body_size=max_request_bytes)
     app.state.server = server
     public = PUBLIC_PATHS + (("/metrics",) if metrics_public else ())
     _add_guards(app, api_key, public, max_request_bytes)
