@@ -216,3 +216,8 @@ def test_api_key(tiny_model_dir):
         assert good.models.list().data[0].id == "qthink-test"
         assert httpx.get(s.url + "/health").status_code == 200
         assert httpx.get(s.url + "/metrics").status_code == 401
+
+
+def test_template_kwargs_cannot_switch_off_protections(client):
+    with pytest.raises(openai.BadRequestError, match="may not set allow_special_tokens_in_content"):
+        chat(client, extra_body={"chat_template_kwargs": {"allow_special_tokens_in_content": True}})

@@ -37,9 +37,16 @@ class SequenceOutput:
         return matched if stopped else None
 
     def flush(self) -> None:
-        """At the end of a sequence not stopped by a stop string, release held-back text."""
-        if self.stops is not None and not isinstance(self.seq.stop_reason, str):
-            self.text += self.stops.flush()
+        """At the end of a sequence not stopped by a stop string, release held-back text: the
+        detokenizer's tail (a character cut by max_tokens included), then the stop matcher's."""
+        if isinstance(self.seq.stop_reason, str):
+            return
+        tail = self.detokenizer.finish()
+        if self.stops is None:
+            self.text += tail
+            return
+        emit, stopped, _ = self.stops.feed(tail)
+        self.text += emit if stopped else emit + self.stops.flush()
 
     def completion(self) -> CompletionOutput:
         seq = self.seq

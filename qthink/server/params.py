@@ -109,3 +109,26 @@ def tool_choice_spec(req: ChatCompletionRequest) -> tuple[bool, dict | None]:
     if not req.tools:
         raise APIError(400, f"tool_choice {choice!r} needs `tools`", param="tool_choice")
     return True, {"grammar": tool_call_grammar(req.tools, named or None)}
+
+
+# Keys a client must not set through chat_template_kwargs: they would switch off protections
+# (special-token text in content) or replace what the server controls.
+RESERVED_TEMPLATE_KWARGS = {
+    "allow_special_tokens_in_content",
+    "chat_template",
+    "tokenize",
+    "tools",
+    "messages",
+    "add_generation_prompt",
+    "continue_final_message",
+    "documents",
+}
+
+
+def template_kwargs(kwargs: dict | None) -> dict:
+    reserved = sorted(RESERVED_TEMPLATE_KWARGS & set(kwargs or {}))
+    if reserved:
+        raise APIError(
+            400, f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs"
+        )
+    return dict(kwargs or {})
