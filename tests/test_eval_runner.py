@@ -23,8 +23,8 @@ from qthink.eval.tasks import Task, load_task
 class ScriptedEndpoint:
     """A real HTTP server that answers chat completions from a script and counts every request."""
 
-    def __init__(self, answer, delay: float = 0.0, fail_first: int = 0):
-        self.answer, self.delay, self.fail_first = answer, delay, fail_first
+    def __init__(self, answer, delay: float = 0.0, fail_first: int = 0, stall_first: int = 0):
+        self.answer, self.delay, self.fail_first, self.stall_first = answer, delay, fail_first, stall_first
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -39,11 +39,14 @@ class ScriptedEndpoint:
 
             def _send(self, status: int, body: dict) -> None:
                 data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and left, as the timeout test wants
 
             def do_GET(self):
                 self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
@@ -54,7 +57,9 @@ class ScriptedEndpoint:
                     endpoint.requests.append(body)
                     failing = endpoint.fail_first > 0
                     endpoint.fail_first -= failing
-                time.sleep(endpoint.delay)
+                    stalling = endpoint.stall_first > 0
+                    endpoint.stall_first -= stalling
+                time.sleep(2.0 if stalling else endpoint.delay)
                 if failing:
                     return self._send(500, {"error": {"message": "scripted failure", "type": "server_error"}})
                 self._send(200, completion(*endpoint.answer(body)))
@@ -150,6 +155,14 @@ def test_5xx_answers_are_retried_with_backoff(tmp_path):
     assert len(endpoint.requests) == 2 + 3
     assert sorted(r["correct"] for r in records) == [False, True]
     assert sum(r["attempts"] for r in records) == 5
+
+
+def test_timeouts_are_retried(tmp_path):
+    with ScriptedEndpoint(right_on_even, stall_first=1) as endpoint:
+        (record,) = asyncio.run(
+            run_tasks([Task("m", math_items(1))], config(tmp_path, [endpoint.url], timeout=0.5))
+        )
+    assert record["correct"] and record["attempts"] == 2 and len(endpoint.requests) == 2
 
 
 def test_exhausted_retries_are_recorded_and_asked_again_on_resume(tmp_path):
