@@ -1,0 +1,113 @@
+"""The agent against qthink itself: its server (in a thread, or `qthink serve`) and the engine in-process."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Literal
+
+import pytest
+
+from qthink.agent import Assistant
+from qthink.agent.mcp_client import MCPManager
+from tests.server_harness import RunningServer, free_port
+
+TIME_SERVER = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone=Asia/Shanghai"]}
+CITY_ZONES = {"Paris": "Europe/Paris", "Tokyo": "Asia/Tokyo"}
+
+
+def clock(city: Literal["Paris", "Tokyo"]) -> str:
+    """The local time in a city."""
+    return f"noon in {city}"
+
+
+def test_forced_tool_calls_through_the_qthink_server(tiny_model_dir):
+    """Random weights, so tool_choice=required (a grammar) makes the calls; the loop does the rest."""
+    generate_cfg = {"max_tokens": 80, "temperature": 0, "tool_choice": "required", "max_thinking_tokens": 8}
+    with RunningServer(tiny_model_dir) as server:
+        llm = {"model": "qthink-test", "model_server": server.url + "/v1", "generate_cfg": generate_cfg}
+        with Assistant(llm=llm, function_list=[clock], max_rounds=2) as bot:
+            response = bot.run_nonstream([{"role": "user", "content": "What time is it?"}])
+    first, *results, last = response
+    assert first["reasoning_content"] and first["tool_calls"]
+    assert [m["role"] for m in results] == ["tool"] * len(first["tool_calls"])
+    for call, result in zip(first["tool_calls"], results):
+        city = json.loads(call["function"]["arguments"])["city"]
+        assert result == {
+            "role": "tool",
+            "tool_call_id": call["id"],
+            "name": "clock",
+            "content": f"noon in {city}",
+        }
+    assert last["role"] == "assistant" and "tool_calls" not in last
+
+
+def test_local_engine_in_process(tiny_model_dir):
+    llm = {
+        "model": str(tiny_model_dir),
+        "model_server": "local",
+        "generate_cfg": {"max_tokens": 8, "temperature": 0},
+    }
+    with Assistant(llm=llm, function_list=[clock]) as bot:
+        response = bot.run_nonstream([{"role": "user", "content": "What time is it in Paris?"}])
+    prompt = bot.model.llm.get_tokenizer().apply_chat_template(
+        [{"role": "user", "content": "x"}], tools=bot.tool_schemas(), tokenize=False
+    )
+    assert '"name": "clock"' in prompt
+    assert (
+        len(response) == 1 and response[0]["role"] == "assistant" and isinstance(response[0]["content"], str)
+    )
+
+
+def nano_available() -> bool:
+    from qthink.nano.build import ARTIFACT
+
+    return ARTIFACT.is_file()
+
+
+@pytest.fixture
+def nano_server():
+    from qthink.demo import default_model_path
+
+    port = free_port()
+    command = [sys.executable, "-m", "qthink", "serve", str(default_model_path()), "--port", str(port)]
+    proc = subprocess.Popen(command + ["--served-model-name", "nano"], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    yield url + "/v1"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not nano_available(), reason="qthink-nano's weights are not built")
+def test_nano_calls_a_time_tool_backed_by_the_real_mcp_time_server(nano_server):
+    manager = MCPManager({"mcpServers": {"time": TIME_SERVER}})
+
+    def get_time(city: str) -> str:
+        """Current local time in a city."""
+        text = manager.call("time", "get_current_time", {"timezone": CITY_ZONES.get(city, "Asia/Shanghai")})
+        return json.dumps({"city": city, "result": json.loads(text)["datetime"][11:16]})
+
+    llm = {
+        "model": "nano",
+        "model_server": nano_server,
+        "generate_cfg": {"temperature": 0, "max_tokens": 256},
+    }
+    try:
+        with Assistant(
+            llm=llm, function_list=[get_time], system_message="You are a helpful assistant."
+        ) as bot:
+            response = bot.run_nonstream([{"role": "user", "content": "What time is it in Paris?"}])
+    finally:
+        manager.close()
+    results = [json.loads(m["content"]) for m in response if m["role"] == "tool"]
+    assert results and results[0]["city"] == "Paris"
+    assert results[0]["result"] in response[-1]["content"]
