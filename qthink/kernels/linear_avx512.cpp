@@ -1,23 +1,22 @@
-// Small-M linear kernels (decode GEMV) for AVX-512 BF16 CPUs: bf16, int8 and int4 weights.
+// Linear kernels for AVX-512 BF16/VNNI CPUs: bf16, int8 and int4 weights.
 //
-// Batch-1 decode reads every weight once per token, so these kernels are built to stream
-// weight rows at memory bandwidth: a few rows at a time, a few activation rows reused
-// per loaded weight vector, rows split across threads with at::parallel_for.
+// Batch-1 decode reads every weight once per token, so the small-M kernels (GEMV) are built
+// to stream weight rows at memory bandwidth: a few rows at a time, a few activation rows
+// reused per loaded weight vector, rows split across threads with at::parallel_for. For
+// large M the quantized weights are dequantized tile by tile into torch's GEMM.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
-#include <cstring>
 #include <torch/library.h>
 
-#include <vector>
+#include <cstring>
 
 namespace {
 
 constexpr int64_t kRowsPerTask = 16;
-// How far ahead along a weight row to prefetch: the hardware prefetchers ramp up slowly on
-// the many short row streams of a GEMV.
-constexpr int64_t kPrefetchBytes = 1024;
+// Every GEMV loop prefetches the same spot of the next block of rows it will read: the
+// hardware prefetchers ramp up slowly on the many short row streams of a GEMV.
 
 inline float bf16_bits_to_float(uint16_t bits) {
   uint32_t widened = static_cast<uint32_t>(bits) << 16;
@@ -108,7 +107,7 @@ struct Bf16Kernel : BlockKernel<Bf16Kernel> {
     for (; k + 32 <= K; k += 32) {
       __m512i wv[NB];
       for (int j = 0; j < NB; ++j) {
-        _mm_prefetch((const char*)(rows + j * K + k) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch((const char*)(rows + (j + NB) * K + k), _MM_HINT_T0);
         wv[j] = _mm512_loadu_si512(rows + j * K + k);
       }
       for (int i = 0; i < MB; ++i) {
@@ -148,8 +147,8 @@ struct Int8Kernel : BlockKernel<Int8Kernel> {
     for (; k + 16 <= K; k += 16) {
       __m512 wv[NB];
       for (int j = 0; j < NB; ++j) {
-        // One prefetch per 64-byte line: every fourth step of 16 weights.
-        if (k % 64 == 0) _mm_prefetch((const char*)(rows + j * K + k) + kPrefetchBytes, _MM_HINT_T0);
+        // One prefetch per 64-byte line: every fourth step of 16 int8 weights.
+        if (k % 64 == 0) _mm_prefetch((const char*)(rows + (j + NB) * K + k), _MM_HINT_T0);
         wv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(rows + j * K + k))));
       }
       for (int i = 0; i < MB; ++i) {
@@ -202,7 +201,7 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
       for (int64_t k = g * G; k < (g + 1) * G; k += 128) {
         __m512i lo[NB], hi[NB];
         for (int j = 0; j < NB; ++j) {
-          _mm_prefetch((const char*)(w + (n + j) * (K / 2) + k / 2 + kPrefetchBytes), _MM_HINT_T0);
+          _mm_prefetch((const char*)(w + (n + j + NB) * (K / 2) + k / 2), _MM_HINT_T0);
           const __m512i bytes = _mm512_loadu_si512(w + (n + j) * (K / 2) + k / 2);
           lo[j] = _mm512_and_si512(bytes, nibble);
           hi[j] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
