@@ -301,3 +301,26 @@ def test_full_vocabulary_seeded_row_with_qwen_defaults():
     )
     assert first([row], 1) == first([row, params(), params(temperature=0.0), params(top_p=0.3)], 4)
     assert first([row], 1).item() in logits[0].topk(20).indices.tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_seeded_rows_hold_and_greedy_matches_cpu():
+    logits = random_logits(4, seed=17)
+    rows = [
+        params(temperature=0.6, top_p=0.95, top_k=20, presence_penalty=0.5),
+        params(),
+        params(temperature=0),
+    ]
+    rows.append(params(top_p=0.4, logprobs=3))
+
+    def on_cuda(batch_rows, n):
+        generators = [torch.Generator().manual_seed(5)] + [None] * (n - 1)
+        batch = SamplingBatch.build(
+            batch_rows, [[1, 2]] * n, [[3]] * n, generators, V, "cuda", eos_ids=[(EOS,)] * n
+        )
+        return sample(logits[:n].cuda(), batch)
+
+    busy = on_cuda(rows, 4)
+    assert busy.token_ids[0].item() == on_cuda(rows[:1], 1).token_ids[0].item()
+    assert busy.token_ids[2].item() == logits[2].argmax().item()
+    assert busy.top_ids.device.type == "cuda" and busy.top_ids.shape == (4, 3)
