@@ -7,7 +7,7 @@ batch from the rows' settings and token lists, then `sample`. The baseline does 
 work one row at a time with plain torch ops, as a first implementation would; both are
 timed interleaved in one run and reported as a ratio.
 
-    python benchmarks/bench_sampler.py [--batch 1 16 64] [--repeats 7] [--vocab 151936]
+    python benchmarks/bench_sampler.py [--batch 1 16 64] [--repeats 7] [--vocab 151936] [--threads 1]
 """
 
 import argparse
@@ -121,7 +121,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--vocab", type=int, default=151_936)
+    parser.add_argument("--threads", type=int, help="torch threads (one is steadiest on a busy machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"vocab {args.vocab}, {torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"{'batch':>5}  {'setting':<13} {'batched ms':>10} {'per-row ms':>10} {'speed-up':>8}")
     for batch_size in args.batch:
