@@ -248,15 +248,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def serve_and_load(args) -> list[RoundReport]:
+    """Start an engine and a server in this process, run the rounds, stop them."""
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or str(write_random_checkpoint(Path(scratch) / "tiny", tiny_config(), seed=0))
         engine = AsyncEngine(
             model, dtype="float32", max_model_len=512, max_num_seqs=args.clients, kv_cache_memory=64 << 20
         )
         with Server(engine, args.port or free_port()) as server:
-            reports = asyncio.run(load_test(server.url, engine, args))
+            return asyncio.run(load_test(server.url, engine, args))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    reports = serve_and_load(args)
     print_reports(reports)
     held = sum(r.finished for r in reports)
     left = sum(r.disconnects for r in reports)
