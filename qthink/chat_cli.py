@@ -100,7 +100,7 @@ def respond(engine: LLMEngine, messages: list[dict], args, console: Console) -> 
     thinking, answer, seen = [], [], 0
     while not output.seq.finished:
         engine.step()
-        reasoning_delta, content_delta = parser.feed(output.text[seen:])
+        reasoning_delta, content_delta = parser.feed(output.text[seen:], final=output.seq.finished)
         seen = len(output.text)
         if reasoning_delta:
             if not thinking:

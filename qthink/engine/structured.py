@@ -125,6 +125,9 @@ class GrammarCompiler:
         return GrammarState(matcher, self.vocab_size, active)
 
 
+BYTE_BITS = (torch.arange(256)[:, None] >> torch.arange(8)) & 1 == 1  # [byte value, bit] -> set?
+
+
 class GrammarState:
     """One sequence's matcher. Inactive while the model thinks: the thinking stays free."""
 
@@ -146,5 +149,5 @@ class GrammarState:
         from llguidance.torch import fill_next_token_bitmask
 
         fill_next_token_bitmask(self.matcher, self.words.view(1, -1), 0)
-        bits = (self.words[:, None] >> torch.arange(32, dtype=torch.int32)) & 1
-        return bits.flatten()[: self.vocab_size].bool()
+        # Little-endian words: byte b of word w holds tokens 32w + 8b .. 32w + 8b + 7.
+        return BYTE_BITS[self.words.view(torch.uint8).long()].flatten()[: self.vocab_size]
