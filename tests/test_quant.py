@@ -7,6 +7,8 @@ from torch import nn
 from qthink.kernels import linear_kernels_available
 from qthink.loader import load_model
 from qthink.model.quant import (
+    SMALL_M,
+    SMALL_M_BF16,
     Bf16Linear,
     Int4Linear,
     Int8Linear,
@@ -18,7 +20,7 @@ from qthink.model.quant import (
 )
 
 # Rows of x around SMALL_M_BF16 and SMALL_M: native GEMV below, GEMMs above.
-ROW_COUNTS = [1, 3, 5, 8, 9, 40]
+ROW_COUNTS = [1, SMALL_M_BF16, SMALL_M_BF16 + 1, SMALL_M, SMALL_M + 1, 40]
 
 
 def weight(n: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -149,8 +151,8 @@ def prompt():
     return random_prompt(6)
 
 
-# 6 tokens take the native kernels, 12 take torch's GEMM.
-@pytest.mark.parametrize("length", [6, 12])
+# A few tokens take the native GEMVs, more take the GEMMs.
+@pytest.mark.parametrize("length", [SMALL_M_BF16, SMALL_M + 4])
 @pytest.mark.parametrize("quantization,tolerance", [(None, 1e-2), ("int8", 2e-2), ("int4", 5e-2)])
 def test_quantized_model_stays_close(tiny_model_dir, length, quantization, tolerance, monkeypatch):
     prompt = random_prompt(length)

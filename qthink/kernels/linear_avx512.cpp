@@ -419,8 +419,8 @@ void dequantize_rows(const Rows& rows, int64_t first, int64_t count, int64_t K, 
   for (int64_t r = 0; r < count; ++r) rows(first + r, out + r * K);
 }
 
-// Weight tiles this large stay in a core's cache between dequantization and the GEMM.
-constexpr int64_t kTileBytes = 1 << 20;
+// Weight tiles this large keep the GEMM efficient and stay in the caches after dequantization.
+constexpr int64_t kTileBytes = 4 << 20;
 
 // out = x @ dequantize(W).T + bias. Each thread dequantizes its own tiles of weight rows and
 // multiplies them with a single-threaded GEMM: one parallel region per call, because on a
@@ -430,7 +430,9 @@ at::Tensor tiled_linear(const at::Tensor& x, const Rows& rows, int64_t N, int64_
                         const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(1) == K && x.scalar_type() == at::kBFloat16,
               "x must be a CPU bfloat16 [M, ", K, "] tensor");
-  const int64_t tile_rows = std::min(N, std::max<int64_t>(16, kTileBytes / (2 * K) / 16 * 16));
+  const int64_t per_thread = (N + at::get_num_threads() - 1) / at::get_num_threads();
+  const int64_t by_size = std::max<int64_t>(16, kTileBytes / (2 * K) / 16 * 16);
+  const int64_t tile_rows = std::min({N, by_size, (per_thread + 15) / 16 * 16});
   const int64_t tiles = (N + tile_rows - 1) / tile_rows;
   at::Tensor out_t = at::empty({N, x.size(0)}, x.options());
   const at::Tensor xt = x.t();

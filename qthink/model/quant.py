@@ -27,7 +27,7 @@ __all__ = [
 
 # Rows of x up to which the native GEMV beats a GEMM (benchmarks/bench_linear.py): torch's
 # bf16 GEMM (oneDNN) catches up sooner than the dequantize-then-GEMM path of int8 and int4.
-SMALL_M = 8
+SMALL_M = 16
 SMALL_M_BF16 = 4
 INT4_BLOCK = 64  # the packing unit along K: byte j of a block holds weights j and j + 32
 NATIVE_INT4_GROUP = 128  # the native int4 kernels need groups of whole 128-weight chunks
