@@ -213,13 +213,19 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
     """Pick one token per row of float32 [B, V] logits. Greedy rows take the argmax; seeded
     rows draw only from their own generator, so their samples do not depend on the batch."""
     processed = apply_penalties(logits, batch)
+    if batch.all_greedy and processed is logits:  # the raw argmax: rank 1 by definition
+        best, tokens = logits.max(-1)  # max(dim) is several times faster than argmax on CPU
+        ranks = torch.ones_like(tokens)
+        return _with_logprobs(logits, tokens, best[:, None], ranks, batch.num_logprobs)
     if batch.all_greedy:
-        tokens = processed.argmax(-1)
+        tokens = processed.max(-1).indices
     else:
         tokens = _random_tokens(processed, batch)
         if batch.greedy is not None:
-            tokens = torch.where(batch.greedy, processed.argmax(-1), tokens)
-    return _with_logprobs(logits, tokens, batch.num_logprobs)
+            tokens = torch.where(batch.greedy, processed.max(-1).indices, tokens)
+    chosen = logits.gather(1, tokens[:, None])
+    ranks = (logits > chosen).sum(-1, dtype=torch.int32).long() + 1  # int32: a faster sum
+    return _with_logprobs(logits, tokens, chosen, ranks, batch.num_logprobs)
 
 
 def _random_tokens(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
@@ -228,7 +234,7 @@ def _random_tokens(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     values, ids = _candidates(logits, batch)
     uniform = _uniform_noise(values, ids, batch, logits.shape[-1])
     # u = 0 gives q = inf and a -inf score: never chosen, and never a NaN
-    choice = (values - (-uniform.log()).log()).argmax(-1)
+    choice = (values - (-uniform.log()).log()).max(-1).indices
     return choice if ids is None else ids.gather(1, choice[:, None]).squeeze(1)
 
 
@@ -245,11 +251,10 @@ def _uniform_noise(values, ids, batch: SamplingBatch, vocab_size: int) -> torch.
     return uniform
 
 
-def _with_logprobs(logits: torch.Tensor, tokens: torch.Tensor, num_logprobs: int) -> SampleResult:
-    """Logprob and rank of each chosen token, and the top-K, under the raw distribution."""
+def _with_logprobs(logits, tokens, chosen, ranks, num_logprobs: int) -> SampleResult:
+    """Logprob of each chosen token (raw logit `chosen`), and the top-K, under the raw
+    distribution."""
     normaliser = logits.logsumexp(-1, keepdim=True)
-    chosen = logits.gather(1, tokens[:, None])
-    ranks = (logits > chosen).sum(-1, dtype=torch.int32).long() + 1  # int32: a faster sum
     result = SampleResult(tokens, (chosen - normaliser).squeeze(1), ranks)
     if num_logprobs > 0:
         top_values, result.top_ids = logits.topk(num_logprobs, dim=-1)
