@@ -26,12 +26,12 @@ class Penalties:
     tokens a penalty touches, with the per-index amounts, so cost follows the number of
     distinct tokens seen rather than batch x vocabulary."""
 
-    repetition_index: torch.Tensor | None  # distinct tokens of prompt + output, penalised rows
-    repetition: torch.Tensor | None  # the row's repetition penalty, per index
-    output_index: torch.Tensor | None  # distinct output tokens, rows with presence/frequency
-    output_amount: torch.Tensor | None  # frequency * count, per index
-    presence: torch.Tensor | None  # the row's presence penalty, per index
-    blocked_index: torch.Tensor | None  # EOS and stop ids of rows short of min_tokens
+    repetition_index: torch.Tensor | None = None  # distinct tokens of prompt + output, penalised rows
+    repetition: torch.Tensor | None = None  # the row's repetition penalty, per index
+    output_index: torch.Tensor | None = None  # distinct output tokens, rows with presence/frequency
+    output_amount: torch.Tensor | None = None  # frequency * count, per index
+    presence: torch.Tensor | None = None  # the row's presence penalty, per index
+    blocked_index: torch.Tensor | None = None  # EOS and stop ids of rows short of min_tokens
 
 
 @dataclass
@@ -42,7 +42,7 @@ class SamplingBatch:
     temperature: torch.Tensor | None  # [B, 1]; None when every sampled row has temperature 1
     greedy: torch.Tensor | None  # [B] bool; None when no row is greedy
     top_k: torch.Tensor | None  # [B, 1] long, vocab size where off
-    top_p: torch.Tensor | None  # [B, 1], 1 where off
+    top_p: torch.Tensor | None  # [B, 1], inf where off
     log_min_p: torch.Tensor | None  # [B, 1], -inf where off
     candidates: int  # every sampled row has top_k: only this many tokens per row are considered
     penalties: Penalties | None
@@ -134,7 +134,7 @@ def _penalties(params, prompt_ids, output_ids, eos_ids, vocab_size, device) -> P
     if not (rep_rows or out_rows or short):
         return None
     on_device = lambda array: torch.from_numpy(array).to(device)
-    penalties = Penalties(None, None, None, None, None, None)
+    penalties = Penalties()
     if rep_rows:
         both = {r: prompt_ids[r] + output_ids[r] for r in rep_rows}
         index = np.unique(_flat_index(both, rep_rows, vocab_size))
@@ -180,14 +180,14 @@ def _candidates(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tenso
     """Temperature-scaled logits of the tokens each row may sample (-inf for the rest) and
     their token ids, best first; ids is None when the columns are the whole vocabulary in
     order. vLLM's order: temperature, min-p, top-k, then top-p on the renormalised rest."""
-    if batch.temperature is not None:
-        logits = logits / batch.temperature
     if batch.top_k is None and batch.top_p is None:
         values, ids = logits, None
     elif batch.candidates:  # only the best k per row can survive: skip the full sort
         values, ids = logits.topk(batch.candidates, dim=-1)
     else:
         values, ids = logits.sort(dim=-1, descending=True)
+    if batch.temperature is not None:  # after selecting: it keeps the order, and k columns are cheaper
+        values = values / batch.temperature
     if batch.log_min_p is not None:
         best = values.max(dim=-1, keepdim=True).values
         values = values.masked_fill(values < best + batch.log_min_p, float("-inf"))
