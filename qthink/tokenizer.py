@@ -24,6 +24,10 @@ IM_END_ID = 151645
 TOOL_CALL_START_ID = 151657
 TOOL_CALL_END_ID = 151658
 
+# Roles whose text a person or a tool wrote: every added token typed there (`</think>`, `<tool_call>`,
+# not only the special ones) is text; assistant turns keep theirs, which the template parses.
+TYPED_ROLES = ("system", "user", "tool")
+
 # Older and newer names clients send the thinking of an assistant turn under; templates read the first.
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 
@@ -51,6 +55,7 @@ class Tokenizer:
         self.special_token_ids = {t.content: i for i, t in added.items() if t.special}
         longest_first = sorted(self.special_token_ids, key=len, reverse=True)
         self._special_re = re.compile("|".join(map(re.escape, longest_first)) or "(?!)")
+        self._added_texts = [t.content for t in added.values()]
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, chat_template: str | None = None) -> "Tokenizer":
@@ -126,12 +131,55 @@ class Tokenizer:
             documents=_plain(documents),
             kwargs=_plain(template_kwargs),
         )
+        typed: dict[str, str] = {}
+        if tokenize and not allow_special_tokens_in_content:
+            data["messages"] = [self._shield_typed(m, typed) for m in data["messages"]]
         text = self._render(template, data, add_generation_prompt, continue_final_message)
         if not tokenize:
             return text
+        if any(placeholder not in text for placeholder in typed):
+            raise ChatTemplateError(
+                "the chat template rewrites message text that holds control-token text such as "
+                "</think>; remove it, or allow it with allow_special_tokens_in_content=True"
+            )
         if allow_special_tokens_in_content or not _any_string(data, self._special_re.search):
-            return self.encode(text)
-        return self._encode_guarded(template, data, text, add_generation_prompt, continue_final_message)
+            return self._encode_typed(text, typed)
+        return self._encode_guarded(
+            template, data, text, add_generation_prompt, continue_final_message, typed
+        )
+
+    def _shield_typed(self, message: dict, typed: dict[str, str]) -> dict:
+        """Content of a typed role that holds added-token text goes through the template as a
+        placeholder of letters, so the template cannot read control tokens into it."""
+        content = message["content"]
+        if message.get("role") not in TYPED_ROLES or not any(t in content for t in self._added_texts):
+            return message
+        placeholder = _nonce()
+        typed[placeholder] = content
+        return {**message, "content": placeholder}
+
+    @cached_property
+    def _all_text_backend(self) -> RustTokenizer:
+        """A copy that reads the text of every added token, special or not, as plain text."""
+        spec = json.loads(self.backend.to_str())
+        for token in spec.get("added_tokens", []):
+            token["special"] = True  # encode_special_tokens only splits tokens marked special
+        backend = RustTokenizer.from_str(json.dumps(spec))
+        backend.encode_special_tokens = True
+        return backend
+
+    def _encode_typed(
+        self, text: str, typed: dict[str, str], split_special_tokens: bool = False
+    ) -> list[int]:
+        if not typed:
+            return self.encode(text, split_special_tokens=split_special_tokens)
+        ids: list[int] = []
+        for piece in re.split("(" + "|".join(typed) + ")", text):
+            if piece in typed:
+                ids += self._all_text_backend.encode(typed[piece], add_special_tokens=False).ids
+            elif piece:
+                ids += self.encode(piece, split_special_tokens=split_special_tokens)
+        return ids
 
     def _render(
         self, template: str, data: dict, add_generation_prompt: bool, continue_final: bool | str
@@ -166,7 +214,13 @@ class Tokenizer:
         return {name: value for name, value in values.items() if value is not None}
 
     def _encode_guarded(
-        self, template: str, data: dict, text: str, add_generation_prompt: bool, continue_final: bool | str
+        self,
+        template: str,
+        data: dict,
+        text: str,
+        add_generation_prompt: bool,
+        continue_final: bool | str,
+        typed: dict[str, str],
     ) -> list[int]:
         """Render again with the special-token text in the inputs swapped for unguessable placeholders;
         every control token left in the rendering was then written by the template itself."""
@@ -185,7 +239,7 @@ class Tokenizer:
             if i % 2:
                 ids.append(self.special_token_ids[piece])
             elif piece:
-                ids += self.encode(restore(piece), split_special_tokens=True)
+                ids += self._encode_typed(restore(piece), typed, split_special_tokens=True)
         return ids
 
 
