@@ -1,10 +1,14 @@
 """`qthink agent` in a subprocess against a scripted endpoint: labelled thinking, calls, results, turns."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.test_agent_loop import ScriptedEndpoint, reply
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(endpoint, *args, stdin=None):
@@ -44,3 +48,27 @@ def test_stdin_turns_share_history_without_old_thinking():
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert second[2] == {"role": "assistant", "content": "first"}
     assert "[answer] second" in done.stdout
+
+
+def test_the_article_example_runs_with_its_tools():
+    calls = [("code_interpreter", {"code": "print(6 * 7)"}), ("time-get_current_time", {"timezone": "UTC"})]
+    endpoint = ScriptedEndpoint([reply("Let me check.", "", calls), reply("Done.", "The answer is 42.")])
+    try:
+        command = [
+            sys.executable,
+            "examples/agent_article.py",
+            "--model-server",
+            endpoint.url,
+            "Compute 6*7.",
+        ]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}  # as if installed
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    finally:
+        endpoint.close()
+    assert done.returncode == 0, done.stderr
+    tool_names = {t["function"]["name"] for t in endpoint.requests[0]["tools"]}
+    assert {"code_interpreter", "time-get_current_time"} <= tool_names
+    assert endpoint.requests[0]["top_k"] == 20 and endpoint.requests[0]["temperature"] == 0.6
+    assert "[result code_interpreter] 42" in done.stdout
+    assert '[result time-get_current_time] {\n  "timezone": "UTC"' in done.stdout
+    assert done.stdout.rstrip().endswith("[answer] The answer is 42.")

@@ -28,7 +28,8 @@ _OPENAI_ARGS = {
     "top_logprobs",
     "n",
 }
-LOCAL_DEFAULTS = {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_tokens": 8192}
+# The model card's sampling; max_tokens left unset runs up to the context limit.
+LOCAL_DEFAULTS = {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
 
 
 def make_chat_model(llm_cfg: dict) -> "OpenAIChat | LocalChat":
