@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from qthink import LLM, SamplingParams
 from qthink.kernels import linear_kernels_available
 from qthink.loader import load_model
 from qthink.model.quant import (
@@ -189,3 +190,29 @@ def test_qwen2_bias_survives_quantization(make_checkpoint, prompt):
 def test_unknown_quantization_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="quantization must be one of"):
         quantize_model(load_model(tiny_model_dir, "bfloat16"), "int3")
+
+
+@pytest.fixture(scope="module")
+def int4_ready_model(make_checkpoint):
+    """Rows of 128 inputs: every decoder linear can take the native int4 kernels."""
+    return make_checkpoint(seed=5, hidden_size=128, intermediate_size=256, num_attention_heads=4, head_dim=32)
+
+
+def greedy(model_dir, quantization: str | None) -> list[list[int]]:
+    llm = LLM(model=str(model_dir), dtype="bfloat16", quantization=quantization, max_model_len=128)
+    prompts = [{"prompt_token_ids": list(range(3000 + 40 * i, 3016 + 40 * i))} for i in range(3)]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    return [out.outputs[0].token_ids for out in llm.generate(prompts, params)]
+
+
+@pytest.fixture(scope="module")
+def bf16_tokens(int4_ready_model):
+    return greedy(int4_ready_model, None)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_engine_generates_with_quantized_weights(int4_ready_model, bf16_tokens, quantization):
+    reference, quantized = bf16_tokens, greedy(int4_ready_model, quantization)
+    assert [len(ids) for ids in quantized] == [6, 6, 6]
+    # The prefill's last logits decide the first token: it must survive weight quantization.
+    assert [ids[0] for ids in quantized] == [ids[0] for ids in reference]
