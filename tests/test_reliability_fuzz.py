@@ -17,7 +17,8 @@ def server(tiny_model_dir):
         yield running
         stats = running.engine.stats()
         assert stats["kv_blocks_free"] == stats["kv_blocks_total"], "no fuzz case leaks KV blocks"
-        print(f"\nfuzz cases tried: {sum(cases_run.values())}", cases_run)
+        paths = {name.split()[1] for name in cases_run}
+        print(f"\nfuzz cases tried: {sum(cases_run.values())} on {len(paths)} paths")
 
 
 @pytest.fixture(scope="module")
