@@ -72,3 +72,18 @@ def test_the_article_example_runs_with_its_tools():
     assert "[result code_interpreter] 42" in done.stdout
     assert '[result time-get_current_time] {\n  "timezone": "UTC"' in done.stdout
     assert done.stdout.rstrip().endswith("[answer] The answer is 42.")
+
+
+def test_a_failing_model_request_ends_the_turn_not_the_session():
+    endpoint = ScriptedEndpoint([{"error": "the prompt is too long"}, reply(None, "after the error")])
+    try:
+        done = run_cli(endpoint, "--model", "scripted", stdin="first\nsecond\n")
+    finally:
+        endpoint.close()
+    assert done.returncode == 0, done.stderr
+    assert (
+        "[error]" in done.stdout
+        and "the prompt is too long" in done.stdout
+        and "[answer] after the error" in done.stdout
+    )
+    assert [m["content"] for m in endpoint.requests[-1]["messages"]] == ["second"]

@@ -60,6 +60,8 @@ class ScriptedEndpoint:
                     return self._send_json({"error": {"message": "script exhausted"}}, status=500)
                 scripted = endpoint.replies.pop(0)
                 scripted = scripted(body) if callable(scripted) else scripted
+                if "error" in scripted:  # a 4xx: the openai client does not retry it
+                    return self._send_json({"error": {"message": scripted["error"]}}, status=400)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()

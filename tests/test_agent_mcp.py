@@ -1,5 +1,7 @@
 """MCP over streamable HTTP, and servers that fail to start."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import pytest
 from qthink.agent.mcp_client import MCPManager
 from qthink.agent.tools import run_tool
 from tests.server_harness import free_port
+from tests.test_agent_loop import CRASHY_MCP_SERVER
 
 HTTP_MCP_SERVER = '''
 import sys
@@ -75,3 +78,17 @@ def test_a_server_that_cannot_start_is_a_clear_error():
     }
     with pytest.raises(RuntimeError, match="MCP server 'broken' failed to start"):
         MCPManager(config)
+
+
+def test_a_server_killed_while_idle_is_restarted_before_the_next_call(tmp_path):
+    script = tmp_path / "crashy.py"
+    script.write_text(CRASHY_MCP_SERVER)
+    manager = MCPManager({"mcpServers": {"crashy": {"command": sys.executable, "args": [str(script)]}}})
+    try:
+        old_pid = int(manager.call("crashy", "echo", {"text": "a"}).rsplit(":", 1)[1])
+        os.kill(old_pid, signal.SIGKILL)
+        time.sleep(0.5)
+        answer = manager.call("crashy", "echo", {"text": "b"})
+    finally:
+        manager.close()
+    assert answer.startswith("echo:b:") and int(answer.rsplit(":", 1)[1]) != old_pid

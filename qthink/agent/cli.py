@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+import openai
+
 from qthink.agent.assistant import Assistant
 
 STYLES = {"thinking": "2", "answer": "0", "call": "36", "result": "33", "error": "31"}
@@ -46,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
                 messages.extend(printer.show(bot.run(messages)))
             except KeyboardInterrupt:
                 printer.line("error", "[interrupted]")
+                messages.pop()
+            except openai.OpenAIError as exc:  # a refused request ends the turn, not the session
+                printer.line("error", f"[error] {exc}")
                 messages.pop()
     finally:
         bot.close()

@@ -8,6 +8,7 @@ import threading
 import weakref
 from contextlib import AsyncExitStack
 
+import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -35,6 +36,7 @@ class ServerConnection:
         self.tools: list = []
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         ready: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -52,10 +54,22 @@ class ServerConnection:
             self._task.cancel()
         self._task, self.session = None, None
 
-    async def restart(self) -> None:
-        log.warning("MCP server %r stopped; restarting it", self.name)
-        await self.stop()
-        await self.start()
+    async def restart(self, failed: ClientSession | None) -> None:
+        """Restart once for a given dead session, however many parallel calls saw it die."""
+        async with self._lock:
+            if self.session is failed:
+                log.warning("MCP server %r stopped; restarting it", self.name)
+                await self.stop()
+                await self.start()
+
+    async def alive(self) -> bool:
+        """A ping: a server that died while idle is restarted before the call, not after it fails."""
+        try:
+            with anyio.fail_after(10):
+                await self.session.send_ping()
+        except Exception:  # noqa: BLE001 — any failure means the connection is gone
+            return False
+        return True
 
     async def call(self, tool_name: str, arguments: dict):
         try:
@@ -120,12 +134,13 @@ class MCPManager:
         return self._run(self._call(self.servers[server], tool_name, arguments))
 
     async def _call(self, conn: ServerConnection, tool_name: str, arguments: dict) -> str:
-        if conn.session is None:
-            await conn.start()
+        if conn.session is None or not await conn.alive():
+            await conn.restart(conn.session)
+        session = conn.session
         try:
             result = await conn.call(tool_name, arguments)
         except MCPServerDied:
-            await conn.restart()
+            await conn.restart(session)
             return f"Error: MCP server {conn.name!r} stopped during the call; it has been restarted."
         return result_to_text(result)
 
