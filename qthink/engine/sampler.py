@@ -46,7 +46,8 @@ class SamplingBatch:
     log_min_p: torch.Tensor | None  # [B, 1], -inf where off
     candidates: int  # every sampled row has top_k: only this many tokens per row are considered
     penalties: Penalties | None
-    generators: list[torch.Generator | None]
+    seeded_rows: torch.Tensor | None  # [S] rows with their own generator that sample this step
+    step_keys: torch.Tensor | None  # [S, 1] a fresh 32-bit key per seeded row, from its generator
     global_generator: torch.Generator | None
     num_logprobs: int  # max top-K asked in the batch; -1 when none asks
     all_greedy: bool
@@ -84,11 +85,24 @@ class SamplingBatch:
             else None,
             candidates=max(sampled_k) if sampled_k and max(sampled_k) < vocab_size else 0,
             penalties=_penalties(params, prompt_ids, output_ids, eos_ids, vocab_size, device),
-            generators=list(generators),
+            **_step_keys(generators, greedy, device),
             global_generator=global_generator,
             num_logprobs=max(asked) if asked else -1,
             all_greedy=all(greedy),
         )
+
+
+def _step_keys(generators: list[torch.Generator | None], greedy: list[bool], device) -> dict:
+    """One draw per step from each seeded row that samples (greedy rows draw nothing), so a
+    row's stream of keys depends on its own seed only."""
+    rows = [r for r, (g, is_greedy) in enumerate(zip(generators, greedy)) if g is not None and not is_greedy]
+    if not rows:
+        return {"seeded_rows": None, "step_keys": None}
+    keys = [torch.randint(0, 2**32, (1,), generator=generators[r], device=generators[r].device) for r in rows]
+    return {
+        "seeded_rows": torch.tensor(rows, device=device),
+        "step_keys": torch.cat([k.to(device) for k in keys]).view(-1, 1),
+    }
 
 
 def _top_k(params: SamplingParams, vocab_size: int) -> int:
@@ -232,23 +246,42 @@ def _random_tokens(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """The exponential race: argmax(p / q) with q ~ Exp(1) samples from p. In log space it
     needs no softmax: argmax(logit - log q), with q = -log u for u ~ U[0, 1) (Gumbel-max)."""
     values, ids = _candidates(logits, batch)
-    uniform = _uniform_noise(values, ids, batch, logits.shape[-1])
+    uniform = _uniform_noise(values, ids, batch)
     # u = 0 gives q = inf and a -inf score: never chosen, and never a NaN
     choice = (values - (-uniform.log()).log()).max(-1).indices
     return choice if ids is None else ids.gather(1, choice[:, None]).squeeze(1)
 
 
-def _uniform_noise(values, ids, batch: SamplingBatch, vocab_size: int) -> torch.Tensor:
-    """U[0, 1) per candidate. A seeded row draws one number per vocabulary token from its own
-    generator, indexed by token id, so its noise is the same whichever candidate set (top-k,
-    sorted, whole vocabulary) the rest of the batch makes this step use."""
+def _uniform_noise(values, ids, batch: SamplingBatch) -> torch.Tensor:
+    """U(0, 1) per candidate. A seeded row's noise is a hash of its step key and the token id,
+    so it is the same whichever candidate set (top-k, sorted, whole vocabulary) the rest of
+    the batch makes this step use, and costs only as many numbers as there are candidates."""
     uniform = torch.rand(values.shape, generator=batch.global_generator, device=values.device)
-    for row, generator in enumerate(batch.generators):
-        if generator is not None:
-            own = torch.rand(vocab_size, generator=generator, device=generator.device)
-            picked = own if ids is None else own[ids[row].to(own.device)]
-            uniform[row] = picked.to(values.device)
+    if batch.seeded_rows is not None:
+        rows = batch.seeded_rows
+        token_ids = ids[rows] if ids is not None else torch.arange(values.shape[-1], device=values.device)
+        uniform[rows] = _hash_uniform(batch.step_keys, token_ids)
     return uniform
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x * c mod 2**32 for x, c < 2**32, in halves so no int64 product overflows."""
+    return (((((x >> 16) * c) & 0xFFFF) << 16) + (x & 0xFFFF) * c) & _MASK32
+
+
+def _hash_uniform(keys: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """A counter-based uniform in (0, 1) per (key, token): an odd-multiplier spread of the
+    token id, then the lowbias32 integer hash; 24 bits make an exact float32."""
+    x = (keys + token_ids * 0x9E3779B1) & _MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    x = x ^ (x >> 16)
+    return ((x >> 8).float() + 0.5) * 2.0**-24
 
 
 def _with_logprobs(logits, tokens, chosen, ranks, num_logprobs: int) -> SampleResult:
