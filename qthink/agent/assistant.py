@@ -44,7 +44,8 @@ class Assistant:
 
     def run(self, messages: list[dict], **kwargs) -> Iterator[list[dict]]:
         """Yield the growing list of response messages: assistant turns (with their
-        `reasoning_content`), and `tool` results, until the model answers without calls."""
+        `reasoning_content`), and `tool` results, until the model answers without calls.
+        Extra keyword arguments (Qwen-Agent's `lang`, ...) are accepted and ignored."""
         history = self._history(messages)
         response: list[dict] = []
         for round_index in range(self.max_rounds):

@@ -69,10 +69,9 @@ class CodeInterpreter(Tool):
             if remaining <= 0 and not interrupted:
                 self.km.interrupt_kernel()
                 interrupted, deadline = True, time.monotonic() + 10
-                parts.append(f"Error: the code ran longer than {self.timeout:g} s and was interrupted.")
                 continue
             if remaining <= 0 or not self.km.is_alive():
-                return self._restart_after("\n".join(parts), interrupted)
+                return self._restart_after(self._join(parts, interrupted), interrupted)
             try:
                 msg = self.kc.get_iopub_msg(timeout=min(remaining, 1.0))
             except queue.Empty:
@@ -82,7 +81,12 @@ class CodeInterpreter(Tool):
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 break
             parts.extend(self._render(msg, interrupted))
-        return "\n".join(p for p in parts if p) or "(no output)"
+        return self._join(parts, interrupted) or "(no output)"
+
+    def _join(self, parts: list[str], interrupted: bool) -> str:
+        if interrupted:
+            parts = [*parts, f"Error: the code ran longer than {self.timeout:g} s and was interrupted."]
+        return "\n".join(p for p in parts if p)
 
     def close(self) -> None:
         if self.kc is not None:
