@@ -199,7 +199,8 @@ def int4_ready_model(make_checkpoint):
 
 
 def greedy(model_dir, quantization: str | None) -> list[list[int]]:
-    llm = LLM(model=str(model_dir), dtype="bfloat16", quantization=quantization, max_model_len=128)
+    settings = dict(dtype="bfloat16", max_model_len=128, kv_cache_memory=4 << 20)
+    llm = LLM(model=str(model_dir), quantization=quantization, **settings)
     prompts = [{"prompt_token_ids": list(range(3000 + 40 * i, 3016 + 40 * i))} for i in range(3)]
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     return [out.outputs[0].token_ids for out in llm.generate(prompts, params)]
