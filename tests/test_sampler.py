@@ -278,11 +278,10 @@ def test_sampled_frequencies_follow_the_filtered_softmax(row, seeded):
     assert 3 <= len(kept) < V
     scaled = logits[0, kept].double() / row.temperature
     expected = torch.softmax(scaled, -1).numpy() * draws
-    if seeded:
-        generator = torch.Generator().manual_seed(14)
-        tokens = [sample(logits, build([row], generators=[generator])).token_ids.item() for _ in range(draws)]
-    else:
-        tokens = sample(logits.expand(draws, V), build([row] * draws, global_seed=15)).token_ids.tolist()
+    # seeded: one row per seed, each drawing from its own generator; else the global generator
+    generators = [torch.Generator().manual_seed(seed) for seed in range(draws)] if seeded else None
+    batch = build([row] * draws, generators=generators, global_seed=15)
+    tokens = sample(logits.expand(draws, V), batch).token_ids.tolist()
     counts = np.bincount(tokens, minlength=V)
     assert counts.sum() == counts[kept].sum()  # never a filtered-out token
     statistic = float((((counts[kept] - expected) ** 2) / expected).sum())
@@ -293,14 +292,14 @@ def test_full_vocabulary_seeded_row_with_qwen_defaults():
     vocab = 151_936
     row = params(temperature=0.6, top_p=0.95, top_k=20)
     logits = random_logits(4, seed=16, vocab=vocab)
-    first = (
-        lambda batch_rows, n: sample(  # noqa: E731
-            logits[:n],
-            build(batch_rows, generators=[torch.Generator().manual_seed(3)] + [None] * (n - 1), vocab=vocab),
-        ).token_ids[0]
-    )
-    assert first([row], 1) == first([row, params(), params(temperature=0.0), params(top_p=0.3)], 4)
-    assert first([row], 1).item() in logits[0].topk(20).indices.tolist()
+
+    def first(batch_rows: list[SamplingParams]) -> int:
+        n = len(batch_rows)
+        generators = [torch.Generator().manual_seed(3)] + [None] * (n - 1)
+        return sample(logits[:n], build(batch_rows, generators=generators, vocab=vocab)).token_ids[0].item()
+
+    assert first([row]) == first([row, params(), params(temperature=0.0), params(top_p=0.3)])
+    assert first([row]) in logits[0].topk(20).indices.tolist()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
