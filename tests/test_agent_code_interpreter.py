@@ -1,9 +1,9 @@
 """The code interpreter: a persistent kernel with a timeout, memory and CPU caps, and no network."""
 
+import errno
 import re
 import resource
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -15,12 +15,11 @@ from tests.test_agent_loop import ScriptedEndpoint, agent, reply, tool_messages
 TIMEOUT = 3
 
 
-@pytest.fixture(scope="module")
-def interpreter(tmp_path_factory):
+@pytest.fixture(scope="module", params=[True, False], ids=["namespace", "hooks-only"])
+def interpreter(request, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("ci-work")
-    tool = CodeInterpreter(
-        {"work_dir": str(work_dir), "timeout": TIMEOUT, "memory_mb": 2048, "cpu_seconds": 300}
-    )
+    limits = {"timeout": TIMEOUT, "memory_mb": 2048, "cpu_seconds": 300}
+    tool = CodeInterpreter({"work_dir": str(work_dir), "network_namespace": request.param, **limits})
     yield tool
     tool.close()
 
@@ -57,21 +56,39 @@ def test_allocating_10_gb_fails_inside_the_kernel_only(interpreter):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - host_peak < 200 * 1024  # KiB
 
 
-def test_network_to_other_hosts_is_refused_but_loopback_works(interpreter):
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted = threading.Thread(target=lambda: listener.accept()[0].close(), daemon=True)
-    accepted.start()
-    port = listener.getsockname()[1]
-    code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5).close(); 'ok'"
-    assert run(interpreter, code) == "'ok'"
-    accepted.join(timeout=5)
-    listener.close()
+# Native code's connect(2) on a non-blocking socket, around Python's audit hooks.
+NATIVE_CONNECT = """
+import ctypes, socket, struct
+libc = ctypes.CDLL(None, use_errno=True)
+raw = socket.socket()
+raw.setblocking(False)
+address = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 80) + socket.inet_aton("1.1.1.1") + bytes(8)
+libc.connect(raw.fileno(), address, len(address)), ctypes.get_errno()
+"""
+
+
+def test_network_to_other_hosts_is_refused(interpreter):
     refused = run(interpreter, "import socket; socket.create_connection(('10.255.255.1', 80), timeout=5)")
     assert "PermissionError" in refused and "network access is disabled" in refused
-    udp = run(
-        interpreter, "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', ('8.8.8.8', 53))"
-    )
+    udp = run(interpreter, "s = socket.socket(type=socket.SOCK_DGRAM); s.sendto(b'x', ('8.8.8.8', 53))")
     assert "network access is disabled" in udp
+    if not interpreter.network_isolated:
+        pytest.skip("no network namespace here: native code is stopped by nothing but the hooks")
+    assert run(interpreter, NATIVE_CONNECT) == f"(-1, {errno.ENETUNREACH})"
+
+
+def test_loopback_reaches_the_host_only_without_a_network_namespace(interpreter):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+    code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5).close(); 'ok'"
+    result = run(interpreter, code)
+    if interpreter.network_isolated:
+        assert "Network is unreachable" in result
+    else:
+        assert result == "'ok'"
+        listener.accept()[0].close()
+    listener.close()
 
 
 def test_files_outside_the_working_dir_are_refused(interpreter, tmp_path):

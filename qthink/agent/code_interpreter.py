@@ -1,11 +1,13 @@
 """`code_interpreter`: Python in a persistent, limited Jupyter kernel with its own working directory."""
 
 import base64
+import functools
 import json
 import os
 import queue
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -20,6 +22,7 @@ from qthink.agent.tools import Tool, register_tool
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SPEC_NAME = "qthink-sandbox"
 _MAX_TRACEBACK = 3000
+_UNSHARE = ["unshare", "--net", "--map-root-user"]
 
 
 @register_tool("code_interpreter")
@@ -28,9 +31,13 @@ class CodeInterpreter(Tool):
 
     cfg: `work_dir` (default: a new temporary dir), `timeout` seconds per call (60),
     `memory_mb` address-space cap (4096), `cpu_seconds` CPU-time cap for the kernel's
-    life (600), `allow_network` (False), `allow_outside_files` (False). Network, files
+    life (600), `allow_network` (False), `allow_outside_files` (False),
+    `network_namespace` (True: use one when it can be made). Network, files
     outside the working dir and new processes are refused by audit hooks, which guard
     Python code only (see `sandbox_guard`); memory and CPU limits are `setrlimit` caps.
+    Without network, where `unshare` can make a network namespace (root, or unprivileged
+    user namespaces), the kernel also runs in one with no interfaces up, which native code
+    cannot get around either; the kernel then talks to us over Unix sockets (ZMQ ipc).
     """
 
     description = (
@@ -50,6 +57,8 @@ class CodeInterpreter(Tool):
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._private = Path(tempfile.mkdtemp(prefix="qthink-kernel-"))
         self._images = 0
+        wants_namespace = not self.cfg.get("allow_network") and self.cfg.get("network_namespace", True)
+        self.network_isolated = bool(wants_namespace) and network_namespace_available()
         self._lock = threading.Lock()  # one kernel runs one cell at a time, even for parallel calls
         self.km = None
         self.kc = None
@@ -130,6 +139,9 @@ class CodeInterpreter(Tool):
         (spec_dir / "kernel.json").write_text(json.dumps(self._kernel_spec()))
         specs = KernelSpecManager(kernel_dirs=[str(self._private / "kernels")])
         self.km = KernelManager(kernel_name=_SPEC_NAME, kernel_spec_manager=specs)
+        if self.network_isolated:
+            # A fresh network namespace has no loopback to reach us on: use Unix sockets.
+            self.km.transport, self.km.ip = "ipc", str(self._private / "kernel-ipc")
         self.km.connection_file = str(self._private / "connection.json")
         self.km.start_kernel(cwd=str(self.work_dir))
         self.kc = self.km.client()
@@ -144,6 +156,7 @@ class CodeInterpreter(Tool):
 
     def _kernel_spec(self) -> dict:
         argv = [
+            *(_UNSHARE if self.network_isolated else []),
             sys.executable,
             "-m",
             "qthink.agent.kernel_launcher",
@@ -163,3 +176,12 @@ class CodeInterpreter(Tool):
             "OPENBLAS_NUM_THREADS": "1",
         }
         return {"argv": argv, "display_name": "qthink sandbox", "language": "python", "env": env}
+
+
+@functools.cache
+def network_namespace_available() -> bool:
+    """Whether `unshare` can give a process a network namespace of its own here."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run([*_UNSHARE, "true"], capture_output=True, timeout=10)
+    return probe.returncode == 0
