@@ -1,5 +1,6 @@
 """The agent's model: an OpenAI-compatible endpoint through the `openai` client, or the engine in-process."""
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import fields
 
@@ -43,8 +44,13 @@ class OpenAIChat:
     """Chat completions with tools, streamed; `reasoning_content` read from the message/deltas."""
 
     def __init__(self, llm_cfg: dict):
-        base_url = llm_cfg.get("model_server") or "http://127.0.0.1:8000/v1"
-        self.client = OpenAI(base_url=base_url, api_key=llm_cfg.get("api_key") or "EMPTY")
+        servers = llm_cfg.get("model_server") or "http://127.0.0.1:8000/v1"
+        urls = [servers] if isinstance(servers, str) else list(servers)
+        key = llm_cfg.get("api_key") or "EMPTY"
+        # Several endpoints (data parallelism): each model call goes to the next, in turn.
+        self.clients = [OpenAI(base_url=url, api_key=key) for url in urls]
+        self._turn = itertools.count()
+        self.client = self.clients[0]
         self.model = llm_cfg.get("model") or self._served_model()
         self.request_args = _request_args(llm_cfg.get("generate_cfg") or {})
 
@@ -54,7 +60,8 @@ class OpenAIChat:
         if not tools:
             args.pop("tool_choice", None)
             args.pop("parallel_tool_calls", None)
-        stream = self.client.chat.completions.create(model=self.model, messages=messages, stream=True, **args)
+        client = self.clients[next(self._turn) % len(self.clients)]
+        stream = client.chat.completions.create(model=self.model, messages=messages, stream=True, **args)
         message, calls = {"role": "assistant", "content": ""}, {}
         for chunk in stream:
             if not chunk.choices:
