@@ -9,8 +9,9 @@ from typing import Literal
 
 import pytest
 
-from qthink.agent import Assistant
+from qthink.agent import Assistant, Tool
 from qthink.agent.mcp_client import MCPManager
+from qthink.nano.data import TOOLS as NANO_TOOLS
 from tests.server_harness import RunningServer, free_port
 
 TIME_SERVER = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone=Asia/Shanghai"]}
@@ -86,28 +87,47 @@ def nano_server():
     proc.wait(timeout=30)
 
 
+class NanoTool(Tool):
+    """A tool with the exact schema qthink-nano was trained on (a tiny model keys on the prompt's text)."""
+
+    def __init__(self, name: str, fn):
+        super().__init__()
+        spec = next(t["function"] for t in NANO_TOOLS if t["function"]["name"] == name)
+        self.name, self.description, self.parameters, self.fn = (
+            name,
+            spec["description"],
+            spec["parameters"],
+            fn,
+        )
+
+    def call(self, params: dict) -> str:
+        return self.fn(**params)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not nano_available(), reason="qthink-nano's weights are not built")
 def test_nano_calls_a_time_tool_backed_by_the_real_mcp_time_server(nano_server):
     manager = MCPManager({"mcpServers": {"time": TIME_SERVER}})
 
     def get_time(city: str) -> str:
-        """Current local time in a city."""
         text = manager.call("time", "get_current_time", {"timezone": CITY_ZONES.get(city, "Asia/Shanghai")})
         return json.dumps({"city": city, "result": json.loads(text)["datetime"][11:16]})
 
+    def get_weather(city: str) -> str:
+        return json.dumps({"city": city, "result": "20 C, sunny"})
+
+    tools = [NanoTool("get_weather", get_weather), NanoTool("get_time", get_time)]
     llm = {
         "model": "nano",
         "model_server": nano_server,
         "generate_cfg": {"temperature": 0, "max_tokens": 256},
     }
     try:
-        with Assistant(
-            llm=llm, function_list=[get_time], system_message="You are a helpful assistant."
-        ) as bot:
+        with Assistant(llm=llm, function_list=tools, system_message="You are a helpful assistant.") as bot:
             response = bot.run_nonstream([{"role": "user", "content": "What time is it in Paris?"}])
     finally:
         manager.close()
-    results = [json.loads(m["content"]) for m in response if m["role"] == "tool"]
-    assert results and results[0]["city"] == "Paris"
-    assert results[0]["result"] in response[-1]["content"]
+    call = response[0]["tool_calls"][0]["function"]
+    assert call["name"] == "get_time" and json.loads(call["arguments"]) == {"city": "Paris"}
+    result = json.loads(response[1]["content"])
+    assert result["result"] in response[-1]["content"]
