@@ -34,11 +34,7 @@ def install(workdir: str, allow_network: bool = False, allow_outside_files: bool
 
 class _Policy:
     def __init__(self, workdir: str, allow_network: bool, allow_outside_files: bool):
-        self.workdir, self.allow_network, self.allow_outside_files = (
-            workdir,
-            allow_network,
-            allow_outside_files,
-        )
+        self.allow_network, self.allow_outside_files = allow_network, allow_outside_files
         self.read_roots = tuple({workdir, *_python_roots(), *_DEVICES, "/usr/share/fonts", "/etc/fonts"})
         self.write_roots = (workdir, "/dev/null", "/dev/shm")
 
