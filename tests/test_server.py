@@ -221,3 +221,8 @@ def test_api_key(tiny_model_dir):
 def test_template_kwargs_cannot_switch_off_protections(client):
     with pytest.raises(openai.BadRequestError, match="may not set allow_special_tokens_in_content"):
         chat(client, extra_body={"chat_template_kwargs": {"allow_special_tokens_in_content": True}})
+
+
+def test_required_without_parallel_calls_makes_exactly_one(client):
+    r = chat(client, tools=[TOOLS[1]], tool_choice="required", parallel_tool_calls=False, max_tokens=120)
+    assert len(r.choices[0].message.tool_calls) == 1 and r.choices[0].finish_reason == "tool_calls"

@@ -46,9 +46,10 @@ def lark_grammar(spec: dict) -> str:
     raise StructuredOutputError(f"unknown structured output kind {kind!r}")
 
 
-def tool_call_grammar(tools: list[dict], name: str | None = None) -> str:
+def tool_call_grammar(tools: list[dict], name: str | None = None, parallel: bool = True) -> str:
     """A grammar whose answer is Hermes tool calls to `tools` (one call to `name` when given,
-    else one or more): OpenAI's tool_choice "required" or a named function, made certain."""
+    else one or more, or exactly one without `parallel`): OpenAI's tool_choice "required" or a
+    named function, made certain."""
     functions = [t.get("function", t) for t in tools or []]
     allowed = [f for f in functions if name is None or f.get("name") == name]
     if not allowed:
@@ -63,7 +64,7 @@ def tool_call_grammar(tools: list[dict], name: str | None = None) -> str:
         for f in allowed
     ]
     call = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
-    repeat = "" if name else ' ("\\n" call)*'
+    repeat = ' ("\\n" call)*' if parallel and not name else ""
     return (
         LEADING_SPACE
         + f"body: call{repeat}\n"

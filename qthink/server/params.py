@@ -108,7 +108,7 @@ def tool_choice_spec(req: ChatCompletionRequest) -> tuple[bool, dict | None]:
         )
     if not req.tools:
         raise APIError(400, f"tool_choice {choice!r} needs `tools`", param="tool_choice")
-    return True, {"grammar": tool_call_grammar(req.tools, named or None)}
+    return True, {"grammar": tool_call_grammar(req.tools, named or None, req.parallel_tool_calls)}
 
 
 # Keys a client must not set through chat_template_kwargs: they would switch off protections
