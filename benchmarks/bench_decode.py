@@ -9,6 +9,7 @@ Prompt 128 tokens, 64 forced output tokens, batch 1 and 8 (and 16 for qthink), 2
 """
 
 import argparse
+import gc
 import subprocess
 import time
 
@@ -105,6 +106,7 @@ def main() -> None:
         elif name == "hf-bf16":
             table[name] = hf_row(args.model, args)
         print(name, {k: round(v, 2) for k, v in table[name].items()}, flush=True)
+        gc.collect()  # free one engine's weights before the next loads
     for spec in args.gguf if args.llama_bench else []:
         label, path = spec.split("=", 1)
         table[f"llama.cpp-{label}"] = llama_row(args.llama_bench, path, args)

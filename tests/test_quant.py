@@ -217,3 +217,17 @@ def test_engine_generates_with_quantized_weights(int4_ready_model, bf16_tokens, 
     assert [len(ids) for ids in quantized] == [6, 6, 6]
     # The prefill's last logits decide the first token: it must survive weight quantization.
     assert [ids[0] for ids in quantized] == [ids[0] for ids in reference]
+
+
+@pytest.mark.skipif(not linear_kernels_available(), reason="native kernels need AVX-512 BF16/VNNI")
+@pytest.mark.parametrize("module", [Int8Linear, Int4Linear])
+def test_tiled_gemm_under_inference_mode(module):
+    """The engine runs under torch.inference_mode; the tiled GEMM's worker threads write into
+    an inference tensor and must run in that mode too (a regression seen on the 4B shape)."""
+    torch.set_num_threads(2)
+    linear = nn.Linear(256, 4096, bias=False).to(torch.bfloat16)
+    quantized = module(linear)
+    x = torch.randn(64, 256, dtype=torch.bfloat16)
+    expected = quantized(x)
+    with torch.inference_mode():
+        assert torch.equal(quantized(x), expected)

@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
@@ -436,7 +437,11 @@ at::Tensor tiled_linear(const at::Tensor& x, const Rows& rows, int64_t N, int64_
   const int64_t tiles = (N + tile_rows - 1) / tile_rows;
   at::Tensor out_t = at::empty({N, x.size(0)}, x.options());
   const at::Tensor xt = x.t();
+  // Worker threads do not inherit the caller's inference mode, and writing into an inference
+  // tensor (out_t, under torch.inference_mode) outside it is an error: carry the mode over.
+  const bool inference = c10::InferenceMode::is_enabled();
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    c10::InferenceMode guard(inference);
     at::Tensor tile = at::empty({tile_rows, K}, x.options());
     for (int64_t t = begin; t < end; ++t) {
       const int64_t first = t * tile_rows, count = std::min(tile_rows, N - first);
