@@ -26,7 +26,9 @@ def measure(engine: LLMEngine, prompt_len: int, output_len: int, batch: int, see
     start = time.perf_counter()
     prefill_done = None
     while engine.has_unfinished():
-        engine.step()
+        failed = [out.error for out in engine.step() if out.error]
+        if failed:
+            raise RuntimeError(f"a benchmark request failed inside the engine: {failed[0]}")
         if prefill_done is None and all(s.num_output_tokens > 0 for s in engine.scheduler.running):
             prefill_done = time.perf_counter()
     end = time.perf_counter()
