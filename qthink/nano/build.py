@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qthink.checkpoint import tokenizer_files_dir, write_checkpoint
-from qthink.nano.train import TrainConfig, model_config, train
+from qthink.nano.train import CONSTANT, TrainConfig, model_config, train
 
 ARTIFACT = Path(__file__).parent / "nano.safetensors"
 FULL_VOCAB = 151_936
@@ -34,6 +34,7 @@ def expand(artifact: Path, out: Path) -> Path:
     embed = torch.zeros(FULL_VOCAB, cfg.hidden, dtype=torch.bfloat16)
     head = torch.zeros(FULL_VOCAB, cfg.hidden, dtype=torch.bfloat16)
     head[:, 0] = UNUSED_LOGIT_WEIGHT
+    embed[:, 0] = CONSTANT  # unused input tokens carry the constant dimension too
     embed[vocab] = compact.pop("model.embed_tokens.weight")
     head[vocab] = compact.pop("lm_head.weight")
     state = {"model.embed_tokens.weight": embed, "lm_head.weight": head, **compact}
