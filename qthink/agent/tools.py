@@ -1,5 +1,6 @@
 """Tools the agent can call: a `Tool` base, `@register_tool`, and plain functions with a derived schema."""
 
+import abc
 import inspect
 import json
 import re
@@ -19,7 +20,7 @@ class ToolError(Exception):
     """A call the tool refused (bad arguments); its message goes back to the model."""
 
 
-class Tool:
+class Tool(abc.ABC):
     """One callable tool: `name`, `description`, JSON-schema `parameters`, and `call(args) -> str`."""
 
     name: str = ""
@@ -29,8 +30,9 @@ class Tool:
     def __init__(self, cfg: dict | None = None):
         self.cfg = cfg or {}
 
+    @abc.abstractmethod
     def call(self, params: dict) -> Any:
-        raise NotImplementedError(f"tool {self.name!r} does not implement call()")
+        """Run the tool on validated parameters; the result is returned to the model as text."""
 
     def schema(self) -> dict:
         """The OpenAI `tools` entry for this tool."""
@@ -44,7 +46,7 @@ class Tool:
             where = "/".join(str(p) for p in exc.absolute_path) or "arguments"
             raise ToolError(f"invalid arguments for {self.name} ({where}): {exc.message}") from None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: most tools hold nothing
         """Release what the tool holds (processes, kernels); the base holds nothing."""
 
 
