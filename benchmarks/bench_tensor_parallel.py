@@ -17,7 +17,9 @@ from qthink.checkpoint import tiny_config, write_random_checkpoint
 
 
 def run(model: str, tp: int, prompts, params) -> tuple[float, list[list[int]]]:
-    llm = LLM(model=model, dtype="bfloat16", tensor_parallel_size=tp, max_model_len=512, kv_cache_memory=64 << 20)
+    llm = LLM(
+        model=model, dtype="bfloat16", tensor_parallel_size=tp, max_model_len=512, kv_cache_memory=64 << 20
+    )
     try:
         llm.generate(prompts[:1], params)  # warm-up
         start = time.perf_counter()
@@ -34,13 +36,25 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--output-len", type=int, default=32)
     args = ap.parse_args()
-    model = args.model or str(write_random_checkpoint(
-        tempfile.mkdtemp(), tiny_config(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                                        num_attention_heads=8, num_key_value_heads=4, head_dim=64),
-        dtype=torch.bfloat16))
+    model = args.model or str(
+        write_random_checkpoint(
+            tempfile.mkdtemp(),
+            tiny_config(
+                hidden_size=512,
+                intermediate_size=1536,
+                num_hidden_layers=8,
+                num_attention_heads=8,
+                num_key_value_heads=4,
+                head_dim=64,
+            ),
+            dtype=torch.bfloat16,
+        )
+    )
     gen = torch.Generator().manual_seed(0)
-    prompts = [{"prompt_token_ids": torch.randint(1000, 100_000, (64,), generator=gen).tolist()}
-               for _ in range(args.requests)]
+    prompts = [
+        {"prompt_token_ids": torch.randint(1000, 100_000, (64,), generator=gen).tolist()}
+        for _ in range(args.requests)
+    ]
     params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
     one, out_one = run(model, 1, prompts, params)
     two, out_two = run(model, 2, prompts, params)

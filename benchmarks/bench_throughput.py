@@ -29,15 +29,33 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=64)
     args = ap.parse_args()
-    model = args.model or str(write_random_checkpoint(
-        tempfile.mkdtemp(), tiny_config(hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                                        num_attention_heads=8, num_key_value_heads=4, head_dim=64),
-        dtype=torch.bfloat16))
-    llm = LLM(model=model, dtype=args.dtype, max_model_len=args.prompt_len + args.output_len + 16,
-              max_num_seqs=args.requests, max_num_batched_tokens=4096, enable_prefix_caching=False)
+    model = args.model or str(
+        write_random_checkpoint(
+            tempfile.mkdtemp(),
+            tiny_config(
+                hidden_size=512,
+                intermediate_size=1536,
+                num_hidden_layers=8,
+                num_attention_heads=8,
+                num_key_value_heads=4,
+                head_dim=64,
+            ),
+            dtype=torch.bfloat16,
+        )
+    )
+    llm = LLM(
+        model=model,
+        dtype=args.dtype,
+        max_model_len=args.prompt_len + args.output_len + 16,
+        max_num_seqs=args.requests,
+        max_num_batched_tokens=4096,
+        enable_prefix_caching=False,
+    )
     gen = torch.Generator().manual_seed(0)
-    prompts = [{"prompt_token_ids": torch.randint(1000, 100_000, (args.prompt_len,), generator=gen).tolist()}
-               for _ in range(args.requests)]
+    prompts = [
+        {"prompt_token_ids": torch.randint(1000, 100_000, (args.prompt_len,), generator=gen).tolist()}
+        for _ in range(args.requests)
+    ]
     params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
     llm.generate(prompts[:2], params)  # warm-up: one-off kernel set-up must not be timed
     serial_s = serial_tokens = 0
@@ -46,8 +64,10 @@ def main() -> None:
         serial_s, serial_tokens = serial_s + s, serial_tokens + n
     batched_s, batched_tokens = timed_generate(llm, prompts, params)
     serial, batched = serial_tokens / serial_s, batched_tokens / batched_s
-    print(f"{args.requests} requests, prompt {args.prompt_len}, output {args.output_len}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.requests} requests, prompt {args.prompt_len}, output {args.output_len}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"one at a time : {serial:8.1f} output tok/s")
     print(f"all at once   : {batched:8.1f} output tok/s")
     print(f"ratio         : {batched / serial:8.2f}x")
