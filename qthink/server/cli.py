@@ -43,7 +43,9 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     model, kwargs = model_and_engine_kwargs(args, args.model_path)
     engine = AsyncEngine(model, **kwargs)
-    name = args.served_model_name or model
+    # Clients name the model they want: the demo model's cache path makes a poor name.
+    demo_name = "qthink-nano" if "/nano/" in model else "qthink-demo"
+    name = args.served_model_name or args.model_path or args.model or demo_name
     app = build_app(
         engine,
         name,
