@@ -13,7 +13,7 @@ import time
 import torch
 
 from qthink import LLM, SamplingParams
-from qthink.checkpoint import tiny_config, write_random_checkpoint
+from qthink.checkpoint import write_small_checkpoint
 
 
 def run(model: str, tp: int, prompts, params) -> tuple[float, list[list[int]]]:
@@ -36,20 +36,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--output-len", type=int, default=32)
     args = ap.parse_args()
-    model = args.model or str(
-        write_random_checkpoint(
-            tempfile.mkdtemp(),
-            tiny_config(
-                hidden_size=512,
-                intermediate_size=1536,
-                num_hidden_layers=8,
-                num_attention_heads=8,
-                num_key_value_heads=4,
-                head_dim=64,
-            ),
-            dtype=torch.bfloat16,
-        )
-    )
+    model = args.model or str(write_small_checkpoint(tempfile.mkdtemp()))
     gen = torch.Generator().manual_seed(0)
     prompts = [
         {"prompt_token_ids": torch.randint(1000, 100_000, (64,), generator=gen).tolist()}

@@ -12,7 +12,7 @@ import time
 import torch
 
 from qthink import LLM, SamplingParams
-from qthink.checkpoint import tiny_config, write_random_checkpoint
+from qthink.checkpoint import write_small_checkpoint
 
 
 def timed_generate(llm: LLM, prompts, params) -> tuple[float, int]:
@@ -29,20 +29,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=64)
     args = ap.parse_args()
-    model = args.model or str(
-        write_random_checkpoint(
-            tempfile.mkdtemp(),
-            tiny_config(
-                hidden_size=512,
-                intermediate_size=1536,
-                num_hidden_layers=8,
-                num_attention_heads=8,
-                num_key_value_heads=4,
-                head_dim=64,
-            ),
-            dtype=torch.bfloat16,
-        )
-    )
+    model = args.model or str(write_small_checkpoint(tempfile.mkdtemp()))
     llm = LLM(
         model=model,
         dtype=args.dtype,

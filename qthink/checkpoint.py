@@ -163,3 +163,16 @@ def write_random_checkpoint(
     config = dict(config or tiny_config())
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     return write_checkpoint(path, config, random_state_dict(config, seed, dtype), shards)
+
+
+def write_small_checkpoint(path: str | Path) -> Path:
+    """A bf16 random model big enough for batching to matter (8 layers, hidden 512): benchmarks."""
+    config = tiny_config(
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+    )
+    return write_random_checkpoint(path, config, dtype=torch.bfloat16)
