@@ -1,126 +1,181 @@
-"""Issue-6 table on the real Qwen3-4B shape: qthink (bf16, int8, int4) against HF transformers (bf16)
-and, when given a llama-bench binary and GGUF files, llama.cpp — all in one run, as ratios.
+"""The performance goals on the real Qwen3-4B shape, each as a ratio measured in this one run:
+qthink (bf16, int8, int4) against llama.cpp (BF16, Q8_0, Q4_K_M) and HF transformers (bf16).
 
-    python benchmarks/make_4b_checkpoint.py /data/qwen3-4b-random     # once, ~8 GB, outside git
-    python benchmarks/bench_decode.py /data/qwen3-4b-random [--engines qthink-bf16 qthink-int4 hf-bf16]
-        [--llama-bench PATH --gguf BF16=/data/bf16.gguf Q8_0=/data/q8.gguf Q4_K_M=/data/q4.gguf]
+    python benchmarks/make_4b_checkpoint.py /data/qwen3-4b-random          # once, ~8 GB, outside git
+    python benchmarks/make_llama_cpp.py /data/qwen3-4b-random /data/llama   # once: tools and GGUF files
+    python benchmarks/bench_decode.py /data/qwen3-4b-random --llama /data/llama [--ttft 16384]
 
-Prompt 128 tokens, 64 forced output tokens, batch 1 and 8 (and 16 for qthink), 2 threads.
+Decode: prompt 128 tokens, 64 forced output tokens. Prefill: one 2,048-token prompt. Throughput:
+16 concurrent requests (qthink's continuous batching; llama-batched-bench -npl 16). 2 threads.
 """
 
 import argparse
 import gc
+import json
 import subprocess
 import time
+from pathlib import Path
 
 import torch
 
 from qthink.bench_cli import measure
+from qthink.config import ModelConfig
 from qthink.engine.engine import LLMEngine
+from qthink.memory import kv_bytes_per_token
+from qthink.plan_cli import GiB, plan
+
+PROMPT, OUTPUT, PREFILL, BATCH, THREADS = 128, 64, 2048, 16, 2
+WEIGHTS = {"bf16": ("BF16", None), "int8": ("Q8_0", "int8"), "int4": ("Q4_K_M", "int4")}
 
 
-def qthink_row(model: str, quantization: str | None, args) -> dict:
-    engine = LLMEngine(
+def qthink_engine(model: str, quantization: str | None, max_len: int, kv_memory: int = 3 << 30) -> LLMEngine:
+    return LLMEngine(
         model,
         dtype="bfloat16",
         quantization=quantization,
-        max_model_len=args.prompt_len + args.output_len + 16,
-        max_num_seqs=max(args.batch),
-        max_num_batched_tokens=args.prompt_len * max(args.batch),
-        kv_cache_memory=2 << 30,
+        max_model_len=max_len,
+        max_num_seqs=BATCH,
+        max_num_batched_tokens=PREFILL,
+        kv_cache_memory=kv_memory,
         enable_prefix_caching=False,
     )
-    measure(engine, 16, 4, 1)  # warm-up
-    rows = {b: measure(engine, args.prompt_len, args.output_len, b) for b in args.batch}
-    return {
-        "prefill": rows[1]["prefill_tok_s"],
-        **{f"decode@{b}": r["decode_tok_s"] for b, r in rows.items()},
-    }
 
 
-def hf_row(model: str, args) -> dict:
+def qthink_rows(model: str, weights: str, full: bool) -> dict[str, float]:
+    """decode@1 for every weight format; prefill@2048 and decode@16 too where `full`."""
+    engine = qthink_engine(model, WEIGHTS[weights][1], PREFILL + 16)
+    measure(engine, 16, 4, 1)  # warm-up: kernel build, first-touch of the KV cache
+    row = {"decode@1": measure(engine, PROMPT, OUTPUT, 1)["decode_tok_s"]}
+    if full:
+        row["prefill@2048"] = measure(engine, PREFILL, 2, 1)["prefill_tok_s"]
+        row[f"decode@{BATCH}"] = measure(engine, PROMPT, OUTPUT, BATCH)["decode_tok_s"]
+    del engine
+    gc.collect()
+    return row
+
+
+def qthink_ttft(model: str, tokens: int) -> float:
+    """Seconds to the first token of one `tokens`-long prompt, prefilled in chunks of 2,048."""
+    kv_memory = kv_bytes_per_token(ModelConfig.from_pretrained(Path(model)), "bfloat16") * (tokens + 256)
+    engine = qthink_engine(model, "int4", tokens + 16, kv_memory)
+    start = time.perf_counter()
+    measure(engine, tokens, 1, 1)
+    seconds = time.perf_counter() - start
+    del engine
+    gc.collect()
+    return seconds
+
+
+@torch.inference_mode()
+def hf_decode(model: str) -> float:
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16).eval()
-    gen = torch.Generator().manual_seed(0)
-    out = {}
-    with torch.inference_mode():
-        hf.generate(torch.randint(1000, 100_000, (1, 16)), max_new_tokens=4, do_sample=False)  # warm-up
-        for b in args.batch:
-            if b > 8:
-                continue
-            ids = torch.randint(1000, 100_000, (b, args.prompt_len), generator=gen)
-            start = time.perf_counter()
-            hf(ids)
-            prefill = time.perf_counter() - start
-            start = time.perf_counter()
-            hf.generate(ids, max_new_tokens=args.output_len, min_new_tokens=args.output_len, do_sample=False)
-            total = time.perf_counter() - start
-            if b == 1:
-                out["prefill"] = args.prompt_len / prefill
-            out[f"decode@{b}"] = b * (args.output_len - 1) / max(total - prefill, 1e-9)
-    return out
+    ids = torch.randint(1000, 100_000, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    hf.generate(ids[:, :16], max_new_tokens=4, do_sample=False)  # warm-up
+    start = time.perf_counter()
+    hf(ids)
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    hf.generate(ids, max_new_tokens=OUTPUT, min_new_tokens=OUTPUT, do_sample=False)
+    rate = (OUTPUT - 1) / (time.perf_counter() - start - prefill)
+    del hf
+    gc.collect()
+    return rate
 
 
-def llama_row(binary: str, gguf: str, args) -> dict:
-    run = subprocess.run(
-        [
-            binary,
-            "-m",
-            gguf,
-            "-p",
-            str(args.prompt_len),
-            "-n",
-            str(args.output_len),
-            "-t",
-            "2",
-            "-r",
-            "2",
-            "-o",
-            "csv",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+def llama_bench(tools: Path, gguf: Path, prompt: int, output: int) -> list[float]:
+    """llama-bench's tok/s for a `prompt`-token prefill and an `output`-token decode."""
+    cmd = [
+        tools / "llama-bench",
+        "-m",
+        gguf,
+        "-p",
+        prompt,
+        "-n",
+        output,
+        "-t",
+        THREADS,
+        "-r",
+        2,
+        "-o",
+        "json",
+    ]
+    return [run["avg_ts"] for run in json.loads(run_tool(cmd))]
+
+
+def llama_batched(tools: Path, gguf: Path) -> float:
+    """llama-batched-bench's aggregate decode tok/s with BATCH parallel sequences."""
+    cmd = [tools / "llama-batched-bench", "-m", gguf, "-c", BATCH * (PROMPT + OUTPUT) + 64]
+    cmd += ["-b", 2048, "-ub", 512, "-npp", PROMPT, "-ntg", OUTPUT, "-npl", BATCH, "-t", THREADS]
+    return json.loads(run_tool(cmd + ["--output-format", "jsonl"]).strip().splitlines()[-1])["speed_tg"]
+
+
+def run_tool(cmd: list) -> str:
+    return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, check=True).stdout
+
+
+def llama_rows(folder: Path, model: str) -> dict[str, dict[str, float]]:
+    tools = next(folder.glob("llama_cpp_python-*/vendor/llama.cpp/build/bin"))
+    rows = {}
+    for weights, (label, _) in WEIGHTS.items():
+        gguf = folder / f"{Path(model).name}-{label.lower()}.gguf"
+        if weights == "bf16":
+            prefill, decode = llama_bench(tools, gguf, PREFILL, OUTPUT)
+            batched = llama_batched(tools, gguf)
+            rows[label] = {"prefill@2048": prefill, "decode@1": decode, f"decode@{BATCH}": batched}
+        else:
+            rows[label] = {"decode@1": llama_bench(tools, gguf, 0, OUTPUT)[0]}
+        print(f"llama.cpp {label}", {k: round(v, 2) for k, v in rows[label].items()}, flush=True)
+    return rows
+
+
+def goal(name: str, ours: float, reference: float, target: float) -> str:
+    ratio = ours / reference
+    verdict = "met" if ratio >= target else "NOT met"
+    return f"{name:44s} {ours:8.2f} {reference:8.2f} {ratio:7.2f}x   >= {target:.1f}x  {verdict}"
+
+
+def memory_goal(model: str) -> str:
+    budget = plan(ModelConfig.from_pretrained(Path(model)), 262_144, 1, "bfloat16", "int4", "int8")
+    fits = budget["total"] <= 24 * GiB
+    parts = " + ".join(f"{budget[k] / GiB:.2f}" for k in ("weights", "kv_cache", "overhead"))
+    return (
+        f"4 memory: 262,144 tokens, int4 weights + int8 KV: {parts} GiB = {budget['total'] / GiB:.2f} GiB"
+        f"   <= 24 GiB  {'met' if fits else 'NOT met'}"
     )
-    rates = [float(line.split(",")[-2].strip('"')) for line in run.stdout.splitlines()[1:] if line]
-    return {"prefill": rates[0], "decode@1": rates[1]}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
-    ap.add_argument("--engines", nargs="+", default=["qthink-bf16", "qthink-int8", "qthink-int4", "hf-bf16"])
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--output-len", type=int, default=64)
-    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 16])
-    ap.add_argument("--llama-bench")
-    ap.add_argument("--gguf", nargs="*", default=[], help="NAME=PATH, e.g. Q8_0=/data/q8.gguf")
+    ap.add_argument("--llama", type=Path, required=True, help="the folder make_llama_cpp.py wrote")
+    ap.add_argument("--ttft", type=int, nargs="*", default=[], help="prompt lengths for time to first token")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    table = {}
-    for name in args.engines:
-        if name.startswith("qthink-"):
-            q = name.removeprefix("qthink-")
-            table[name] = qthink_row(args.model, None if q == "bf16" else q, args)
-        elif name == "hf-bf16":
-            table[name] = hf_row(args.model, args)
-        print(name, {k: round(v, 2) for k, v in table[name].items()}, flush=True)
-        gc.collect()  # free one engine's weights before the next loads
-    for spec in args.gguf if args.llama_bench else []:
-        label, path = spec.split("=", 1)
-        table[f"llama.cpp-{label}"] = llama_row(args.llama_bench, path, args)
-    base = table.get("hf-bf16", {})
-    columns = ["prefill"] + [f"decode@{b}" for b in args.batch]
-    print(f"\n{'engine':18s}" + "".join(f"{c:>16s}" for c in columns))
-    for name, row in table.items():
-        cells = []
-        for c in columns:
-            v = row.get(c)
-            ratio = f" ({v / base[c]:.1f}x)" if v and base.get(c) and name != "hf-bf16" else ""
-            cells.append(f"{v:8.2f}{ratio}" if v else "-")
-        print(f"{name:18s}" + "".join(f"{cell:>16s}" for cell in cells))
-    print("\nratios are against HF transformers bf16 measured in this run; tok/s, 2 threads")
+    torch.set_num_threads(THREADS)
+    q = {w: qthink_rows(args.model, w, full=w == "bf16") for w in WEIGHTS}
+    for w, row in q.items():
+        print(f"qthink {w}", {k: round(v, 2) for k, v in row.items()}, flush=True)
+    hf = hf_decode(args.model)
+    print(f"transformers bf16 decode@1 {hf:.2f}", flush=True)
+    llama = llama_rows(args.llama, args.model)
+    print(f"\n{'goal':44s} {'qthink':>8s} {'other':>8s} {'ratio':>8s}   target")
+    for w, (label, _) in WEIGHTS.items():
+        print(goal(f"1 decode@1 {w} vs llama.cpp {label}", q[w]["decode@1"], llama[label]["decode@1"], 1.0))
+    print(goal("1 decode@1 bf16 vs transformers bf16", q["bf16"]["decode@1"], hf, 3.0))
+    b = f"decode@{BATCH}"
+    print(goal(f"2 {b} bf16 vs llama.cpp BF16 -npl {BATCH}", q["bf16"][b], llama["BF16"][b], 2.0))
+    print(goal(f"2 {b} bf16 vs qthink bf16 decode@1", q["bf16"][b], q["bf16"]["decode@1"], 6.0))
+    p = "prefill@2048"
+    print(goal("3 prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], llama["BF16"][p], 1.1))
+    print(memory_goal(args.model))
+    for tokens in args.ttft:
+        print(
+            f"3 time to first token, {tokens:,}-token prompt, int4, chunks of {PREFILL}: "
+            f"{qthink_ttft(args.model, tokens):.1f} s",
+            flush=True,
+        )
+    print("\nall figures tok/s with 2 threads; quality of int8/int4: benchmarks/bench_quant_quality.py")
 
 
 if __name__ == "__main__":

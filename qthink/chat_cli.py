@@ -14,6 +14,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--quantization", choices=["int8", "int4"])
+    p.add_argument(
+        "--quantization-group-size", type=int, default=128, help="int4: inputs per scale (a multiple of 64)"
+    )
     p.add_argument("--chat-template", help="'thinking-2507', 'qwen3', a .jinja file or a template")
     p.add_argument("--kv-cache-memory", type=int, help="bytes for the KV cache")
     p.add_argument(
@@ -52,6 +55,7 @@ def model_and_engine_kwargs(args, model: str | None = None) -> tuple[str, dict]:
     kwargs = {
         "dtype": args.dtype,
         "quantization": args.quantization,
+        "quantization_group_size": args.quantization_group_size,
         "chat_template": args.chat_template,
         "kv_cache_dtype": args.kv_cache_dtype,
     }

@@ -84,10 +84,12 @@ def load_model(
     device: str | torch.device = "cpu",
     tp: TensorParallel = SINGLE,
     quantization: str | None = None,
+    group_size: int = 128,
 ) -> Qwen3ForCausalLM:
     """Build the module without initialising it, then fill every parameter from the files;
     under tensor parallelism a rank reads only its own slice of each tensor. `quantization`
-    (int8, int4) then replaces the decoder's linear weights; bf16 weights get the fast matmul."""
+    (int8, int4 with `group_size` inputs per scale) then replaces the decoder's linear weights;
+    bf16 weights get the fast matmul."""
     config = ModelConfig.from_pretrained(model_dir)
     torch_dtype = resolve_dtype(dtype, config)
     with torch.device("meta"):
@@ -108,7 +110,7 @@ def load_model(
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta).to(device)
     model.eval().requires_grad_(False)
-    quantize_model(model, quantization)  # int8/int4, or the fast bf16 matmul for bf16 weights
+    quantize_model(model, quantization, group_size)  # int8/int4, or the fast bf16 matmul for bf16 weights
     return model
 
 

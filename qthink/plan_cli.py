@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=1, help="sequences at full context")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--quantization", choices=["int8", "int4"])
+    p.add_argument("--quantization-group-size", type=int, default=128, help="int4: inputs per scale")
     p.add_argument("--kv-cache-dtype", default="bfloat16", choices=sorted(KV_BYTES))
     p.add_argument("--memory", type=float, help="GiB available (default: this machine's free memory)")
 
@@ -29,8 +30,9 @@ def plan(
     dtype: str,
     quantization: str | None,
     kv_dtype: str,
+    group_size: int = 128,
 ) -> dict[str, int]:
-    weights = weight_bytes(cfg, dtype, quantization)
+    weights = weight_bytes(cfg, dtype, quantization, group_size)
     kv = kv_bytes_per_token(cfg, kv_dtype) * max_model_len * max_num_seqs
     return {
         "weights": weights,
@@ -43,7 +45,15 @@ def plan(
 def run(args) -> int:
     cfg = ModelConfig.from_pretrained(resolve_model(args.model))
     length = args.max_model_len or cfg.max_position_embeddings
-    budget = plan(cfg, length, args.max_num_seqs, args.dtype, args.quantization, args.kv_cache_dtype)
+    budget = plan(
+        cfg,
+        length,
+        args.max_num_seqs,
+        args.dtype,
+        args.quantization,
+        args.kv_cache_dtype,
+        args.quantization_group_size,
+    )
     have = args.memory * GiB if args.memory else available_memory(torch.device("cpu"))
     print(f"model        {args.model} ({cfg.num_hidden_layers} layers, hidden {cfg.hidden_size})")
     print(f"context      {length:,} tokens x {args.max_num_seqs} sequence(s), KV {args.kv_cache_dtype}")

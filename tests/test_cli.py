@@ -67,3 +67,8 @@ def test_plan_refuses_what_cannot_fit(tmp_path):
     assert fits.returncode == 0 and "fits" in fits.stdout
     too_big = qthink("plan", str(tmp_path), "--memory", "24")
     assert too_big.returncode == 1 and "DOES NOT FIT" in too_big.stdout
+    smaller_groups = qthink(
+        "plan", str(tmp_path), "--quantization", "int4", "--quantization-group-size", "32", "--memory", "24"
+    )
+    weights = [float(r.stdout.split("weights")[1].split()[0]) for r in (fits, smaller_groups)]
+    assert weights[1] > weights[0]  # more groups: more scales and offsets

@@ -231,3 +231,18 @@ def test_tiled_gemm_under_inference_mode(module):
     expected = quantized(x)
     with torch.inference_mode():
         assert torch.equal(quantized(x), expected)
+
+
+def test_engine_takes_the_int4_group_size(int4_ready_model):
+    engine = LLM(
+        model=str(int4_ready_model),
+        dtype="bfloat16",
+        quantization="int4",
+        quantization_group_size=64,
+        max_model_len=64,
+        kv_cache_memory=1 << 20,
+    ).engine
+    groups = {m.group_size for m in engine.model.modules() if isinstance(m, Int4Linear)}
+    assert groups == {64}
+    with pytest.raises(ValueError, match="multiple of 64"):
+        LLM(model=str(int4_ready_model), quantization="int4", quantization_group_size=100)

@@ -56,6 +56,7 @@ class LLMEngine:
         dtype: str = "auto",
         device: str | None = None,
         quantization: str | None = None,
+        quantization_group_size: int = 128,
         chat_template: str | None = None,
         tensor_parallel_size: int = 1,
         **engine_kwargs,
@@ -71,8 +72,9 @@ class LLMEngine:
         self.dtype = resolve_dtype(dtype, self.model_config)
         self.tokenizer = Tokenizer.from_pretrained(self.model_dir, chat_template=chat_template)
         self.quantization = quantization
-        self.tp_workers, tp = self._start_tensor_parallel(tensor_parallel_size, quantization)
-        self.model = load_model(self.model_dir, self.dtype, self.device, tp, quantization)
+        quant = (quantization, quantization_group_size)
+        self.tp_workers, tp = self._start_tensor_parallel(tensor_parallel_size, quant)
+        self.model = load_model(self.model_dir, self.dtype, self.device, tp, *quant)
         num_blocks = self._plan_kv_blocks(user_max_len is None)
         self.rank_weight_bytes = [sum(p.numel() * p.element_size() for p in self.model.parameters())]
         if tp.size > 1:
@@ -91,13 +93,13 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
-    def _start_tensor_parallel(self, size: int, quantization: str | None):
+    def _start_tensor_parallel(self, size: int, quant: tuple[str | None, int]):
         if size == 1:
             return [], SINGLE
         check_divisible(self.model_config, size)
         port = tensor_parallel.free_port()
         workers = tensor_parallel.start_workers(
-            size, port, self.model_dir, self.dtype, self.device, self.config, quantization
+            size, port, self.model_dir, self.dtype, self.device, self.config, quant
         )
         atexit.register(self.close)
         return workers, tensor_parallel.init_group(0, size, port, self.device)

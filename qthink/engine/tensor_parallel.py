@@ -39,10 +39,10 @@ def start_workers(
     dtype,
     device: torch.device,
     config: EngineConfig,
-    quantization: str | None,
+    quant: tuple[str | None, int],
 ) -> list[mp.Process]:
     ctx = mp.get_context("spawn")
-    args = (size, port, str(model_dir), dtype, str(device), config, quantization)
+    args = (size, port, str(model_dir), dtype, str(device), config, quant)
     workers = [
         ctx.Process(target=worker_main, args=(rank, *args), daemon=True, name=f"qthink-tp{rank}")
         for rank in range(1, size)
@@ -80,14 +80,14 @@ def worker_main(
     dtype,
     device: str,
     config: EngineConfig,
-    quantization: str | None,
+    quant: tuple[str | None, int],
 ) -> None:
     from qthink.engine.runner import ModelRunner
 
     torch.set_num_threads(1)
     dev = rank_device(torch.device(device), rank)
     tp = init_group(rank, size, port, dev)
-    model = load_model(Path(model_dir), dtype, dev, tp, quantization)
+    model = load_model(Path(model_dir), dtype, dev, tp, *quant)
     num_blocks, _ = handshake(None, model)
     runner = ModelRunner(model, ModelConfig.from_pretrained(model_dir), config, dev, num_blocks)
     while True:
