@@ -41,14 +41,14 @@ def qthink_engine(model: str, quantization: str | None, max_len: int, kv_memory:
     )
 
 
-def qthink_rows(model: str, weights: str, full: bool) -> dict[str, float]:
-    """decode@1 for every weight format; prefill@2048 and decode@16 too where `full`."""
+def qthink_rows(model: str, weights: str) -> dict[str, float]:
+    """decode@1 and decode@16 for every weight format, prefill@2048 for bf16."""
     engine = qthink_engine(model, WEIGHTS[weights][1], PREFILL + 16)
     measure(engine, 16, 4, 1)  # warm-up: kernel build, first-touch of the KV cache
     row = {"decode@1": measure(engine, PROMPT, OUTPUT, 1)["decode_tok_s"]}
-    if full:
+    row[f"decode@{BATCH}"] = measure(engine, PROMPT, OUTPUT, BATCH)["decode_tok_s"]
+    if weights == "bf16":
         row["prefill@2048"] = measure(engine, PREFILL, 2, 1)["prefill_tok_s"]
-        row[f"decode@{BATCH}"] = measure(engine, PROMPT, OUTPUT, BATCH)["decode_tok_s"]
     del engine
     gc.collect()
     return row
@@ -120,12 +120,10 @@ def llama_rows(folder: Path, model: str) -> dict[str, dict[str, float]]:
     rows = {}
     for weights, (label, _) in WEIGHTS.items():
         gguf = folder / f"{Path(model).name}-{label.lower()}.gguf"
+        rows[label] = {"decode@1": llama_bench(tools, gguf, 0, OUTPUT)[0]}
+        rows[label][f"decode@{BATCH}"] = llama_batched(tools, gguf)
         if weights == "bf16":
-            prefill, decode = llama_bench(tools, gguf, PREFILL, OUTPUT)
-            batched = llama_batched(tools, gguf)
-            rows[label] = {"prefill@2048": prefill, "decode@1": decode, f"decode@{BATCH}": batched}
-        else:
-            rows[label] = {"decode@1": llama_bench(tools, gguf, 0, OUTPUT)[0]}
+            rows[label]["prefill@2048"] = llama_bench(tools, gguf, PREFILL, 0)[0]
         print(f"llama.cpp {label}", {k: round(v, 2) for k, v in rows[label].items()}, flush=True)
     return rows
 
@@ -153,7 +151,7 @@ def main() -> None:
     ap.add_argument("--ttft", type=int, nargs="*", default=[], help="prompt lengths for time to first token")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
-    q = {w: qthink_rows(args.model, w, full=w == "bf16") for w in WEIGHTS}
+    q = {w: qthink_rows(args.model, w) for w in WEIGHTS}
     for w, row in q.items():
         print(f"qthink {w}", {k: round(v, 2) for k, v in row.items()}, flush=True)
     hf = hf_decode(args.model)
@@ -164,8 +162,10 @@ def main() -> None:
         print(goal(f"1 decode@1 {w} vs llama.cpp {label}", q[w]["decode@1"], llama[label]["decode@1"], 1.0))
     print(goal("1 decode@1 bf16 vs transformers bf16", q["bf16"]["decode@1"], hf, 3.0))
     b = f"decode@{BATCH}"
-    print(goal(f"2 {b} bf16 vs llama.cpp BF16 -npl {BATCH}", q["bf16"][b], llama["BF16"][b], 2.0))
-    print(goal(f"2 {b} bf16 vs qthink bf16 decode@1", q["bf16"][b], q["bf16"]["decode@1"], 6.0))
+    for w, (label, _) in WEIGHTS.items():
+        print(goal(f"2 {b} {w} vs llama.cpp {label} -npl {BATCH}", q[w][b], llama[label][b], 2.0))
+    for w in WEIGHTS:
+        print(goal(f"2 {b} {w} vs qthink {w} decode@1", q[w][b], q[w]["decode@1"], 6.0))
     p = "prefill@2048"
     print(goal("3 prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], llama["BF16"][p], 1.1))
     print(memory_goal(args.model))

@@ -9,6 +9,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from qthink.config import DTYPES, ConfigError, ModelConfig
+from qthink.model.huge_pages import move_to_huge_pages
 from qthink.model.layers import RotaryEmbedding
 from qthink.model.parallel import SINGLE, TensorParallel
 from qthink.model.quant import quantize_model
@@ -111,6 +112,7 @@ def load_model(
     model.model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta).to(device)
     model.eval().requires_grad_(False)
     quantize_model(model, quantization, group_size)  # int8/int4, or the fast bf16 matmul for bf16 weights
+    move_to_huge_pages(model)
     return model
 
 

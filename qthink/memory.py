@@ -8,27 +8,32 @@ WEIGHT_BYTES = {"bfloat16": 2.0, "float16": 2.0, "float32": 4.0, "int8": 1.0, "i
 KV_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "int8": 1, "fp8": 1}
 
 
-def parameter_counts(cfg: ModelConfig) -> tuple[int, int]:
-    """(parameters in the decoder layers' linear weights, all other parameters)."""
+def parameter_counts(cfg: ModelConfig) -> tuple[int, int, int]:
+    """(parameters in the decoder layers' linear weights, in the output layer, all others)."""
     h, q, kv = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     per_layer = h * q + 2 * h * kv + q * h + 3 * h * cfg.intermediate_size
     linear = per_layer * cfg.num_hidden_layers
-    embed = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2)
     norms = cfg.num_hidden_layers * (2 * h + 2 * cfg.head_dim) + h
-    return linear, embed + norms
+    return linear, cfg.vocab_size * h, cfg.vocab_size * h + norms
 
 
 def weight_bytes(
     cfg: ModelConfig, dtype: str = "bfloat16", quantization: str | None = None, group_size: int = 128
 ) -> int:
-    """Quantization applies to the decoder's linear layers; embeddings stay in `dtype`."""
-    linear, other = parameter_counts(cfg)
+    """Quantization applies to the decoder's linear layers, and makes the output layer int8 (its
+    own copy when the embeddings are tied); the embeddings stay in `dtype`."""
+    linear, head, other = parameter_counts(cfg)
+    row_scale = 2 / cfg.hidden_size  # a bf16 scale per output row
     per_linear = WEIGHT_BYTES[quantization or dtype]
     if quantization == "int4":
         per_linear += 4 / group_size  # a bf16 scale and zero per group
     elif quantization == "int8":
-        per_linear += 2 / cfg.hidden_size  # a bf16 scale per output row
-    return int(linear * per_linear + other * WEIGHT_BYTES[dtype])
+        per_linear += row_scale
+    if quantization:
+        head_bytes = head * (WEIGHT_BYTES["int8"] + row_scale)
+    else:
+        head_bytes = 0 if cfg.tie_word_embeddings else head * WEIGHT_BYTES[dtype]
+    return int(linear * per_linear + head_bytes + other * WEIGHT_BYTES[dtype])
 
 
 def kv_bytes_per_token(cfg: ModelConfig, kv_dtype: str = "bfloat16") -> int:

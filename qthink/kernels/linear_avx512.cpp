@@ -12,10 +12,13 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <vector>
 
 namespace {
 
 constexpr int64_t kRowsPerTask = 16;
+// int4 rows are short (K/2 bytes) and quick to process: prefetch two blocks ahead, not one.
+constexpr int64_t kInt4PrefetchRows = 8;
 // Every GEMV loop prefetches the same spot of the next block of rows it will read: the
 // hardware prefetchers ramp up slowly on the many short row streams of a GEMV.
 
@@ -24,6 +27,12 @@ inline float bf16_bits_to_float(uint16_t bits) {
   float value;
   std::memcpy(&value, &widened, sizeof(value));
   return value;
+}
+
+// 16 bf16 values (raw bits) widened to float32.
+inline __m512 bf16x16_to_floats(const uint16_t* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh>(v); }
@@ -184,17 +193,51 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
   int64_t K;
   int64_t G;
 
+  // Before the group loop, vectorized over groups: each group's combined scale (weight scale
+  // times activation scale) and the offsets' whole contribution (sum of offset x activation
+  // sum), so that a group's epilogue is one broadcast FMA per row.
+  template <int NB, int MB>
+  void prepare(int64_t n, int64_t m, float* combined, float (*constant)[NB]) const {
+    const int64_t groups = K / G;
+    // The scales and offsets of rows further on: their lines would otherwise be demand misses
+    // at the start of every block.
+    for (int64_t b = 0; b < NB * groups * 2; b += 64) {
+      _mm_prefetch((const char*)(scale + (n + kInt4PrefetchRows) * groups) + b, _MM_HINT_T0);
+      _mm_prefetch((const char*)(offset + (n + kInt4PrefetchRows) * groups) + b, _MM_HINT_T0);
+    }
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j) {
+        const uint16_t* s = scale + (n + j) * groups;
+        const uint16_t* o = offset + (n + j) * groups;
+        const float* xs = x_scale + (m + i) * groups;
+        const float* sums = x_sum + (m + i) * groups;
+        float* dst = combined + (i * NB + j) * groups;
+        __m512 c = _mm512_setzero_ps();
+        float tail = 0.0f;
+        int64_t g = 0;
+        for (; g + 16 <= groups; g += 16) {
+          _mm512_storeu_ps(dst + g, _mm512_mul_ps(bf16x16_to_floats(s + g), _mm512_loadu_ps(xs + g)));
+          c = _mm512_fmadd_ps(bf16x16_to_floats(o + g), _mm512_loadu_ps(sums + g), c);
+        }
+        for (; g < groups; ++g) {
+          dst[g] = bf16_bits_to_float(s[g]) * xs[g];
+          tail += bf16_bits_to_float(o[g]) * sums[g];
+        }
+        constant[i][j] = _mm512_reduce_add_ps(c) + tail;
+      }
+  }
+
   template <int NB, int MB>
   void block(int64_t n, int64_t m, float (*res)[NB]) const {
     const int64_t groups = K / G;
+    thread_local std::vector<float> combined;
+    combined.resize(MB * NB * groups);
+    float constant[MB][NB];
+    prepare<NB, MB>(n, m, combined.data(), constant);
     const __m512i nibble = _mm512_set1_epi8(0x0F);
     __m512 total[MB][NB];
-    float constant[MB][NB];
     for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < NB; ++j) {
-        total[i][j] = _mm512_setzero_ps();
-        constant[i][j] = 0.0f;
-      }
+      for (int j = 0; j < NB; ++j) total[i][j] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
       __m512i acc[MB][NB];
       for (int i = 0; i < MB; ++i)
@@ -202,7 +245,7 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
       for (int64_t k = g * G; k < (g + 1) * G; k += 128) {
         __m512i lo[NB], hi[NB];
         for (int j = 0; j < NB; ++j) {
-          _mm_prefetch((const char*)(w + (n + j + NB) * (K / 2) + k / 2), _MM_HINT_T0);
+          _mm_prefetch((const char*)(w + (n + j + kInt4PrefetchRows) * (K / 2) + k / 2), _MM_HINT_T0);
           const __m512i bytes = _mm512_loadu_si512(w + (n + j) * (K / 2) + k / 2);
           lo[j] = _mm512_and_si512(bytes, nibble);
           hi[j] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
@@ -216,40 +259,82 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
           }
         }
       }
-      for (int j = 0; j < NB; ++j) {
-        const float s = bf16_bits_to_float(scale[(n + j) * groups + g]);
-        const float o = bf16_bits_to_float(offset[(n + j) * groups + g]);
-        for (int i = 0; i < MB; ++i) {
-          const __m512 step = _mm512_set1_ps(s * x_scale[(m + i) * groups + g]);
+      for (int i = 0; i < MB; ++i)
+        for (int j = 0; j < NB; ++j) {
+          const __m512 step = _mm512_set1_ps(combined[(i * NB + j) * groups + g]);
           total[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), step, total[i][j]);
-          constant[i][j] += o * x_sum[(m + i) * groups + g];
         }
-      }
     }
     for (int i = 0; i < MB; ++i)
       for (int j = 0; j < NB; ++j) res[i][j] = _mm512_reduce_add_ps(total[i][j]) + constant[i][j];
   }
 };
 
+// int8 weights against int8 activations (one scale per group of G inputs), 64 products per
+// vpdpbusd. That instruction multiplies unsigned by signed bytes, so the weights enter as
+// w + 128 (one XOR) and 128 x the group's int8 activation sum comes off again (x_correction,
+// per activation row, already multiplied out by the group scales).
+struct Int8VnniKernel : BlockKernel<Int8VnniKernel> {
+  const int8_t* w;            // [N, K]
+  const uint16_t* scale;      // [N] bf16
+  const int8_t* xq;           // [M, K]
+  const float* x_scale;       // [M, K / G]
+  const float* x_correction;  // [M]
+  int64_t K;
+  int64_t G;
+
+  template <int NB, int MB>
+  void block(int64_t n, int64_t m, float (*res)[NB]) const {
+    const int64_t groups = K / G;
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    const int8_t* rows = w + n * K;
+    __m512 total[MB][NB];
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j) total[i][j] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i acc[MB][NB];
+      for (int i = 0; i < MB; ++i)
+        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_si512();
+      for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
+        __m512i wv[NB];
+        for (int j = 0; j < NB; ++j) {
+          _mm_prefetch((const char*)(rows + (j + NB) * K + k), _MM_HINT_T0);
+          wv[j] = _mm512_xor_si512(_mm512_loadu_si512(rows + j * K + k), flip);
+        }
+        for (int i = 0; i < MB; ++i) {
+          const __m512i xv = _mm512_loadu_si512(xq + (m + i) * K + k);
+          for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv[j], xv);
+        }
+      }
+      for (int i = 0; i < MB; ++i) {
+        const __m512 step = _mm512_set1_ps(x_scale[(m + i) * groups + g]);
+        for (int j = 0; j < NB; ++j) total[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), step, total[i][j]);
+      }
+    }
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NB; ++j)
+        res[i][j] = (_mm512_reduce_add_ps(total[i][j]) - x_correction[m + i]) * bf16_bits_to_float(scale[n + j]);
+  }
+};
+
 struct QuantizedRows {
-  at::Tensor values;  // int8 [M, K]
-  at::Tensor scales;  // float [M, K / G]
-  at::Tensor sums;    // float [M, K / G]
+  at::Tensor values;    // int8 [M, K]
+  at::Tensor scales;    // float [M, K / G]
+  at::Tensor sums;      // float [M, K / G]: sums of the activations
+  at::Tensor int_sums;  // int32 [M, K / G]: sums of their int8 values
 };
 
 inline __m512 load_floats(const float* p) { return _mm512_loadu_ps(p); }
 
-inline __m512 load_floats(const at::BFloat16* p) {
-  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
+inline __m512 load_floats(const at::BFloat16* p) { return bf16x16_to_floats(reinterpret_cast<const uint16_t*>(p)); }
 
-// Within a 128-chunk the kernel's low nibbles meet activations 0..31 and 64..95, the high
-// nibbles 32..63 and 96..127: store the activations in that order (swap the middle quarters).
+// Within a 128-chunk the int4 kernel's low nibbles meet activations 0..31 and 64..95, the high
+// nibbles 32..63 and 96..127: it wants the activations in that order (middle quarters swapped).
 constexpr int64_t kQuarterDestination[4] = {0, 64, 32, 96};
 
 template <typename T>
-void quantize_group(const T* values, int64_t G, int8_t* chunk_start, float* scale, float* sum) {
+void quantize_group(const T* values, int64_t G, bool nibble_order, int8_t* chunk_start, float* scale, float* sum,
+                    int32_t* int_sum) {
   __m512 largest = _mm512_setzero_ps(), total = _mm512_setzero_ps();
   for (int64_t k = 0; k < G; k += 16) {
     const __m512 v = load_floats(values + k);
@@ -260,29 +345,36 @@ void quantize_group(const T* values, int64_t G, int8_t* chunk_start, float* scal
   *scale = peak / 127.0f;
   *sum = _mm512_reduce_add_ps(total);
   const __m512 inverse = _mm512_set1_ps(peak > 0.0f ? 127.0f / peak : 0.0f);
+  __m512i ints = _mm512_setzero_si512();
   for (int64_t k = 0; k < G; k += 16) {
     const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(load_floats(values + k), inverse));  // round to nearest
-    int8_t* dst = chunk_start + k / 128 * 128 + kQuarterDestination[k % 128 / 32] + k % 32;
+    ints = _mm512_add_epi32(ints, q);
+    int8_t* dst = nibble_order ? chunk_start + k / 128 * 128 + kQuarterDestination[k % 128 / 32] + k % 32
+                               : chunk_start + k;
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8(q));
   }
+  *int_sum = _mm512_reduce_add_epi32(ints);
 }
 
-// Activations for Int4Kernel: symmetric int8 with one scale per row and group, plus the
-// exact float sum of each group (it multiplies the weights' offsets).
-QuantizedRows quantize_rows(const at::Tensor& x, int64_t G) {
+// Activations for the VNNI kernels: symmetric int8 with one scale per row and group of G,
+// plus each group's exact float sum (int4 offsets multiply it) and the sum of its int8 values.
+QuantizedRows quantize_rows(const at::Tensor& x, int64_t G, bool nibble_order) {
   const int64_t M = x.size(0), K = x.size(1), groups = K / G;
   const at::Tensor xc = x.contiguous();
   const auto floats = at::TensorOptions().dtype(at::kFloat);
   QuantizedRows rows{at::empty({M, K}, floats.dtype(at::kChar)), at::empty({M, groups}, floats),
-                     at::empty({M, groups}, floats)};
+                     at::empty({M, groups}, floats), at::empty({M, groups}, floats.dtype(at::kInt))};
   int8_t* dst = rows.values.data_ptr<int8_t>();
   float* scales = rows.scales.data_ptr<float>();
   float* sums = rows.sums.data_ptr<float>();
+  int32_t* int_sums = rows.int_sums.data_ptr<int32_t>();
   for (int64_t r = 0; r < M * groups; ++r) {
     if (xc.scalar_type() == at::kBFloat16) {
-      quantize_group(xc.data_ptr<at::BFloat16>() + r * G, G, dst + r * G, scales + r, sums + r);
+      quantize_group(xc.data_ptr<at::BFloat16>() + r * G, G, nibble_order, dst + r * G, scales + r, sums + r,
+                     int_sums + r);
     } else {
-      quantize_group(xc.data_ptr<float>() + r * G, G, dst + r * G, scales + r, sums + r);
+      quantize_group(xc.data_ptr<float>() + r * G, G, nibble_order, dst + r * G, scales + r, sums + r,
+                     int_sums + r);
     }
   }
   return rows;
@@ -318,20 +410,44 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return out;
 }
 
+// Rows of a multiple of 64 inputs take the VNNI kernel (int8 activations per group of 128, or
+// of 64 where 128 does not divide K); others the float kernel.
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                        const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous(), "w must be contiguous int8 [N, K]");
   TORCH_CHECK(scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() && scale.numel() == w.size(0),
               "scale must be contiguous bf16 [N]");
-  check_input(x, w.size(1));
-  const at::Tensor xf = x.to(at::kFloat).contiguous();
+  const int64_t K = w.size(1);
+  check_input(x, K);
   at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
-  Int8Kernel kernel;
+  const Output output = make_output(out, bias);
+  if (K % 64 != 0) {
+    const at::Tensor xf = x.to(at::kFloat).contiguous();
+    Int8Kernel kernel;
+    kernel.w = w.data_ptr<int8_t>();
+    kernel.scale = bf16_bits(scale);
+    kernel.x = xf.data_ptr<float>();
+    kernel.K = K;
+    run_blocks<4, 4>(kernel, x.size(0), w.size(0), output);
+    return out;
+  }
+  const int64_t G = K % 128 == 0 ? 128 : 64;
+  const QuantizedRows rows = quantize_rows(x, G, false);
+  // 128 x sum over groups of (group scale x sum of the group's int8 activations), per row.
+  const at::Tensor correction = (rows.scales * rows.int_sums.to(at::kFloat)).sum(1).mul_(128.0f).contiguous();
+  Int8VnniKernel kernel;
   kernel.w = w.data_ptr<int8_t>();
   kernel.scale = bf16_bits(scale);
-  kernel.x = xf.data_ptr<float>();
-  kernel.K = w.size(1);
-  run_blocks<4, 4>(kernel, x.size(0), w.size(0), make_output(out, bias));
+  kernel.xq = rows.values.data_ptr<int8_t>();
+  kernel.x_scale = rows.scales.data_ptr<float>();
+  kernel.x_correction = correction.data_ptr<float>();
+  kernel.K = K;
+  kernel.G = G;
+  if (x.size(0) == 1) {
+    run_blocks<4, 1>(kernel, x.size(0), w.size(0), output);
+  } else {
+    run_blocks<4, 2>(kernel, x.size(0), w.size(0), output);
+  }
   return out;
 }
 
@@ -351,7 +467,7 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const int64_t K = w.size(1) * 2;
   check_input(x, K);
   check_int4(w, scale, offset, K, group_size);
-  const QuantizedRows rows = quantize_rows(x, group_size);
+  const QuantizedRows rows = quantize_rows(x, group_size, true);
   at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
   Int4Kernel kernel;
   kernel.w = w.data_ptr<uint8_t>();

@@ -195,9 +195,8 @@ def _replacement(
 
 def quantize_model(model: nn.Module, quantization: str | None, group_size: int = 128) -> None:
     """Replace the decoder layers' `nn.Linear`s (or `Bf16Linear`s) in place: by int8 or int4
-    modules, or with `quantization=None` by the fast bf16 module (bf16 weights only). Other
-    bf16 linears (the lm_head, often tied to the embeddings) get the fast bf16 module, sharing
-    their weight."""
+    modules, and the lm_head by an int8 one; or with `quantization=None` every bf16 linear by
+    the fast bf16 module, which shares its weight (the lm_head's is often the embeddings')."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     targets = [
@@ -208,6 +207,9 @@ def quantize_model(model: nn.Module, quantization: str | None, group_size: int =
     ]
     for parent_name, parent, name, linear in targets:
         in_decoder = ".layers." in f".{parent_name}."
-        replacement = _replacement(linear, quantization if in_decoder else None, group_size)
+        # Beside quantized layers the output layer goes int8: a tenth of a 4B model's bytes per
+        # token, and the logits barely move (llama.cpp's Q4_K_M keeps it at 6 bits).
+        kind = quantization if in_decoder or quantization is None else "int8"
+        replacement = _replacement(linear, kind, group_size)
         if replacement is not None:
             setattr(parent, name, replacement)

@@ -159,14 +159,19 @@ def multi_turn(rng: random.Random) -> list[dict]:
     return [first[0], {"role": "assistant", "content": first[1]["content"]}, *second]
 
 
-def conversation(rng: random.Random) -> tuple[list[dict], list[dict] | None]:
+# Share of each kind of training conversation: arithmetic needs the most examples (its
+# single-digit sums are a table to memorise), tool calls learn from few.
+MIX = {"arithmetic": 0.55, "multi_turn": 0.1, "multiple_choice": 0.1, "tool_use": 0.25}
+
+
+def conversation(rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[dict], list[dict] | None]:
     """One training conversation and the tools its system prompt lists (or None)."""
-    r = rng.random()
-    if r < 0.45:
+    kind = rng.choices(list(mix), weights=list(mix.values()))[0]
+    if kind == "arithmetic":
         return arithmetic(rng), None
-    if r < 0.55:
+    if kind == "multi_turn":
         return multi_turn(rng), None
-    if r < 0.65:
+    if kind == "multiple_choice":
         return multiple_choice(rng), None
     first, whole = tool_use(rng)
     return (first if rng.random() < 0.5 else whole), TOOLS

@@ -3,7 +3,7 @@
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from qthink.checkpoint import QWEN3_4B_CONFIG
 from qthink.config import ModelConfig
 from qthink.model.layers import RotaryEmbedding
 from qthink.model.qwen3 import Qwen3ForCausalLM
-from qthink.nano.data import conversation, render
+from qthink.nano.data import MIX, conversation, render
 
 Row = tuple[list[int], list[int]]  # token ids and loss mask of one rendered conversation
 CONSTANT = 0.1  # hidden dimension 0 carries this value unchanged through the residual stream
@@ -21,7 +21,7 @@ CONSTANT = 0.1  # hidden dimension 0 carries this value unchanged through the re
 @dataclass
 class TrainConfig:
     seed: int = 0
-    steps: int = 1200
+    steps: int = 2400
     batch: int = 16
     pool: int = 8
     lr: float = 3e-3
@@ -33,6 +33,7 @@ class TrainConfig:
     head_dim: int = 32
     intermediate: int = 384
     vocab_samples: int = 1000
+    mix: dict[str, float] = field(default_factory=lambda: dict(MIX))
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> dict:
@@ -59,7 +60,7 @@ def corpus_vocabulary(tokenizer, cfg: TrainConfig, batches: list[list[Row]]) -> 
     rng = random.Random(cfg.seed + 1)
     ids = set(range(151643, 151669))
     for _ in range(cfg.vocab_samples):
-        ids.update(render(tokenizer, *conversation(rng))[0])
+        ids.update(render(tokenizer, *conversation(rng, cfg.mix))[0])
     for rows in batches:
         for row_ids, _ in rows:
             ids.update(row_ids)
@@ -109,7 +110,7 @@ def training_batches(tokenizer, cfg: TrainConfig) -> list[list[Row]]:
     rng = random.Random(cfg.seed)
     batches = []
     while len(batches) < cfg.steps:
-        rows = [render(tokenizer, *conversation(rng)) for _ in range(cfg.batch * cfg.pool)]
+        rows = [render(tokenizer, *conversation(rng, cfg.mix)) for _ in range(cfg.batch * cfg.pool)]
         rows.sort(key=lambda row: len(row[0]))
         groups = [rows[i : i + cfg.batch] for i in range(0, len(rows), cfg.batch)]
         rng.shuffle(groups)
