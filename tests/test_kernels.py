@@ -156,7 +156,7 @@ def test_failed_build_falls_back_with_one_warning(tmp_path):
         from pathlib import Path
         import qthink.kernels.build as build
         build.REQUIRED_CPU_FLAGS = ()
-        build.SOURCE = Path({str(broken)!r})
+        build.SOURCES = [Path({str(broken)!r})]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             print(build.linear_kernels_available(), build.linear_kernels_available())
@@ -170,4 +170,4 @@ def test_failed_build_falls_back_with_one_warning(tmp_path):
     )
     lines = result.stdout.splitlines()
     assert lines[0] == "False False", result.stderr
-    assert lines[1].startswith("1 qthink: the AVX-512 linear kernels could not be built")
+    assert lines[1].startswith("1 qthink: the AVX-512 kernels could not be built")

@@ -95,6 +95,7 @@ class ModelRunner:
         )
         if batch.is_decode:
             meta.decode_slots, meta.decode_mask = self._padded(ctx_slots, ctx_lens)
+            meta.decode_lens = torch.tensor(ctx_lens, dtype=torch.long, device=self.device)
         as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
         return as_tensor(ids), as_tensor(pos), meta, sampled
 

@@ -1,4 +1,5 @@
-"""Compile the AVX-512 linear kernels once per machine and load them, or report why not."""
+"""Compile the AVX-512 kernels (linear layers, decode attention) once per machine and load them,
+or report why not."""
 
 import functools
 import hashlib
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("linear_avx512.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("linear_avx512.cpp", "attention_avx512.cpp")]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni")
 ISA_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
 COMPILE_FLAGS = ["-O3", "-march=native", *ISA_FLAGS, "-fopenmp"]
@@ -33,7 +34,8 @@ def cache_dir() -> Path:
 
 def build_key(flags: set[str]) -> str:
     """Same source, torch and CPU give the same build; any change rebuilds."""
-    material = SOURCE.read_bytes() + torch.__version__.encode() + " ".join(sorted(flags)).encode()
+    material = b"".join(s.read_bytes() for s in SOURCES)
+    material += torch.__version__.encode() + " ".join(sorted(flags)).encode()
     return hashlib.sha256(material).hexdigest()[:16]
 
 
@@ -51,7 +53,7 @@ def _build_and_load() -> bool:
 
         load(
             name=f"qthink_kernels_{key}",
-            sources=[str(SOURCE)],
+            sources=[str(s) for s in SOURCES],
             extra_cflags=COMPILE_FLAGS,
             extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir),
@@ -60,7 +62,7 @@ def _build_and_load() -> bool:
         )
     except Exception as error:  # any cache, compiler or loader failure means: use torch's kernels
         warnings.warn(
-            f"qthink: the AVX-512 linear kernels could not be built ({error}); using torch's", stacklevel=2
+            f"qthink: the AVX-512 kernels could not be built ({error}); using torch's", stacklevel=2
         )
         return False
     return True
@@ -72,6 +74,7 @@ def linear_kernels_available() -> bool:
 
 
 def kernel_ops():
-    """The loaded kernels' op namespace: linear_bf16, linear_int8, linear_int4 (small M, GEMV)
-    and gemm_int8, gemm_int4 (large M, dequantized tiles through torch's GEMM)."""
+    """The loaded kernels' op namespace: linear_bf16, linear_int8, linear_int4 (small M, GEMV),
+    gemm_int8, gemm_int4 (large M, dequantized tiles through torch's GEMM) and decode_attention
+    (one query per sequence against the paged bf16 KV cache)."""
     return torch.ops.qthink_kernels

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qthink.kernels import kernel_ops, linear_kernels_available
 from qthink.model.layers import RMSNorm, apply_rotary
 from qthink.model.parallel import SINGLE, TensorParallel
 
@@ -25,6 +26,7 @@ class AttentionMetadata:
     context_slots: list[torch.Tensor]  # per sequence: [context_len] slots in order
     decode_slots: torch.Tensor | None = None  # [B, max_ctx] padded slots when all query_lens == 1
     decode_mask: torch.Tensor | None = None  # [B, 1, 1, max_ctx] True where a slot is attended
+    decode_lens: torch.Tensor | None = None  # [B] int64 context lengths, with decode_slots
 
     @property
     def is_decode(self) -> bool:
@@ -143,6 +145,9 @@ class Attention(nn.Module):
         return torch.cat(outs, dim=0)
 
     def _decode(self, q, meta: AttentionMetadata, cache: KVCache):
+        if _native_decode(q, cache):  # reads the cache slots in place: no gathered copy
+            args = (cache.k, cache.v, meta.decode_slots, meta.decode_lens, self.scale)
+            return kernel_ops().decode_attention(q.contiguous(), *args)
         # One query per sequence: fold the query heads of each KV group into the query-length
         # axis, so GQA needs no repeated K/V.
         batch, group = q.shape[0], self.heads // self.kv_heads
@@ -150,3 +155,9 @@ class Attention(nn.Module):
         k, v = (t.transpose(1, 2) for t in cache.read(meta.decode_slots, q.dtype))  # [B, kv_heads, ctx, dim]
         o = F.scaled_dot_product_attention(qg, k, v, attn_mask=meta.decode_mask, scale=self.scale)
         return o.reshape(batch, self.heads, self.head_dim)
+
+
+def _native_decode(q: torch.Tensor, cache: KVCache) -> bool:
+    """The native decode kernel takes a bf16 CPU cache (not 8-bit) and heads of 32k values."""
+    bf16 = q.dtype == cache.k.dtype == torch.bfloat16 and cache.k_scale is None
+    return bf16 and q.device.type == "cpu" and q.shape[-1] % 32 == 0 and linear_kernels_available()
