@@ -1,6 +1,7 @@
-"""qthink-nano's quality bar on held-out problems (greedy, qthink's engine), bf16 and quantized.
+"""qthink-nano's quality bar on held-out problems (greedy, qthink's engine), bf16 and quantized;
+a quantized run also prints how far its arithmetic accuracy moved from bf16's (at most 2 points).
 
-python benchmarks/nano_quality.py [-n 200]
+python benchmarks/nano_quality.py [-n 200] [--weights bf16 int8 int4]
 """
 
 import argparse
@@ -20,12 +21,19 @@ BAR = {
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=200)
-    ap.add_argument("--quantization", nargs="*", default=[None])
+    ap.add_argument("--weights", nargs="+", default=["bf16"], choices=["bf16", "int8", "int4"])
     args = ap.parse_args()
     path = ensure_nano()
-    for q in args.quantization:
-        scores = evaluate(path, args.n, q)
-        print(f"weights: {q or 'bf16'}")
+    reference = None
+    for weights in args.weights:
+        scores = evaluate(path, args.n, None if weights == "bf16" else weights)
+        print(f"weights: {weights}")
+        arithmetic = scores["arithmetic_boxed_correct"]
+        if weights == "bf16":
+            reference = arithmetic
+        elif reference is not None:
+            moved = 100 * abs(arithmetic - reference)
+            print(f"  arithmetic moved {moved:.1f} points from bf16 ({'within' if moved <= 2 else 'OVER'} 2)")
         for name, value in scores.items():
             bar = BAR.get(name)
             verdict = "" if bar is None else ("meets" if value >= bar else "BELOW") + f" the bar of {bar:.0%}"
