@@ -143,29 +143,34 @@ def memory_goal(model: str) -> str:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model")
-    ap.add_argument("--llama", type=Path, required=True, help="the folder make_llama_cpp.py wrote")
-    ap.add_argument("--ttft", type=int, nargs="*", default=[], help="prompt lengths for time to first token")
-    args = ap.parse_args()
-    torch.set_num_threads(THREADS)
-    q, llama = {}, {}
+def print_goals(model: str, llama: Path) -> None:
+    q, ll = {}, {}
     for w, (label, _) in WEIGHTS.items():
-        q[w], llama[label] = paired_rows(args.model, w, args.llama)
-    hf = hf_decode(args.model)
+        q[w], ll[label] = paired_rows(model, w, llama)
+    hf = hf_decode(model)
     print(f"transformers bf16 decode@1 {hf:.2f}", flush=True)
     print(f"\n{'goal':44s} {'qthink':>8s} {'other':>8s} {'ratio':>8s}   target")
     for w, (label, _) in WEIGHTS.items():
-        print(goal(f"1 decode@1 {w} vs llama.cpp {label}", q[w]["decode@1"], llama[label]["decode@1"], 1.0))
+        print(goal(f"1 decode@1 {w} vs llama.cpp {label}", q[w]["decode@1"], ll[label]["decode@1"], 1.0))
     print(goal("1 decode@1 bf16 vs transformers bf16", q["bf16"]["decode@1"], hf, 3.0))
     b = f"decode@{BATCH}"
     for w, (label, _) in WEIGHTS.items():
-        print(goal(f"2 {b} {w} vs llama.cpp {label} -npl {BATCH}", q[w][b], llama[label][b], 2.0))
+        print(goal(f"2 {b} {w} vs llama.cpp {label} -npl {BATCH}", q[w][b], ll[label][b], 2.0))
     for w in WEIGHTS:
         print(goal(f"2 {b} {w} vs qthink {w} decode@1", q[w][b], q[w]["decode@1"], 6.0))
     p = "prefill@2048"
-    print(goal("3 prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], llama["BF16"][p], 1.1))
+    print(goal("3 prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], ll["BF16"][p], 1.1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--llama", type=Path, help="the folder make_llama_cpp.py wrote (else: no goal table)")
+    ap.add_argument("--ttft", type=int, nargs="*", default=[], help="prompt lengths for time to first token")
+    args = ap.parse_args()
+    torch.set_num_threads(THREADS)
+    if args.llama:
+        print_goals(args.model, args.llama)
     print(memory_goal(args.model))
     for tokens in args.ttft:
         print(
