@@ -35,6 +35,12 @@ inline __m512 bf16x16_to_floats(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
+template <typename V, int MB, int NB>
+inline void set_all(V (&values)[MB][NB], V value) {
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) values[i][j] = value;
+}
+
 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh>(v); }
 
 // Writes float results into an [M, N] output of float or bf16, adding an optional bias.
@@ -109,8 +115,7 @@ struct Bf16Kernel : BlockKernel<Bf16Kernel> {
   template <int NB, int MB>
   void block(int64_t n, int64_t m, float (*res)[NB]) const {
     __m512 acc[MB][NB];
-    for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+    set_all(acc, _mm512_setzero_ps());
     const uint16_t* rows = w + n * K;
     const uint16_t* xs = x + m * K;
     int64_t k = 0;
@@ -149,8 +154,7 @@ struct Int8Kernel : BlockKernel<Int8Kernel> {
   template <int NB, int MB>
   void block(int64_t n, int64_t m, float (*res)[NB]) const {
     __m512 acc[MB][NB];
-    for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+    set_all(acc, _mm512_setzero_ps());
     const int8_t* rows = w + n * K;
     const float* xs = x + m * K;
     int64_t k = 0;
@@ -236,12 +240,10 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
     prepare<NB, MB>(n, m, combined.data(), constant);
     const __m512i nibble = _mm512_set1_epi8(0x0F);
     __m512 total[MB][NB];
-    for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < NB; ++j) total[i][j] = _mm512_setzero_ps();
+    set_all(total, _mm512_setzero_ps());
     for (int64_t g = 0; g < groups; ++g) {
       __m512i acc[MB][NB];
-      for (int i = 0; i < MB; ++i)
-        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_si512();
+      set_all(acc, _mm512_setzero_si512());
       for (int64_t k = g * G; k < (g + 1) * G; k += 128) {
         __m512i lo[NB], hi[NB];
         for (int j = 0; j < NB; ++j) {
@@ -289,12 +291,10 @@ struct Int8VnniKernel : BlockKernel<Int8VnniKernel> {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     const int8_t* rows = w + n * K;
     __m512 total[MB][NB];
-    for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < NB; ++j) total[i][j] = _mm512_setzero_ps();
+    set_all(total, _mm512_setzero_ps());
     for (int64_t g = 0; g < groups; ++g) {
       __m512i acc[MB][NB];
-      for (int i = 0; i < MB; ++i)
-        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_si512();
+      set_all(acc, _mm512_setzero_si512());
       for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
         __m512i wv[NB];
         for (int j = 0; j < NB; ++j) {
