@@ -1,42 +1,28 @@
 """Weights in transparent huge pages: decode streams every weight once per token, and 2 MB pages
 spare it a TLB miss every 4 KB (about 12% faster bf16 decode on the 4B shape)."""
 
-import ctypes
-import ctypes.util
-import functools
+import mmap
 
 import torch
 from torch import nn
 
 HUGE_PAGE = 2 << 20
-MADV_HUGEPAGE = 14  # Linux
 MIN_BYTES = 2 * HUGE_PAGE  # smaller tensors hold no whole huge page worth asking for
 
 
-@functools.cache
-def _madvise():
-    """libc's madvise, or None where there is none (not Linux, no libc)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
-    fn = getattr(libc, "madvise", None)
-    if fn is not None:
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return fn
-
-
 def huge_page_copy(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy of a CPU tensor whose memory was marked for huge pages before it was first written
-    (the kernel backs such pages with 2 MB ones when its THP mode is `madvise` or `always`)."""
-    madvise = _madvise()
-    out = torch.empty_like(tensor, memory_format=torch.contiguous_format)
-    if madvise is not None:
-        start = -(-out.data_ptr() // HUGE_PAGE) * HUGE_PAGE
-        end = (out.data_ptr() + out.nbytes) // HUGE_PAGE * HUGE_PAGE
-        if end > start:
-            madvise(start, end - start, MADV_HUGEPAGE)  # best effort: an error leaves 4 KB pages
-    return out.copy_(tensor)
+    """A copy of a CPU tensor in its own anonymous mapping, aligned to 2 MB and marked for huge
+    pages before it is first written (the kernel backs it with 2 MB pages when its THP mode is
+    `madvise` or `always`). Where madvise is unknown (not Linux) the tensor comes back as is."""
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        return tensor
+    # Private anonymous pages of its own (Python's default is shared memory, which THP skips,
+    # and the heap may hand back pages already touched as 4 KB ones).
+    region = mmap.mmap(-1, tensor.nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region.madvise(mmap.MADV_HUGEPAGE)
+    start = torch.frombuffer(region, dtype=torch.uint8, count=1).data_ptr()
+    raw = torch.frombuffer(region, dtype=torch.uint8, count=tensor.nbytes, offset=-start % HUGE_PAGE)
+    return raw.view(tensor.dtype).view(tensor.shape).copy_(tensor)  # the tensor keeps `region` alive
 
 
 def move_to_huge_pages(model: nn.Module) -> None:
