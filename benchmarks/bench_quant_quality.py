@@ -6,8 +6,9 @@ mean KL(bf16 || quantized) over every position of a fixed prompt set.
 
 qthink-nano's prompts are whole held-out conversations (thinking and answer included), so every
 position where the model was trained to predict is scored; other checkpoints get seeded random
-token ids. The effect on qthink-nano's held-out accuracy is `benchmarks/nano_quality.py
---quantization int8 int4`.
+token ids. Each format is scored twice: through the GEMV kernels that decoding uses (activations
+rounded to int8 per group of 128) and through the dequantize-then-GEMM path of prefill. The
+effect on qthink-nano's held-out accuracy is `benchmarks/nano_quality.py --weights bf16 int8 int4`.
 """
 
 import argparse
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from qthink.loader import load_model
+from qthink.model import quant
 
 NANO_SEED = 2_000_003
 
@@ -38,15 +40,18 @@ def random_prompts(count: int, length: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def log_probs(model_dir: Path, quantization: str | None, prompts: list[list[int]]) -> list[torch.Tensor]:
-    """float32 log-probabilities at every position of every prompt."""
-    model = load_model(model_dir, "bfloat16", quantization=quantization)
-    out = []
-    for ids in prompts:
-        logits = model(torch.tensor([ids]), torch.arange(len(ids))[None])[0]
-        out.append(torch.log_softmax(logits.float(), dim=-1))
-    del model
-    gc.collect()
+def log_probs(model, prompts: list[list[int]], decode_path: bool = False) -> list[torch.Tensor]:
+    """float32 log-probabilities at every position of every prompt; `decode_path` sends every
+    quantized matmul through the small-batch GEMV kernels, whatever its row count."""
+    small_m = quant.SMALL_M
+    quant.SMALL_M = 1 << 30 if decode_path else small_m
+    try:
+        out = []
+        for ids in prompts:
+            logits = model(torch.tensor([ids]), torch.arange(len(ids))[None])[0]
+            out.append(torch.log_softmax(logits.float(), dim=-1))
+    finally:
+        quant.SMALL_M = small_m
     return out
 
 
@@ -73,13 +78,20 @@ def main() -> None:
         from qthink.nano import ensure_nano
 
         model_dir, prompts = ensure_nano(), nano_prompts(args.prompts)
-    reference = log_probs(model_dir, None, prompts)
+    reference = log_probs(load_model(model_dir, "bfloat16"), prompts)
     print(f"{model_dir.name}: {sum(map(len, prompts))} positions, reference bf16")
-    print(f"{'weights':8s} {'top-1 agreement':>16s} {'mean KL':>10s} {'max KL':>10s}")
+    print(f"{'weights':22s} {'top-1 agreement':>16s} {'mean KL':>10s} {'max KL':>10s}")
     for quantization in ("int8", "int4"):
-        scores = compare(reference, log_probs(model_dir, quantization, prompts))
-        agreement, mean_kl, max_kl = scores["top1_agreement"], scores["mean_kl"], scores["max_kl"]
-        print(f"{quantization:8s} {agreement:16.4f} {mean_kl:10.5f} {max_kl:10.4f}")
+        model = load_model(model_dir, "bfloat16", quantization=quantization)
+        for path, decode_path in (("decode (GEMV)", True), ("prefill (GEMM)", False)):
+            scores = compare(reference, log_probs(model, prompts, decode_path))
+            agreement, mean_kl, max_kl = scores["top1_agreement"], scores["mean_kl"], scores["max_kl"]
+            print(
+                f"{quantization + ' ' + path:22s} {agreement:16.4f} {mean_kl:10.5f} {max_kl:10.4f}",
+                flush=True,
+            )
+        del model
+        gc.collect()
 
 
 if __name__ == "__main__":
