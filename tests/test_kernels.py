@@ -61,12 +61,14 @@ def test_bf16_kernel(n, k, m, with_bias):
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 def test_int8_kernel(n, k, m, with_bias, x_dtype):
     """Rows of a multiple of 64 inputs take the VNNI kernel, which rounds the activations to
-    int8 per group of 128 (64 where 128 does not divide K); other rows are exact."""
+    int8 per group of 128 (64 where 128 does not divide K); other rows, and every row when
+    rounding is switched off (the output layer), are exact."""
     q, scale = quantize_int8(torch.randn(n, k, generator=torch.Generator().manual_seed(1)))
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(2)).to(x_dtype)
     bias = torch.randn(n) if with_bias else None
     w = dequantize_int8(q, scale, torch.float64)
     ref, magnitude = reference(x, w, bias)
+    assert_within(kernel_ops().linear_int8(x, q, scale, bias, False), ref, magnitude, ACCUMULATION_RTOL)
     out = kernel_ops().linear_int8(x, q, scale, bias)
     if k % 64:
         assert_within(out, ref, magnitude, ACCUMULATION_RTOL)

@@ -169,8 +169,10 @@ def test_quantized_model_stays_close(tiny_model_dir, length, quantization, toler
     if quantization is None:  # the bf16 module shares the tied embeddings
         assert type(model.lm_head) is Bf16Linear
         assert model.lm_head.weight is model.model.embed_tokens.weight
-    else:  # beside quantized layers, an int8 copy
-        assert type(model.lm_head) is Int8Linear
+    else:  # beside quantized layers, an int8 copy that keeps its activations exact
+        assert type(model.lm_head) is Int8Linear and model.lm_head.exact_activations
+    if quantization == "int8":
+        assert not layer.mlp.down_proj.exact_activations
         assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     got = logits(model, prompt)
     assert relative_error(got, expected.double()) < tolerance

@@ -410,10 +410,11 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return out;
 }
 
-// Rows of a multiple of 64 inputs take the VNNI kernel (int8 activations per group of 128, or
-// of 64 where 128 does not divide K); others the float kernel.
+// With `round_activations`, rows of a multiple of 64 inputs take the VNNI kernel (int8
+// activations per group of 128, or of 64 where 128 does not divide K); otherwise the exact
+// float kernel (the output layer: its logits are sampled from directly).
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
-                       const c10::optional<at::Tensor>& bias) {
+                       const c10::optional<at::Tensor>& bias, bool round_activations) {
   TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous(), "w must be contiguous int8 [N, K]");
   TORCH_CHECK(scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() && scale.numel() == w.size(0),
               "scale must be contiguous bf16 [N]");
@@ -421,7 +422,7 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   check_input(x, K);
   at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
   const Output output = make_output(out, bias);
-  if (K % 64 != 0) {
+  if (!round_activations || K % 64 != 0) {
     const at::Tensor xf = x.to(at::kFloat).contiguous();
     Int8Kernel kernel;
     kernel.w = w.data_ptr<int8_t>();
@@ -592,7 +593,7 @@ at::Tensor gemm_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
 TORCH_LIBRARY(qthink_kernels, m) {
   m.def("linear_bf16(Tensor x, Tensor w, Tensor? bias) -> Tensor");
-  m.def("linear_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias) -> Tensor");
+  m.def("linear_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias, bool round_activations=True) -> Tensor");
   m.def("linear_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, Tensor? bias) -> Tensor");
   m.def("gemm_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias) -> Tensor");
   m.def("gemm_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, Tensor? bias) -> Tensor");

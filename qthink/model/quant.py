@@ -80,10 +80,13 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = t
 
 
 class Int8Linear(nn.Module):
-    """int8 weights with one bf16 scale per output channel."""
+    """int8 weights with one bf16 scale per output channel. The native decode kernel rounds the
+    activations to int8 too, unless `exact_activations` (the output layer: its logits are
+    sampled from directly, and rounding its input moved qthink-nano's next-token KL 500x)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, exact_activations: bool = False):
         super().__init__()
+        self.exact_activations = exact_activations
         self.in_features, self.out_features = linear.in_features, linear.out_features
         q, scale = quantize_int8(linear.weight)
         self.register_buffer("weight", q)
@@ -93,7 +96,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, args = _rows(x), (self.weight, self.scale, self.bias)
         if native_cpu(x) and rows_of(x) <= SMALL_M:
-            out = kernel_ops().linear_int8(rows, *args)
+            out = kernel_ops().linear_int8(rows, *args, not self.exact_activations)
         elif native_cpu(x) and x.dtype == torch.bfloat16:
             out = kernel_ops().gemm_int8(rows, *args)
         elif x.device.type == "cpu" and x.dtype == torch.bfloat16:
@@ -182,10 +185,10 @@ class Int4Linear(nn.Module):
 
 
 def _replacement(
-    linear: nn.Linear | Bf16Linear, quantization: str | None, group_size: int
+    linear: nn.Linear | Bf16Linear, quantization: str | None, group_size: int, in_decoder: bool = True
 ) -> nn.Module | None:
     if quantization == "int8":
-        return Int8Linear(linear)
+        return Int8Linear(linear, exact_activations=not in_decoder)
     if quantization == "int4":
         return Int4Linear(linear, group_size)
     if type(linear) is nn.Linear and linear.weight.dtype == torch.bfloat16:
@@ -207,9 +210,10 @@ def quantize_model(model: nn.Module, quantization: str | None, group_size: int =
     ]
     for parent_name, parent, name, linear in targets:
         in_decoder = ".layers." in f".{parent_name}."
-        # Beside quantized layers the output layer goes int8: a tenth of a 4B model's bytes per
-        # token, and the logits barely move (llama.cpp's Q4_K_M keeps it at 6 bits).
+        # Beside quantized layers the output layer goes int8 (exact activations): a tenth of a
+        # 4B model's bytes per token, and the logits barely move (llama.cpp's Q4_K_M keeps it
+        # at 6 bits).
         kind = quantization if in_decoder or quantization is None else "int8"
-        replacement = _replacement(linear, kind, group_size)
+        replacement = _replacement(linear, kind, group_size, in_decoder)
         if replacement is not None:
             setattr(parent, name, replacement)
