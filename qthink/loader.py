@@ -15,6 +15,7 @@ from qthink.model.parallel import SINGLE, TensorParallel
 from qthink.model.quant import quantize_model
 from qthink.model.qwen3 import Qwen3ForCausalLM
 
+IGNORED_TENSORS = ("rotary_emb.inv_freq",)  # saved by old transformers, recomputed here
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model"]
 
 
@@ -96,11 +97,13 @@ def load_model(
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config, tp)
     params = dict(model.named_parameters())
+    ignored = set(IGNORED_TENSORS)
     if config.tie_word_embeddings:
         params.pop("lm_head.weight", None)
+        ignored.add("lm_head.weight")  # some tied checkpoints store a copy anyway
     loaded = set()
     for file in tqdm(weight_files(model_dir), desc="loading weights", unit="file", leave=False):
-        for name, tensor in _read_tensors(file, params, tp):
+        for name, tensor in _read_tensors(file, params, ignored, tp):
             _check_shape(name, tensor, params[name])
             _assign(model, name, tensor.to(device=device, dtype=torch_dtype))
             loaded.add(name)
@@ -109,20 +112,26 @@ def load_model(
         raise LoadError(f"{model_dir}: tensor {missing[0]} is missing ({len(missing)} missing)")
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    model.model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta).to(device)
+    model.model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope).to(device)
     model.eval().requires_grad_(False)
     quantize_model(model, quantization, group_size)  # int8/int4, or the fast bf16 matmul for bf16 weights
     move_to_huge_pages(model)
     return model
 
 
-def _read_tensors(file: Path, wanted: dict, tp: TensorParallel):
-    """(name, tensor) for the wanted names in `file`, e.g. not lm_head beside tied embeddings."""
+def _read_tensors(file: Path, wanted: dict, ignored: set[str], tp: TensorParallel):
+    """(name, tensor) for the wanted names in `file`; a tensor the model has no place for (a bias
+    config.json does not announce, say) is an error, not silently dropped."""
     try:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
                 if name in wanted:
                     yield name, tp.shard(name, f.get_slice(name))
+                elif not name.endswith(tuple(ignored)):
+                    raise LoadError(
+                        f"{file.name}: tensor {name} is not part of the model config.json describes; "
+                        "the weights and config.json disagree"
+                    )
     except Exception as e:  # safetensors raises its own error types for corrupt files
         if isinstance(e, LoadError):
             raise

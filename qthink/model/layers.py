@@ -1,9 +1,12 @@
 """Building blocks of the Qwen3 decoder: RMSNorm, rotary embeddings, the SwiGLU MLP."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qthink.config import RopeParameters
 from qthink.model.parallel import SINGLE, TensorParallel
 
 
@@ -22,17 +25,63 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotate-half (NeoX) RoPE; cos/sin for a position are computed on demand from inv_freq."""
+    """Rotate-half (NeoX) RoPE; cos/sin for a position are computed on demand from inv_freq.
+    Scaled variants (linear, YaRN) change inv_freq and, for YaRN, scale cos and sin."""
 
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, head_dim: int, theta: float, rope: RopeParameters | None = None):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        rope = rope or RopeParameters(theta=theta)
+        inv_freq, self.attention_scaling = rope_inv_freq(head_dim, rope)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[..., None] * self.inv_freq.float()
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        if self.attention_scaling == 1.0:
+            return emb.cos().to(dtype), emb.sin().to(dtype)
+        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
+
+
+def rope_inv_freq(head_dim: int, rope: RopeParameters) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim / 2] and the cos/sin scale, as transformers computes them."""
+    pos_freqs = rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+    if rope.type == "linear":
+        return 1.0 / pos_freqs / rope.factor, 1.0
+    if rope.type == "yarn":
+        return _yarn(head_dim, rope, pos_freqs)
+    return 1.0 / pos_freqs, 1.0
+
+
+def _yarn(head_dim: int, rope: RopeParameters, pos_freqs: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """YaRN: high frequencies kept, low ones interpolated by `factor`, a linear ramp between
+    the dimensions that rotate beta_fast and beta_slow times over the pretrained context."""
+
+    def correction_dim(rotations: float) -> float:
+        original = rope.original_max_position_embeddings
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(rope.theta))
+
+    low, high = correction_dim(rope.beta_fast), correction_dim(rope.beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # 1: extrapolate (keep the frequency), 0: interpolate
+    inv_freq = 1.0 / (rope.factor * pos_freqs) * (1 - keep) + 1.0 / pos_freqs * keep
+    return inv_freq, _yarn_attention_factor(rope)
+
+
+def _yarn_attention_factor(rope: RopeParameters) -> float:
+    if rope.attention_factor is not None:
+        return float(rope.attention_factor)
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    if rope.mscale and rope.mscale_all_dim:
+        return float(mscale(rope.factor, rope.mscale) / mscale(rope.factor, rope.mscale_all_dim))
+    return mscale(rope.factor)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
