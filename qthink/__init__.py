@@ -11,7 +11,7 @@ _EXPORTS = {
     "CompletionOutput": "qthink.engine.outputs",
     "AsyncEngine": "qthink.engine.async_engine",
     "Tokenizer": "qthink.tokenizer",
-    "split_reasoning": "qthink.parsing.reasoning",
+    "ThinkingFormat": "qthink.parsing.thinking",
     "Assistant": "qthink.agent.assistant",
 }
 

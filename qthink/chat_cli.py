@@ -6,7 +6,6 @@ from rich.console import Console
 
 from qthink.engine.engine import LLMEngine
 from qthink.engine.sampling_params import SamplingParams
-from qthink.parsing.reasoning import ReasoningStreamParser
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,7 +99,7 @@ def respond(engine: LLMEngine, messages: list[dict], args, console: Console) -> 
         )
     state = engine.add_request(prompt, sampling_from_args(args, engine.max_model_len, len(prompt)))
     output = state.outputs[0]
-    parser = ReasoningStreamParser(thinking=output.seq.prompt_opens_thinking)
+    parser = engine.thinking_format.stream(output.seq.prompt_opens_thinking)
     thinking, answer, seen = [], [], 0
     while not output.seq.finished:
         engine.step()

@@ -18,8 +18,6 @@ from tokenizers import Tokenizer as RustTokenizer
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
-THINK_START_ID = 151667
-THINK_END_ID = 151668
 IM_END_ID = 151645
 TOOL_CALL_START_ID = 151657
 TOOL_CALL_END_ID = 151658

@@ -8,7 +8,6 @@ import pytest
 from qthink import LLM, SamplingParams
 from qthink.engine.engine import RequestError
 from qthink.engine.sampling_params import THINKING_EARLY_STOP
-from qthink.engine.sequence import THINK_END_ID
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,8 @@ def test_thinking_budget_closes_thinking_then_answers(llm):
     out = llm.chat(conv, params)[0].outputs[0]
     phrase = tok.encode(THINKING_EARLY_STOP)
     assert out.token_ids[6 : 6 + len(phrase)] == phrase
-    assert out.token_ids.index(THINK_END_ID) == 6 + phrase.index(THINK_END_ID)
+    think_end = tok.token_to_id("</think>")
+    assert out.token_ids.index(think_end) == 6 + phrase.index(think_end)
     # The answer follows the closed thinking (a random model's answer is noise, so only its length).
     assert len(out.token_ids) == 60
     assert tok.decode(out.token_ids[:6]).strip("\n") in out.reasoning_content

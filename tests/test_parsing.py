@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from qthink.parsing.reasoning import ReasoningStreamParser, split_reasoning, split_reasoning_text
+from qthink.parsing.thinking import ThinkingFormat
 from qthink.parsing.tool_calls import ToolCallStreamParser, parse_tool_calls
-from qthink.tokenizer import THINK_END_ID, IncrementalDetokenizer, Tokenizer
+from qthink.tokenizer import IncrementalDetokenizer, Tokenizer
 
 TOOLS = [
     {
@@ -25,6 +25,16 @@ def tok(tokenizer_dir):
     return Tokenizer.from_pretrained(tokenizer_dir)
 
 
+@pytest.fixture(scope="module")
+def fmt(tok):
+    return ThinkingFormat.from_tokenizer(tok)
+
+
+def split_ids(tok, ids, thinking=True):
+    """The whole split of generated ids, decoded as the engine decodes them."""
+    return ThinkingFormat.from_tokenizer(tok).split(tok.decode(ids, skip_special_tokens=True), thinking)
+
+
 def stream_text(tok, ids):
     """Text deltas as the engine produces them: one token at a time, UTF-8 safe."""
     detok = IncrementalDetokenizer(tok)
@@ -32,7 +42,7 @@ def stream_text(tok, ids):
 
 
 def streamed_split(tok, ids, thinking=True):
-    parser = ReasoningStreamParser(thinking)
+    parser = ThinkingFormat.from_tokenizer(tok).stream(thinking)
     parts = [parser.feed(d) for d in stream_text(tok, ids)]
     return "".join(r for r, _ in parts), "".join(c for _, c in parts)
 
@@ -52,30 +62,30 @@ CASES = [
 
 
 @pytest.mark.parametrize("name, text, expected", CASES, ids=[c[0] for c in CASES])
-def test_split_whole_tokens_text_and_stream_agree(tok, name, text, expected):
+def test_split_whole_tokens_text_and_stream_agree(tok, fmt, name, text, expected):
     ids = tok.encode(text)
-    assert split_reasoning(ids, tok) == expected
-    assert split_reasoning_text(text) == expected
+    assert split_ids(tok, ids) == expected
+    assert fmt.split(text, True) == expected
     reasoning, content = streamed_split(tok, ids)
     assert (reasoning, content or None) == expected
 
 
-def test_think_end_split_across_deltas():
-    parser = ReasoningStreamParser()
+def test_think_end_split_across_deltas(fmt):
+    parser = fmt.stream(True)
     parts = [parser.feed(d) for d in ["abc</th", "in", "k>\n", "\nanswer"]]
     assert "".join(r for r, _ in parts) == "abc"
     assert "".join(c for _, c in parts) == "answer"
 
 
-def test_thinking_disabled_is_all_content(tok):
-    assert split_reasoning(tok.encode("Just an answer."), tok, thinking=False) == (None, "Just an answer.")
-    assert split_reasoning_text("Just an answer.", thinking=False) == (None, "Just an answer.")
+def test_thinking_disabled_is_all_content(tok, fmt):
+    assert split_ids(tok, tok.encode("Just an answer."), thinking=False) == (None, "Just an answer.")
+    assert fmt.split("Just an answer.", thinking=False) == (None, "Just an answer.")
 
 
-def test_split_is_at_the_last_think_end(tok):
+def test_split_is_at_the_first_think_end(tok, fmt):
     ids = tok.encode("a</think>b</think>c")
-    assert ids.count(THINK_END_ID) == 2
-    assert split_reasoning(ids, tok) == ("a</think>b", "c")
+    assert ids.count(fmt.end_id) == 2
+    assert split_ids(tok, ids) == ("a", "b</think>c")
 
 
 def call_block(name, args):

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from qthink.parsing.reasoning import ReasoningStreamParser, split_reasoning, split_reasoning_text
+from qthink.parsing.thinking import ThinkingFormat
 from qthink.parsing.tool_calls import ToolCallStreamParser, parse_tool_calls
-from qthink.tokenizer import THINK_END_ID, THINK_START_ID, IncrementalDetokenizer, Tokenizer
+from qthink.tokenizer import IncrementalDetokenizer, Tokenizer
 
 TOOLS = [
     {
@@ -36,8 +36,19 @@ def token_deltas(tok, text):
     return [detok.push([i]) for i in tok.encode(text)]
 
 
+FORMAT = ThinkingFormat()  # the text split needs only the markers' text
+
+
+def split_reasoning_text(text, thinking=True):
+    return FORMAT.split(text, thinking)
+
+
+def split_reasoning(ids, tok, thinking=True):
+    return ThinkingFormat.from_tokenizer(tok).split(tok.decode(ids, skip_special_tokens=True), thinking)
+
+
 def stream_reasoning(deltas, thinking=True):
-    parser = ReasoningStreamParser(thinking)
+    parser = FORMAT.stream(thinking)
     parts = [parser.feed(d, final=i == len(deltas) - 1) for i, d in enumerate(deltas)]
     reasoning, content = "".join(r for r, _ in parts), "".join(c for _, c in parts)
     return reasoning, content or None
@@ -72,7 +83,8 @@ def test_2507_output_without_opening_think_is_split(tok):
     and a parser that waited for one put the whole thinking into the content."""
     text = "The user greets me.\nI reply.\n</think>\n\nHello! How can I help?"
     ids = tok.encode(text)
-    assert THINK_START_ID not in ids and ids.count(THINK_END_ID) == 1
+    fmt = ThinkingFormat.from_tokenizer(tok)
+    assert fmt.start_id not in ids and ids.count(fmt.end_id) == 1
     expected = ("The user greets me.\nI reply.", "Hello! How can I help?")
     assert split_reasoning(ids, tok) == expected
     assert stream_reasoning(token_deltas(tok, text)) == expected
@@ -174,14 +186,15 @@ def random_chunks(rng, text):
 
 
 def test_streamed_equals_whole_on_random_outputs():
-    """Any output, cut into deltas anywhere: the stream adds up to the whole-text result."""
+    """Any output, cut into deltas anywhere, thinking on or off: the stream adds up to the
+    whole-text result (several </think>s included: both split at the first)."""
     rng = random.Random(0)
-    for _ in range(3000):
+    for i in range(3000):
         text = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 8)))
-        if text.count("</think>") > 1:
-            continue  # the model writes one; a stream cannot take back text before a later one
-        reasoning, content = split_reasoning_text(text)
-        assert stream_reasoning(random_chunks(rng, text)) == (reasoning, content), text
+        thinking = i % 4 != 0
+        reasoning, content = split_reasoning_text(text, thinking)
+        streamed = stream_reasoning(random_chunks(rng, text), thinking)
+        assert streamed == (reasoning or "", content or None), text
         whole_content, whole_calls = parse_tool_calls(content, TOOLS)
         streamed_content, deltas = stream_tools(random_chunks(rng, content or ""))
         assert streamed_content == whole_content, text

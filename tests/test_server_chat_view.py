@@ -8,7 +8,7 @@ import random
 import pytest
 
 from qthink.engine.outputs import CompletionOutput, RequestOutput
-from qthink.parsing.reasoning import split_reasoning_text
+from qthink.parsing.thinking import ThinkingFormat
 from qthink.server.chat import ChatView
 from qthink.server.errors import APIError
 from qthink.server.protocol import ChatCompletionRequest
@@ -46,7 +46,7 @@ def engine_outputs(tok, text: str, finish_reason: str) -> list[RequestOutput]:
         c = CompletionOutput(0, seen, ids[:n])
         if n == len(ids):
             c.finish_reason = finish_reason
-            c.reasoning_content, c.content = split_reasoning_text(seen, True)
+            c.reasoning_content, c.content = ThinkingFormat.from_tokenizer(tok).split(seen, True)
         outs.append(RequestOutput("r", None, [1, 2, 3], [c], finished=n == len(ids)))
     return outs
 
@@ -54,7 +54,8 @@ def engine_outputs(tok, text: str, finish_reason: str) -> list[RequestOutput]:
 def view_for(**body) -> ChatView:
     req = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], **body)
     parse_tools = bool(req.tools) and req.tool_choice != "none"
-    return ChatView(req, "qthink-test", thinking=True, parse_tools=parse_tools)
+    fmt = ThinkingFormat(start_id=151667, end_id=151668)  # the Qwen3 vocabulary's ids
+    return ChatView(req, "qthink-test", fmt, thinking=True, parse_tools=parse_tools)
 
 
 def streamed(view: ChatView, outs: list[RequestOutput]) -> list[dict]:
@@ -132,15 +133,18 @@ def test_include_reasoning_false_sends_only_the_answer(tok):
     assert got["reasoning_content"] == "" and got["content"] == "Four."
 
 
-def test_usage_counts_thinking_up_to_the_last_think_end(tok):
+def test_usage_counts_thinking_up_to_the_first_think_end(tok):
     text = "a</think>b</think>\n\nanswer"
     outs = engine_outputs(tok, text, "stop")
     ids = outs[-1].outputs[0].token_ids
     body = view_for().response(outs[-1])
-    assert body["choices"][0]["message"]["reasoning_content"] == "a</think>b"
+    message = body["choices"][0]["message"]
+    assert (message["reasoning_content"], message["content"]) == ("a", "b</think>\n\nanswer")
     details = body["usage"]["completion_tokens_details"]
-    assert details["reasoning_tokens"] == len(tok.encode("a</think>b"))
-    assert details["reasoning_tokens"] + 1 + len(tok.encode("\n\nanswer")) == len(ids)
+    assert details["reasoning_tokens"] == len(tok.encode("a"))
+    assert details["reasoning_tokens"] + 1 + len(tok.encode("b</think>\n\nanswer")) == len(ids)
+    got = assemble(streamed(view_for(stream=True), outs))
+    assert (got["reasoning_content"], got["content"]) == ("a", "b</think>\n\nanswer")
 
 
 PIECES = ["\n", "\n\n", " ", "</think>", "<tool_call>", "</tool_call>", "<", "ok", "上海", "{bad"]

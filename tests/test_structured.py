@@ -6,7 +6,6 @@ import jsonschema
 import pytest
 
 from qthink import LLM, SamplingParams
-from qthink.engine.sequence import THINK_END_ID
 from qthink.engine.structured import StructuredOutputError
 
 SCHEMA = {
@@ -39,7 +38,7 @@ def test_json_schema_answers_validate_while_thinking_is_free(llm):
         o = out.outputs[0]
         assert o.finish_reason == "stop"
         jsonschema.validate(json.loads(o.content), SCHEMA)
-    thinking_end = free[0].outputs[0].token_ids.index(THINK_END_ID)
+    thinking_end = free[0].outputs[0].token_ids.index(llm.get_tokenizer().token_to_id("</think>"))
     # Same seed, same thinking: the constraint only starts after </think>.
     assert outs[0].outputs[0].token_ids[:thinking_end] == free[0].outputs[0].token_ids[:thinking_end]
 

@@ -5,10 +5,9 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
+from qthink.parsing.thinking import ThinkingFormat
 from qthink.tokenizer import (
     IM_END_ID,
-    THINK_END_ID,
-    THINK_START_ID,
     TOOL_CALL_END_ID,
     TOOL_CALL_START_ID,
     ChatTemplateError,
@@ -16,6 +15,8 @@ from qthink.tokenizer import (
     Tokenizer,
     shipped_templates,
 )
+
+THINK_START_ID, THINK_END_ID = 151667, 151668  # the Qwen3 vocabulary's <think> and </think>
 
 TOOLS = [
     {
@@ -294,6 +295,8 @@ def test_vocabulary_and_special_ids(tok, hf):
     assert {text: tok.token_to_id(text) for text in named} == named
     ids = list(range(151640, len(tok)))
     assert tok.convert_ids_to_tokens(ids) == hf.convert_ids_to_tokens(ids)
+    fmt = ThinkingFormat.from_tokenizer(tok)
+    assert (fmt.start_id, fmt.end_id) == (THINK_START_ID, THINK_END_ID)
 
 
 ROUND_TRIPS = [

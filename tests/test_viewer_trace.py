@@ -121,7 +121,6 @@ def test_cli_rejects_a_bad_trace(tmp_path):
 def test_trace_from_an_engine_output(tiny_model_dir, tmp_path):
     from qthink.engine.llm import LLM
     from qthink.engine.sampling_params import SamplingParams
-    from qthink.tokenizer import THINK_END_ID
 
     llm = LLM(model=str(tiny_model_dir))
     messages = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -135,7 +134,7 @@ def test_trace_from_an_engine_output(tiny_model_dir, tmp_path):
     tokens = trace.answer.tokens
     assert [t.id for t in tokens] == list(output.token_ids)
     assert "".join(t.text for t in tokens) == tokenizer.decode(output.token_ids)
-    end = list(output.token_ids).index(THINK_END_ID)
+    end = list(output.token_ids).index(tokenizer.token_to_id("</think>"))
     assert [t.part for t in tokens] == ["thinking"] * (end + 1) + ["answer"] * (len(tokens) - end - 1)
     for token, logprobs in zip(tokens, output.logprobs, strict=True):
         assert token.logprob == logprobs[token.id].logprob

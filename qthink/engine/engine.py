@@ -17,13 +17,13 @@ from qthink.engine.outputs import Logprob, RequestOutput
 from qthink.engine.runner import ModelRunner, default_threads
 from qthink.engine.sampling_params import SamplingParams
 from qthink.engine.scheduler import ScheduledBatch, Scheduler
-from qthink.engine.sequence import THINK_END_ID, Sequence
+from qthink.engine.sequence import Sequence
 from qthink.engine.structured import GrammarCompiler
 from qthink.loader import load_model, resolve_dtype, resolve_model
 from qthink.memory import KV_BYTES, available_memory, kv_bytes_per_token
 from qthink.model.parallel import SINGLE
 from qthink.model.qwen3 import check_divisible
-from qthink.parsing.reasoning import split_reasoning_text
+from qthink.parsing.thinking import ThinkingFormat
 from qthink.tokenizer import Tokenizer
 
 log = logging.getLogger("qthink")
@@ -71,6 +71,7 @@ class LLMEngine:
             torch.set_num_threads(max(1, default_threads() // tensor_parallel_size))
         self.dtype = resolve_dtype(dtype, self.model_config)
         self.tokenizer = Tokenizer.from_pretrained(self.model_dir, chat_template=chat_template)
+        self.thinking_format = ThinkingFormat.from_tokenizer(self.tokenizer)
         self.quantization = quantization
         quant = (quantization, quantization_group_size)
         self.tp_workers, tp = self._start_tensor_parallel(tensor_parallel_size, quant)
@@ -152,7 +153,10 @@ class LLMEngine:
         if params.prompt_logprobs is not None:
             raise RequestError("prompt_logprobs is not supported")
         eos = () if params.ignore_eos else self.model_config.eos_token_ids
-        seqs = [Sequence(request_id, i, prompt_ids, params, max_tokens, eos) for i in range(params.n)]
+        seqs = [
+            Sequence(request_id, i, prompt_ids, params, max_tokens, eos, self.thinking_format)
+            for i in range(params.n)
+        ]
         if params.structured_output is not None:
             for seq in seqs:
                 seq.grammar = self.grammars.state(params.structured_output, not seq.prompt_opens_thinking)
@@ -273,7 +277,7 @@ class LLMEngine:
         new = [token]
         lp = self._logprob_dict(seq, token, logprob, rank, top_ids, top_lps)
         new_lps = [lp] if lp is not None else None
-        if seq.thinking_budget_spent() and token != THINK_END_ID:
+        if seq.thinking_budget_spent() and token != self.thinking_format.end_id:
             room = min(seq.max_tokens - seq.num_output_tokens, self.max_model_len - len(seq))
             new = self._early_stop_ids(seq)[:room]  # close the thinking; the model writes the answer
             new_lps = [{t: Logprob(0.0, None, self.tokenizer.decode([t]))} for t in new] if lp else None
@@ -322,7 +326,8 @@ class LLMEngine:
         for out in state.outputs:
             c = out.completion()
             if out.seq.finished and out.seq.finish_reason != "error":
-                c.reasoning_content, c.content = split_reasoning_text(c.text, out.seq.prompt_opens_thinking)
+                split = self.thinking_format.split(c.text, out.seq.prompt_opens_thinking)
+                c.reasoning_content, c.content = split
             completions.append(c)
         finished = state.finished
         if finished:

@@ -6,9 +6,9 @@ from enum import Enum
 import torch
 
 from qthink.engine.sampling_params import SamplingParams
+from qthink.parsing.thinking import ThinkingFormat
 
-THINK_START_ID = 151667
-THINK_END_ID = 151668
+NO_THINKING_IDS = ThinkingFormat()  # for sequences made without a tokenizer (tests of the scheduler)
 
 _ids = itertools.count()
 
@@ -28,6 +28,7 @@ class Sequence:
         params: SamplingParams,
         max_tokens: int,
         eos_ids: tuple[int, ...] = (),
+        thinking_format: ThinkingFormat = NO_THINKING_IDS,
     ):
         self.seq_id = next(_ids)
         self.request_id = request_id
@@ -45,8 +46,8 @@ class Sequence:
         self.stop_reason: str | int | None = None
         self.error: str | None = None
         self.generator = _generator(params.seed, index)
-        self.thinking = self.prompt_opens_thinking = opens_thinking(prompt_ids)
-        self.num_thinking_tokens = 0
+        self.prompt_opens_thinking = thinking_format.prompt_opens_thinking(prompt_ids)
+        self.thinking_tokens = thinking_format.tokens(self.prompt_opens_thinking)
         self.wait_for: Sequence | None = None  # a sibling whose prompt blocks this one reuses
         self.grammar = None  # a GrammarState once the answer is constrained
 
@@ -70,15 +71,23 @@ class Sequence:
     def finished(self) -> bool:
         return self.status is Status.FINISHED
 
+    @property
+    def thinking(self) -> bool:
+        """True while the output is inside the thinking (before its first </think>)."""
+        return self.thinking_tokens.open
+
+    @property
+    def num_thinking_tokens(self) -> int:
+        return self.thinking_tokens.num_reasoning_tokens
+
     def append(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+        was_thinking = self.thinking_tokens.observe(token_id)
         if self.grammar is not None:
-            self.grammar.observe(token_id)
-        if self.thinking:
-            if token_id == THINK_END_ID:
-                self.thinking = False
-            else:
-                self.num_thinking_tokens += 1
+            if self.grammar.active:
+                self.grammar.observe(token_id)
+            elif was_thinking and not self.thinking:
+                self.grammar.active = True  # the answer after </think> is constrained
 
     def thinking_budget_spent(self) -> bool:
         budget = self.params.max_thinking_tokens
@@ -95,13 +104,3 @@ def _generator(seed: int | None, index: int) -> torch.Generator | None:
     if seed is None:
         return None
     return torch.Generator().manual_seed(seed * 1_000_003 + index)
-
-
-def opens_thinking(prompt_ids: list[int]) -> bool:
-    """True when the prompt ends inside an open <think> (the 2507 generation prompt)."""
-    for token in reversed(prompt_ids):
-        if token == THINK_END_ID:
-            return False
-        if token == THINK_START_ID:
-            return True
-    return False

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 
-from qthink.engine.sequence import THINK_END_ID
 from qthink.tokenizer import TOOL_CALL_END_ID, TOOL_CALL_START_ID
 
 # Qwen writes "</think>\n\n" before its answer: the grammar lets a little whitespace through.
@@ -139,9 +138,7 @@ class GrammarState:
         self.vocab_size = vocab_size
 
     def observe(self, token_id: int) -> None:
-        if not self.active:
-            self.active = token_id == THINK_END_ID
-            return
+        """Consume an answer token (the sequence turns the state active once thinking ends)."""
         if not self.matcher.consume_token(token_id):
             raise StructuredOutputError(f"token {token_id} broke the grammar: {self.matcher.get_error()}")
 

@@ -6,7 +6,6 @@ import re
 
 from qthink.engine.llm import LLM
 from qthink.engine.sampling_params import SamplingParams
-from qthink.engine.sequence import THINK_END_ID
 from qthink.nano.data import TOOLS, arithmetic, multiple_choice, tool_use
 from qthink.parsing.tool_calls import parse_tool_calls
 
@@ -36,6 +35,7 @@ def evaluate(model_path, n: int = 100, quantization: str | None = None) -> dict[
     outs_call = llm.chat([first[:-1] for first, _ in tools], greedy, tools=TOOLS)
     outs_answer = llm.chat([whole[:-1] for _, whole in tools], greedy, tools=TOOLS)
     every = [o.outputs[0] for o in outs_math + outs_choice + outs_call + outs_answer]
+    think_end = llm.engine.thinking_format.end_id
     return {
         "arithmetic_boxed_correct": _rate(
             _boxed(o.outputs[0].content) == _boxed(m[-1]["content"]) for o, m in zip(outs_math, math)
@@ -51,7 +51,7 @@ def evaluate(model_path, n: int = 100, quantization: str | None = None) -> dict[
             json.loads(whole[-2]["content"])["result"] in (o.outputs[0].content or "")
             for o, (_, whole) in zip(outs_answer, tools)
         ),
-        "think_end_produced": _rate(THINK_END_ID in c.token_ids for c in every),
+        "think_end_produced": _rate(think_end in c.token_ids for c in every),
     }
 
 

@@ -4,7 +4,7 @@ import json
 import re
 import uuid
 
-from qthink.parsing.reasoning import partial_suffix
+from qthink.parsing.text_stream import partial_suffix
 
 START, END = "<tool_call>", "</tool_call>"
 BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)

@@ -7,8 +7,8 @@ import uuid
 from fastapi import Request
 
 from qthink.engine.outputs import CompletionOutput, RequestOutput
-from qthink.engine.sequence import THINK_END_ID, THINK_START_ID, opens_thinking
-from qthink.parsing.reasoning import ReasoningStreamParser
+from qthink.parsing.text_stream import StrippedStream
+from qthink.parsing.thinking import ThinkingFormat
 from qthink.parsing.tool_calls import ToolCallStreamParser, parse_tool_calls
 from qthink.server.errors import APIError
 from qthink.server.params import sampling_params, structured_output, template_kwargs, tool_choice_spec
@@ -39,7 +39,8 @@ async def create_chat_completion(req: ChatCompletionRequest, server, request: Re
     )
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = sampling_params(req, server.engine.max_model_len, len(prompt), logprobs, forced or structured)
-    view = ChatView(req, server.model_name, opens_thinking(prompt), parse_tools)
+    fmt = ThinkingFormat.from_tokenizer(server.tokenizer)
+    view = ChatView(req, server.model_name, fmt, fmt.prompt_opens_thinking(prompt), parse_tools)
     outputs = await stream_outputs(server, prompt, params)
     if req.stream:
         return event_stream(view.stream(outputs))
@@ -50,8 +51,10 @@ async def create_chat_completion(req: ChatCompletionRequest, server, request: Re
 class ChatView:
     """Shapes engine outputs into chat completion objects and stream chunks."""
 
-    def __init__(self, req: ChatCompletionRequest, model: str, thinking: bool, parse_tools: bool):
-        self.req, self.model, self.thinking = req, model, thinking
+    def __init__(
+        self, req: ChatCompletionRequest, model: str, fmt: ThinkingFormat, thinking: bool, parse_tools: bool
+    ):
+        self.req, self.model, self.format, self.thinking = req, model, fmt, thinking
         self.tools = req.tools if parse_tools else None
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -66,7 +69,7 @@ class ChatView:
             "created": self.created,
             "model": self.model,
             "choices": choices,
-            "usage": usage(out, self.thinking),
+            "usage": usage(out, self.format, self.thinking),
         }
 
     def _choice(self, c: CompletionOutput) -> dict:
@@ -116,7 +119,8 @@ class ChatView:
             if last is not None and last.error:
                 yield sse({"error": {"message": last.error, "type": "server_error", "code": 500}})
             elif last is not None and self.req.stream_options and self.req.stream_options.include_usage:
-                yield sse({**self._envelope(), "choices": [], "usage": usage(last, self.thinking)})
+                totals = usage(last, self.format, self.thinking)
+                yield sse({**self._envelope(), "choices": [], "usage": totals})
             yield sse_done()
         except Exception as e:  # an engine fault mid-stream: tell the client, close cleanly
             yield sse({"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error", "code": 500}})
@@ -142,9 +146,9 @@ class ChoiceStream:
 
     def __init__(self, view: ChatView):
         self.view = view
-        self.reasoning = ReasoningStreamParser(view.thinking)
+        self.reasoning = view.format.stream(view.thinking)
         self.tools = ToolCallStreamParser(view.tools) if view.tools else None
-        self.content = _Trimmed() if view.tools else None
+        self.content = StrippedStream() if view.tools else None  # as the whole parse strips it
         self.text_seen = 0
         self.tokens_seen = 0
         self.started = False
@@ -191,32 +195,11 @@ class ChoiceStream:
         return out
 
 
-class _Trimmed:
-    """Content as `.strip()` leaves it, streamed: trailing whitespace waits for more text."""
-
-    def __init__(self):
-        self.full = ""
-        self.sent = 0
-
-    def push(self, text: str) -> str:
-        self.full += text
-        view = self.full.strip()
-        delta, self.sent = view[self.sent :], len(view)
-        return delta
-
-
 def finish_reason(c: CompletionOutput) -> str | None:
     return {"abort": "abort", "error": "error"}.get(c.finish_reason, c.finish_reason)
 
 
-def reasoning_tokens(token_ids: list[int], thinking: bool) -> int:
-    """Tokens up to the last </think>, as `split_reasoning` counts the thinking."""
-    if THINK_END_ID in token_ids:
-        return len(token_ids) - 1 - token_ids[::-1].index(THINK_END_ID)
-    return len(token_ids) if thinking or token_ids[:1] == [THINK_START_ID] else 0
-
-
-def usage(out: RequestOutput, thinking: bool) -> dict:
+def usage(out: RequestOutput, fmt: ThinkingFormat, thinking: bool) -> dict:
     completion = sum(len(c.token_ids) for c in out.outputs)
     prompt = len(out.prompt_token_ids)
     return {
@@ -224,7 +207,7 @@ def usage(out: RequestOutput, thinking: bool) -> dict:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "completion_tokens_details": {
-            "reasoning_tokens": sum(reasoning_tokens(c.token_ids, thinking) for c in out.outputs)
+            "reasoning_tokens": sum(fmt.reasoning_tokens(c.token_ids, thinking) for c in out.outputs)
         },
         "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens},
     }

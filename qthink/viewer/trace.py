@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from qthink.parsing.thinking import ThinkingFormat
+
 FORMAT = "qthink-trace"
 VERSION = 1
 
@@ -132,7 +134,9 @@ def trace_from_output(
         output = output.outputs[0]
     ids = list(output.token_ids)
     texts = _token_texts(ids, tokenizer)
-    parts = _token_parts(ids, output.reasoning_content is not None)
+    fmt = ThinkingFormat.from_tokenizer(tokenizer)
+    in_thinking = fmt.token_parts(ids, output.reasoning_content is not None)
+    parts = ["thinking" if t else "answer" for t in in_thinking]
     logprobs = output.logprobs or [None] * len(ids)
     tokens = [
         _trace_token(i, text, part, lp)
@@ -168,16 +172,6 @@ def _token_texts(ids: list[int], tokenizer) -> list[str]:
 
     detok = IncrementalDetokenizer(tokenizer, skip_special_tokens=False)
     return [detok.push([i]) for i in ids]
-
-
-def _token_parts(ids: list[int], thinking: bool) -> list[str]:
-    """Thinking up to and including the last </think>, as split_reasoning splits the text."""
-    from qthink.tokenizer import THINK_END_ID
-
-    if not thinking or THINK_END_ID not in ids:
-        return ["thinking" if thinking else "answer"] * len(ids)
-    last = len(ids) - 1 - ids[::-1].index(THINK_END_ID)
-    return ["thinking"] * (last + 1) + ["answer"] * (len(ids) - last - 1)
 
 
 def _trace_token(token_id: int, text: str, part: str, logprobs: dict | None) -> TraceToken:
