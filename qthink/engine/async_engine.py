@@ -66,6 +66,9 @@ class AsyncEngine:
     async def abort(self, request_id: str) -> None:
         await self._call(self.engine.abort, request_id)
 
+    async def end_thinking(self, request_id: str) -> bool:
+        return await self._call(self.engine.end_thinking, request_id)
+
     def stats(self) -> dict:
         return self.engine.stats()
 

@@ -199,6 +199,16 @@ class LLMEngine:
         for out in state.outputs:
             self.scheduler.finish(out.seq, "abort")
 
+    def end_thinking(self, request_id: str) -> bool:
+        """Close the request's thinking at its next step, as a spent budget does, so the model
+        answers now; False when no such request is running."""
+        state = self.requests.get(request_id)
+        if state is None:
+            return False
+        for out in state.outputs:
+            out.seq.end_thinking_now = True
+        return True
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
 

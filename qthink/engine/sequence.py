@@ -48,6 +48,7 @@ class Sequence:
         self.generator = _generator(params.seed, index)
         self.prompt_opens_thinking = thinking_format.prompt_opens_thinking(prompt_ids)
         self.thinking_tokens = thinking_format.tokens(self.prompt_opens_thinking)
+        self.end_thinking_now = False  # a client asked it to stop thinking and answer
         self.wait_for: Sequence | None = None  # a sibling whose prompt blocks this one reuses
         self.grammar = None  # a GrammarState once the answer is constrained
 
@@ -90,8 +91,10 @@ class Sequence:
                 self.grammar.active = True  # the answer after </think> is constrained
 
     def thinking_budget_spent(self) -> bool:
+        if not self.thinking:
+            return False
         budget = self.params.max_thinking_tokens
-        return self.thinking and budget is not None and self.num_thinking_tokens >= budget
+        return self.end_thinking_now or (budget is not None and self.num_thinking_tokens >= budget)
 
     def reset_for_recompute(self) -> None:
         """Preempted: its blocks are gone, so every token is recomputed when it runs again."""

@@ -2,7 +2,7 @@
 
 import hmac
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +14,7 @@ from qthink import __version__
 from qthink.engine.async_engine import AsyncEngine, EngineDeadError
 from qthink.server.chat import create_chat_completion
 from qthink.server.completions import create_completion
+from qthink.server.control import add_control_routes
 from qthink.server.errors import APIError, error_response, validation_message
 from qthink.server.metrics import Metrics
 from qthink.server.params import template_kwargs
@@ -23,7 +24,10 @@ from qthink.server.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
+from qthink.server.responses import ResponseStore, add_responses_routes
 from qthink.server.streaming import ClientGone
+from qthink.server.thinking_budget import EffortBudgets
+from qthink.server.turn import check_model
 
 PUBLIC_PATHS = ("/health",)
 UI_PATHS = ("/", "/viewer/")  # the page's own files; every call it makes to the API is authenticated
@@ -34,6 +38,8 @@ class Server:
     engine: AsyncEngine
     model_name: str
     metrics: Metrics
+    efforts: EffortBudgets = field(default_factory=EffortBudgets)
+    responses: ResponseStore = field(default_factory=ResponseStore)
 
     @property
     def tokenizer(self):
@@ -48,8 +54,9 @@ def build_app(
     allowed_origins: list[str] | None = None,
     max_request_bytes: int = 32 << 20,
     web_ui: bool = True,
+    efforts: EffortBudgets | None = None,
 ) -> FastAPI:
-    server = Server(engine, model_name, Metrics(engine, model_name))
+    server = Server(engine, model_name, Metrics(engine, model_name), efforts or EffortBudgets())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -67,6 +74,8 @@ def build_app(
         )
     _add_error_handlers(app)
     _add_routes(app, server)
+    add_responses_routes(app, server)
+    add_control_routes(app, server)
     if web_ui:
         from qthink.viewer.web import mount
 
@@ -129,16 +138,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error: {type(exc).__name__}", kind="server_error")
 
 
-def _check_model(server: Server, model: str | None) -> None:
-    if model is not None and model != server.model_name:
-        raise APIError(
-            400,
-            f"model {model!r} is not served here; this server serves {server.model_name!r}",
-            param="model",
-            code="model_not_found",
-        )
-
-
 def _add_routes(app: FastAPI, server: Server) -> None:
     @app.get("/health")
     async def health():
@@ -163,17 +162,17 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, request: Request):
-        _check_model(server, req.model)
+        check_model(server, req.model)
         return await create_chat_completion(req, server, request)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
-        _check_model(server, req.model)
+        check_model(server, req.model)
         return await create_completion(req, server, request)
 
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):
-        _check_model(server, req.model)
+        check_model(server, req.model)
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "give exactly one of prompt and messages")
         if req.prompt is not None:
@@ -190,7 +189,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
-        _check_model(server, req.model)
+        check_model(server, req.model)
         if any(not 0 <= t < len(server.tokenizer) for t in req.tokens):
             raise APIError(400, "a token id is outside the vocabulary", param="tokens")
         return {"prompt": server.tokenizer.decode(req.tokens)}

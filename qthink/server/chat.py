@@ -3,10 +3,12 @@
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 
 from fastapi import Request
 
 from qthink.engine.outputs import CompletionOutput, RequestOutput
+from qthink.engine.sampling_params import SamplingParams
 from qthink.parsing.text_stream import StrippedStream
 from qthink.parsing.thinking import ThinkingFormat
 from qthink.parsing.tool_calls import ToolCallStreamParser, parse_tool_calls
@@ -16,18 +18,35 @@ from qthink.server.protocol import ChatCompletionRequest
 from qthink.server.streaming import (
     event_stream,
     last_output,
+    request_id_header,
     sse,
     sse_done,
     stream_outputs,
     unless_disconnected,
 )
+from qthink.server.thinking_budget import ThinkingPlan, thinking_plan
 
 
-async def create_chat_completion(req: ChatCompletionRequest, server, request: Request):
+@dataclass
+class PreparedChat:
+    """A chat request turned into what the engine runs, and what its answer is parsed with."""
+
+    prompt: list[int]
+    params: SamplingParams
+    parse_tools: bool
+    format: ThinkingFormat
+    thinking: bool  # the prompt opens <think>
+    plan: ThinkingPlan
+
+
+async def prepare_chat(req: ChatCompletionRequest, server) -> PreparedChat:
+    """The one path from a chat request to a prompt and SamplingParams; every API's
+    request is translated into a ChatCompletionRequest and comes through here."""
     parse_tools, forced = tool_choice_spec(req)
     structured = structured_output(req)
     if forced and structured:
         raise APIError(400, "tool_choice required/named cannot be combined with response_format")
+    plan, kwargs = thinking_plan(req, server.efforts, template_kwargs(req.chat_template_kwargs))
     messages = [m.for_template() for m in req.messages]
     prompt = await asyncio.to_thread(
         server.tokenizer.apply_chat_template,
@@ -35,26 +54,42 @@ async def create_chat_completion(req: ChatCompletionRequest, server, request: Re
         tools=req.tools,
         add_generation_prompt=req.add_generation_prompt,
         tokenize=True,
-        **template_kwargs(req.chat_template_kwargs),
+        **kwargs,
     )
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = sampling_params(req, server.engine.max_model_len, len(prompt), logprobs, forced or structured)
     fmt = ThinkingFormat.from_tokenizer(server.tokenizer)
-    view = ChatView(req, server.model_name, fmt, fmt.prompt_opens_thinking(prompt), parse_tools)
-    outputs = await stream_outputs(server, prompt, params)
+    thinking = fmt.prompt_opens_thinking(prompt)
+    if plan.disabled and thinking:  # a model that always thinks: close its thinking at once
+        plan.max_thinking_tokens, plan.forced_closed = 0, True
+    params.max_thinking_tokens = plan.max_thinking_tokens
+    return PreparedChat(prompt, params, parse_tools, fmt, thinking, plan)
+
+
+async def create_chat_completion(req: ChatCompletionRequest, server, request: Request):
+    chat = await prepare_chat(req, server)
+    view = ChatView(req, server.model_name, chat.format, chat.thinking, chat.parse_tools, chat.plan)
+    outputs = await stream_outputs(server, chat.prompt, chat.params, request_id=view.id)
     if req.stream:
-        return event_stream(view.stream(outputs))
+        return event_stream(view.stream(outputs), view.id)
     final = await unless_disconnected(request, last_output(outputs))
-    return view.response(final)
+    return request_id_header(view.response(final), view.id)
 
 
 class ChatView:
     """Shapes engine outputs into chat completion objects and stream chunks."""
 
     def __init__(
-        self, req: ChatCompletionRequest, model: str, fmt: ThinkingFormat, thinking: bool, parse_tools: bool
+        self,
+        req: ChatCompletionRequest,
+        model: str,
+        fmt: ThinkingFormat,
+        thinking: bool,
+        parse_tools: bool,
+        plan: ThinkingPlan | None = None,
     ):
         self.req, self.model, self.format, self.thinking = req, model, fmt, thinking
+        self.plan = plan or ThinkingPlan()
         self.tools = req.tools if parse_tools else None
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -63,7 +98,7 @@ class ChatView:
 
     def response(self, out: RequestOutput) -> dict:
         choices = [self._choice(c) for c in out.outputs]
-        return {
+        body = {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
@@ -71,6 +106,9 @@ class ChatView:
             "choices": choices,
             "usage": usage(out, self.format, self.thinking),
         }
+        if self.plan.asked:
+            body["thinking"] = self.plan.metadata(out.outputs[0].reasoning_content)
+        return body
 
     def _choice(self, c: CompletionOutput) -> dict:
         reasoning, content = c.reasoning_content, c.content

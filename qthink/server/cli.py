@@ -8,6 +8,7 @@ import uvicorn
 from qthink.chat_cli import add_model_arguments, model_and_engine_kwargs
 from qthink.engine.async_engine import AsyncEngine
 from qthink.server.app import build_app
+from qthink.server.thinking_budget import EffortBudgets
 
 log = logging.getLogger("qthink")
 
@@ -37,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="accepted for vLLM compatibility; reasoning is always split at </think>",
     )
     p.add_argument("--no-web-ui", action="store_true", help="do not serve the chat page at /")
+    p.add_argument(
+        "--reasoning-effort-budgets",
+        help="thinking tokens per reasoning effort level, e.g. low=1024,medium=8192,high=unlimited "
+        "(defaults: minimal=256, low=1024, medium=8192, high and xhigh unlimited; none is always 0)",
+    )
 
 
 def run(args) -> int:
@@ -53,6 +59,7 @@ def run(args) -> int:
         metrics_public=args.metrics_public,
         allowed_origins=args.allowed_origins,
         web_ui=not args.no_web_ui,
+        efforts=EffortBudgets.parse(args.reasoning_effort_budgets),
     )
     core = engine.engine
     blocks, size = core.blocks.num_blocks, core.config.block_size

@@ -72,6 +72,7 @@ class ChatCompletionRequest(SamplingFields):
     chat_template_kwargs: dict | None = None
     include_reasoning: bool = True
     add_generation_prompt: bool = True
+    reasoning_effort: str | None = None  # none/minimal/low/medium/high: a thinking budget
 
 
 class CompletionRequest(SamplingFields):

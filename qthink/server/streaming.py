@@ -3,7 +3,7 @@
 import asyncio
 import json
 
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from qthink.engine.sampling_params import SamplingParamsError
 from qthink.server.errors import APIError
@@ -11,10 +11,17 @@ from qthink.server.metrics import RequestTimer
 
 # a proxy (nginx) that buffers or caches the stream would hold every token back
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+REQUEST_ID_HEADER = "x-request-id"
 
 
-def event_stream(events) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+def event_stream(events, request_id: str | None = None, media_type: str = "text/event-stream"):
+    """A streamed response; its request id (for /v1/requests/{id}/end_thinking) in a header."""
+    headers = {**SSE_HEADERS, **({REQUEST_ID_HEADER: request_id} if request_id else {})}
+    return StreamingResponse(events, media_type=media_type, headers=headers)
+
+
+def request_id_header(body: dict, request_id: str) -> JSONResponse:
+    return JSONResponse(body, headers={REQUEST_ID_HEADER: request_id})
 
 
 def sse(payload: dict) -> str:
@@ -25,11 +32,11 @@ def sse_done() -> str:
     return "data: [DONE]\n\n"
 
 
-async def stream_outputs(server, prompt, params) -> "OutputStream":
+async def stream_outputs(server, prompt, params, request_id: str | None = None) -> "OutputStream":
     """Submit the request and wait for its first output, so a refused request (too long,
     bad grammar) is a 400 rather than a broken stream."""
     timer = RequestTimer(server.metrics)
-    outputs = server.engine.generate(prompt, params)
+    outputs = server.engine.generate(prompt, params, request_id)
     try:
         first = await anext(outputs)
     except (ValueError, SamplingParamsError) as e:

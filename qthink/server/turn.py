@@ -1,0 +1,137 @@
+"""One assistant turn as protocol-neutral events (thinking, answer text, whole tool calls, finish),
+parsed by the Chat Completions stream parser, for the other wire protocols to translate."""
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from qthink.server.chat import ChatView, ChoiceStream, PreparedChat, prepare_chat, usage
+from qthink.server.errors import APIError
+from qthink.server.protocol import ChatCompletionRequest
+from qthink.server.streaming import OutputStream, stream_outputs, unless_disconnected
+
+
+@dataclass
+class Reasoning:
+    text: str
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+@dataclass
+class Finish:
+    reason: str | None  # stop, length, tool_calls, abort, error
+    stop_reason: str | int | None
+    usage: dict  # Chat Completions usage: prompt/completion/reasoning tokens
+    error: str | None = None
+
+
+Event = Reasoning | Text | ToolCall | Finish
+
+
+@dataclass
+class Turn:
+    """A submitted request: its id (the engine's, for end_thinking), what was asked, its outputs."""
+
+    id: str
+    chat: PreparedChat
+    outputs: OutputStream
+    view: ChatView
+
+
+def check_model(server, model: str | None) -> None:
+    if model is not None and model != server.model_name:
+        raise APIError(
+            400,
+            f"model {model!r} is not served here; this server serves {server.model_name!r}",
+            param="model",
+            code="model_not_found",
+        )
+
+
+async def start_turn(req: ChatCompletionRequest, server, request_id: str) -> Turn:
+    if req.n != 1:
+        raise APIError(400, "only one answer per request (n=1) is supported here", param="n")
+    chat = await prepare_chat(req, server)
+    view = ChatView(
+        req.model_copy(update={"include_reasoning": True, "logprobs": False}),
+        server.model_name,
+        chat.format,
+        chat.thinking,
+        chat.parse_tools,
+        chat.plan,
+    )
+    outputs = await stream_outputs(server, chat.prompt, chat.params, request_id=request_id)
+    return Turn(request_id, chat, outputs, view)
+
+
+async def events(turn: Turn):
+    """The turn's events as they come; the last is a Finish."""
+    state = ChoiceStream(turn.view)
+    calls: dict[int, dict] = {}
+    last = None
+    async for out in turn.outputs:
+        last = out
+        c = out.outputs[0]
+        for delta, *_ in state.advance(c):
+            if delta.get("reasoning_content"):
+                yield Reasoning(delta["reasoning_content"])
+            if delta.get("content"):
+                yield Text(delta["content"])
+            for call in _whole_calls(delta.get("tool_calls") or [], calls):
+                yield call
+    c = last.outputs[0]
+    reason = "tool_calls" if state.made_calls else c.finish_reason
+    yield Finish(reason, c.stop_reason, usage(last, turn.chat.format, turn.chat.thinking), last.error)
+
+
+def _whole_calls(deltas: list[dict], pending: dict[int, dict]) -> list[ToolCall]:
+    """The stream parser sends a call's id and name, then its arguments whole: one ToolCall."""
+    done = []
+    for d in deltas:
+        if "id" in d:
+            pending[d["index"]] = {"id": d["id"], "name": d["function"]["name"]}
+        else:
+            head = pending.pop(d["index"])
+            done.append(ToolCall(head["id"], head["name"], d["function"]["arguments"]))
+    return done
+
+
+@dataclass
+class WholeTurn:
+    reasoning: str | None = None
+    text: str | None = None
+    calls: list[ToolCall] = field(default_factory=list)
+    finish: Finish | None = None
+
+
+async def whole_turn(turn: Turn, request: Request) -> WholeTurn:
+    """Run the turn to its end (cancelled if the client leaves); an engine failure is a 500."""
+    result = await unless_disconnected(request, _collect(turn))
+    if result.finish.error:
+        raise APIError(500, result.finish.error, kind="server_error", code="engine_error")
+    return result
+
+
+async def _collect(turn: Turn) -> WholeTurn:
+    whole = WholeTurn()
+    async for e in events(turn):
+        if isinstance(e, Reasoning):
+            whole.reasoning = (whole.reasoning or "") + e.text
+        elif isinstance(e, Text):
+            whole.text = (whole.text or "") + e.text
+        elif isinstance(e, ToolCall):
+            whole.calls.append(e)
+        else:
+            whole.finish = e
+    return whole
