@@ -1,12 +1,16 @@
 """ModelConfig from a checkpoint's config.json, and EngineConfig: the engine's memory and batch knobs."""
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 SUPPORTED_ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+DTYPE_ALIASES = {"half": "float16", "float": "float32"}  # vLLM's spellings
+QUANTIZATIONS = (None, "int8", "int4")
 KV_CACHE_DTYPES = ("auto", "int8", "fp8", "bfloat16", "float16", "float32")
+KV_DTYPE_ALIASES = {"fp8_e4m3": "fp8"}
 
 
 class ConfigError(ValueError):
@@ -219,31 +223,142 @@ def _sampling_defaults(generation: dict) -> dict:
     return {k: generation[k] for k in keys if k in generation}
 
 
+def knob(default, help: str, group: str, choices: tuple | None = None, flag: bool = True):
+    """An EngineConfig field with what its command-line flag needs: help, group, choices."""
+    meta = {"help": help, "group": group, "choices": choices, "flag": flag}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """vLLM's `speculative_config` for n-gram (prompt lookup) drafting."""
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    prompt_lookup_max: int = 4
+    prompt_lookup_min: int = 1
+
+    METHODS = ("ngram",)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "SpeculativeConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"speculative_config must be a JSON object, got {raw!r}")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(
+                f"speculative_config field {unknown[0]!r} is not supported; "
+                f"qthink knows {', '.join(sorted(known))}"
+            )
+        spec = cls(**raw)
+        if spec.method not in cls.METHODS:
+            raise ConfigError(f"speculative_config method {spec.method!r} is not supported; use ngram")
+        for name in ("num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"):
+            value = getattr(spec, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"speculative_config {name} must be an integer >= 1, got {value!r}")
+        if spec.prompt_lookup_min > spec.prompt_lookup_max:
+            raise ConfigError("speculative_config prompt_lookup_min must be <= prompt_lookup_max")
+        return spec
+
+
 @dataclass
 class EngineConfig:
-    """Knobs of the serving engine; memory is a byte budget, not a sequence count."""
+    """Every setting of the engine, in one place: the command-line flags are generated from these
+    fields (their help, group and choices), and `finalize` fixes them against the model before
+    any weight is loaded or any tensor-parallel rank starts."""
 
-    max_model_len: int | None = None  # None: the model's max_position_embeddings
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    kv_cache_memory: int | None = None  # bytes for the KV cache; None: kv_cache_fraction
-    kv_cache_fraction: float = 0.3  # of the memory free after loading the weights
-    block_size: int = 16
-    kv_cache_dtype: str = "auto"
-    enable_prefix_caching: bool = True
-    seed: int = 0
+    dtype: str = knob("auto", "weights and activations; auto: the checkpoint's dtype", "model", DTYPES)
+    quantization: str | None = knob(
+        None, "weight-only quantization of the decoder's linear layers", "model", QUANTIZATIONS
+    )
+    quantization_group_size: int = knob(128, "int4: inputs per scale (a multiple of 64)", "model")
+    kv_cache_dtype: str = knob(
+        "auto",
+        "KV cache format; int8/fp8 halve a bf16 cache (per-token, per-head scales)",
+        "memory",
+        KV_CACHE_DTYPES,
+    )
+    device: str | None = knob(None, "cpu, cuda, cuda:1 ... (default: cuda when available)", "model")
+    tensor_parallel_size: int = knob(
+        1, "ranks the model is split over (processes, one device each)", "parallel"
+    )
+    num_threads: int | None = knob(
+        None, "CPU threads of each rank (default: the cores, shared among the ranks)", "parallel"
+    )
+    max_model_len: int | None = knob(
+        None, "context length, prompt plus output (default: the model's, shortened to fit memory)", "memory"
+    )
+    max_num_seqs: int = knob(64, "sequences run together in one step", "scheduler")
+    max_num_batched_tokens: int = knob(
+        2048, "tokens per step (long prompts are prefilled in chunks)", "scheduler"
+    )
+    gpu_memory_utilization: float | None = knob(
+        None,
+        "fraction of the device's free memory (GPU or CPU RAM) for weights plus KV cache "
+        "(default: the weights plus 30%% of what is left)",
+        "memory",
+    )
+    kv_cache_memory: int | None = knob(
+        None, "bytes for the KV cache (overrides --gpu-memory-utilization)", "memory"
+    )
+    block_size: int = knob(16, "tokens per KV cache block", "memory")
+    enable_prefix_caching: bool = knob(True, "reuse the KV blocks of prompts' shared prefixes", "scheduler")
+    seed: int = knob(0, "seed of the sampler for requests without their own seed", "scheduler")
+    speculative_config: dict | None = knob(
+        None, 'speculative decoding, JSON: {"method": "ngram", "num_speculative_tokens": 4}', "scheduler"
+    )
+
+    KV_FRACTION_DEFAULT = 0.3  # without a memory setting: this share of what the weights leave free
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "EngineConfig":
+        """EngineConfig(**kwargs), where a misspelt name is a ConfigError naming the closest one."""
+        names = list(cls.__dataclass_fields__)
+        for key in kwargs:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown engine setting {key!r}{hint}")
+        return cls(**kwargs)
+
+    @property
+    def speculative(self) -> SpeculativeConfig | None:
+        return (
+            None if self.speculative_config is None else SpeculativeConfig.from_dict(self.speculative_config)
+        )
 
     def validate(self, model: ModelConfig) -> None:
-        limit = model.max_position_embeddings
+        """Check every field against the model; fills in max_model_len when it was left open."""
+        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)
+        self.kv_cache_dtype = KV_DTYPE_ALIASES.get(self.kv_cache_dtype, self.kv_cache_dtype)
+        _one_of("dtype", self.dtype, DTYPES)
+        _one_of("quantization", self.quantization, QUANTIZATIONS)
+        _one_of("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
+        limit = model.max_context
         if self.max_model_len is None:
             self.max_model_len = limit
         if not 0 < self.max_model_len <= limit:
-            raise ConfigError(f"max_model_len must be in 1..{limit} for this model")
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
-            raise ConfigError("max_num_seqs and max_num_batched_tokens must be >= 1")
-        if self.block_size < 1:
-            raise ConfigError("block_size must be >= 1")
-        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ConfigError(f"max_model_len must be in 1..{limit} for this model, got {self.max_model_len}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "tensor_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.quantization == "int4" and (
+            self.quantization_group_size < 64 or self.quantization_group_size % 64
+        ):
             raise ConfigError(
-                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}"
+                f"quantization_group_size must be a multiple of 64, got {self.quantization_group_size}"
             )
+        util = self.gpu_memory_utilization
+        if util is not None and not 0 < util <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {util}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
+        self.speculative  # noqa: B018 (validates the JSON)
+
+
+def _one_of(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        shown = ", ".join(str(a) for a in allowed if a is not None)
+        raise ConfigError(f"{name} must be one of {shown}, got {value!r}")

@@ -1,8 +1,10 @@
 """Memory arithmetic: bytes of weights and of the KV cache for a model, a context and a format."""
 
+from dataclasses import dataclass
+
 import torch
 
-from qthink.config import ModelConfig
+from qthink.config import ConfigError, EngineConfig, ModelConfig
 
 WEIGHT_BYTES = {"bfloat16": 2.0, "float16": 2.0, "float32": 4.0, "int8": 1.0, "int4": 0.5}
 KV_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "int8": 1, "fp8": 1}
@@ -49,3 +51,50 @@ def available_memory(device: torch.device) -> int:
     with open("/proc/meminfo") as f:
         info = dict(line.split(":", 1) for line in f)
     return int(info["MemAvailable"].split()[0]) * 1024 if "MemAvailable" in info else 4 << 30
+
+
+@dataclass(frozen=True)
+class KVPlan:
+    """How many KV blocks to allocate, the context they allow, and the budget they came from."""
+
+    num_blocks: int
+    max_model_len: int
+    budget: int  # bytes for the KV cache on each rank
+    source: str  # which setting gave the budget, for messages
+
+
+def plan_kv_cache(
+    model: ModelConfig, config: EngineConfig, dtype: str, free_bytes: int, context_is_default: bool
+) -> KVPlan:
+    """Blocks for `config` on a device with `free_bytes` free before loading. The budget is
+    kv_cache_memory, or gpu_memory_utilization of the free memory less this rank's weights,
+    or 30% of what the weights leave. A context the user left open shrinks to fit; one they
+    set is an error when it does not fit."""
+    size = config.tensor_parallel_size
+    weights = weight_bytes(model, dtype, config.quantization, config.quantization_group_size) // size
+    if config.kv_cache_memory is not None:
+        budget, source = config.kv_cache_memory, f"kv_cache_memory={config.kv_cache_memory}"
+    elif config.gpu_memory_utilization is not None:
+        util = config.gpu_memory_utilization
+        budget = int(free_bytes * util) - weights
+        source = (
+            f"gpu_memory_utilization={util} of {free_bytes / 2**30:.1f} GiB free, "
+            f"less {weights / 2**30:.2f} GiB of weights"
+        )
+    else:
+        budget = int((free_bytes - weights) * config.KV_FRACTION_DEFAULT)
+        source = f"30% of the {max(free_bytes - weights, 0) / 2**30:.1f} GiB free after the weights"
+    kv_name = dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype
+    bs = config.block_size
+    per_block = kv_bytes_per_token(model, kv_name) * bs // size
+    blocks_per_seq = -(-config.max_model_len // bs)
+    num_blocks = min(max(budget, 0) // per_block, blocks_per_seq * config.max_num_seqs)
+    if num_blocks >= blocks_per_seq:
+        return KVPlan(num_blocks, config.max_model_len, budget, source)
+    if not context_is_default or num_blocks < 1:
+        raise ConfigError(
+            f"the KV cache budget ({max(budget, 0) / 2**20:.1f} MiB: {source}) holds {num_blocks * bs} "
+            f"tokens, fewer than max_model_len={config.max_model_len}; raise the memory setting "
+            "or lower max_model_len"
+        )
+    return KVPlan(num_blocks, num_blocks * bs, budget, source)

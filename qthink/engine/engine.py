@@ -20,7 +20,7 @@ from qthink.engine.scheduler import ScheduledBatch, Scheduler
 from qthink.engine.sequence import Sequence
 from qthink.engine.structured import GrammarCompiler
 from qthink.loader import load_model, resolve_dtype, resolve_model
-from qthink.memory import KV_BYTES, available_memory, kv_bytes_per_token
+from qthink.memory import KV_BYTES, available_memory, plan_kv_cache
 from qthink.model.parallel import SINGLE
 from qthink.model.qwen3 import check_divisible
 from qthink.parsing.thinking import ThinkingFormat
@@ -51,38 +51,36 @@ class RequestState:
 
 class LLMEngine:
     def __init__(
-        self,
-        model: str,
-        dtype: str = "auto",
-        device: str | None = None,
-        quantization: str | None = None,
-        quantization_group_size: int = 128,
-        chat_template: str | None = None,
-        tensor_parallel_size: int = 1,
-        **engine_kwargs,
+        self, model: str, config: EngineConfig | None = None, chat_template: str | None = None, **settings
     ):
+        """`config`, or its fields as keyword arguments (vLLM's names: dtype, max_model_len, ...)."""
+        if config is not None and settings:
+            raise ConfigError(f"pass either an EngineConfig or settings, not both ({next(iter(settings))})")
         self.model_dir = resolve_model(model)
         self.model_config = ModelConfig.from_pretrained(self.model_dir)
-        self.config = EngineConfig(**engine_kwargs)
-        user_max_len = self.config.max_model_len
-        self.config.validate(self.model_config)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.config = config = config or EngineConfig.from_kwargs(**settings)
+        context_is_default = config.max_model_len is None
+        config.validate(self.model_config)
+        if config.speculative is not None:
+            raise ConfigError("speculative_config: the engine does not run speculative decoding yet")
+        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        config.num_threads = config.num_threads or max(1, default_threads() // config.tensor_parallel_size)
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, default_threads() // tensor_parallel_size))
-        self.dtype = resolve_dtype(dtype, self.model_config)
+            torch.set_num_threads(config.num_threads)
+        self.dtype = resolve_dtype(config.dtype, self.model_config)
         self.tokenizer = Tokenizer.from_pretrained(self.model_dir, chat_template=chat_template)
         self.thinking_format = ThinkingFormat.from_tokenizer(self.tokenizer)
-        self.quantization = quantization
-        quant = (quantization, quantization_group_size)
-        self.tp_workers, tp = self._start_tensor_parallel(tensor_parallel_size, quant)
+        self.quantization = config.quantization
+        num_blocks = self._plan_kv_blocks(context_is_default)  # max_model_len is final from here on
+        quant = (config.quantization, config.quantization_group_size)
+        self.tp_workers, tp = self._start_tensor_parallel(config.tensor_parallel_size, quant)
         self.model = load_model(self.model_dir, self.dtype, self.device, tp, *quant)
-        num_blocks = self._plan_kv_blocks(user_max_len is None)
         self.rank_weight_bytes = [sum(p.numel() * p.element_size() for p in self.model.parameters())]
         if tp.size > 1:
             num_blocks, self.rank_weight_bytes = tensor_parallel.handshake(num_blocks, self.model)
-        self.runner = ModelRunner(self.model, self.model_config, self.config, self.device, num_blocks)
-        self.blocks = BlockManager(num_blocks, self.config.block_size, self.config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        self.runner = ModelRunner(self.model, self.model_config, config, self.device, num_blocks)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.grammars = GrammarCompiler(
             self.model_dir / "tokenizer.json", self.model_config.vocab_size, self.tokenizer.eos_token_id
         )
@@ -115,28 +113,18 @@ class LLMEngine:
     def max_model_len(self) -> int:
         return self.config.max_model_len
 
-    def _plan_kv_blocks(self, may_shrink_context: bool) -> int:
-        bs = self.config.block_size
-        kv_dtype = self.config.kv_cache_dtype
-        kv_name = _dtype_name(self.dtype) if kv_dtype == "auto" else kv_dtype
-        per_block = kv_bytes_per_token(self.model_config, kv_name) * bs // self.model.tp.size
-        budget = self.config.kv_cache_memory
-        if budget is None:
-            budget = int(available_memory(self.device) * self.config.kv_cache_fraction)
-        blocks_per_seq = -(-self.config.max_model_len // bs)
-        num_blocks = min(budget // per_block, blocks_per_seq * self.config.max_num_seqs)
-        if num_blocks < blocks_per_seq:
-            if not may_shrink_context or num_blocks < 1:
-                raise ConfigError(
-                    f"the KV cache budget ({budget / 2**20:.1f} MiB) holds {num_blocks * bs} tokens, "
-                    f"fewer than max_model_len={self.config.max_model_len}; raise kv_cache_memory "
-                    "or lower max_model_len"
-                )
-            self.config.max_model_len = num_blocks * bs
+    def _plan_kv_blocks(self, context_is_default: bool) -> int:
+        """Size the KV cache from the memory free before loading; shortens an open context."""
+        free = available_memory(self.device)
+        plan = plan_kv_cache(
+            self.model_config, self.config, _dtype_name(self.dtype), free, context_is_default
+        )
+        if plan.max_model_len < self.config.max_model_len:
+            self.config.max_model_len = plan.max_model_len
             log.warning(
-                "max_model_len lowered to %d tokens to fit the KV cache budget", self.config.max_model_len
+                "max_model_len lowered to %d tokens to fit the KV cache (%s)", plan.max_model_len, plan.source
             )
-        return num_blocks
+        return plan.num_blocks
 
     # ---- requests -------------------------------------------------------------------------
 

@@ -84,8 +84,9 @@ def worker_main(
 ) -> None:
     from qthink.engine.runner import ModelRunner
 
-    torch.set_num_threads(1)
     dev = rank_device(torch.device(device), rank)
+    if dev.type == "cpu":
+        torch.set_num_threads(config.num_threads)  # as many as rank 0: the slowest rank sets the pace
     tp = init_group(rank, size, port, dev)
     model = load_model(Path(model_dir), dtype, dev, tp, *quant)
     num_blocks, _ = handshake(None, model)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qthink.config import QUANTIZATIONS
 from qthink.kernels import kernel_ops, linear_kernels_available
 
 __all__ = [
@@ -31,7 +32,6 @@ SMALL_M = 16
 SMALL_M_BF16 = 4
 INT4_BLOCK = 64  # the packing unit along K: byte j of a block holds weights j and j + 32
 NATIVE_INT4_GROUP = 128  # the native int4 kernels need groups of whole 128-weight chunks
-QUANTIZATIONS = (None, "int8", "int4")
 
 
 def native_cpu(x: torch.Tensor) -> bool:
