@@ -6,6 +6,7 @@ from rich.console import Console
 
 from qthink.engine.engine import LLMEngine
 from qthink.engine.sampling_params import SamplingParams
+from qthink.errors import RequestError
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +32,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--presence-penalty", type=float, default=0.0)
-    p.add_argument("--max-tokens", type=int, default=32768)
+    p.add_argument("--max-tokens", type=int, help="default: what the context leaves after the prompt")
     p.add_argument("--max-thinking-tokens", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--no-thinking", action="store_true", help="enable_thinking=False (hybrid templates)")
@@ -76,14 +77,14 @@ def engine_from_args(args) -> LLMEngine:
     return LLMEngine(model, **kwargs)
 
 
-def sampling_from_args(args, max_len: int, prompt_len: int) -> SamplingParams:
+def sampling_from_args(args) -> SamplingParams:
     return SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
         presence_penalty=args.presence_penalty,
         seed=args.seed,
-        max_tokens=min(args.max_tokens, max_len - prompt_len),
+        max_tokens=args.max_tokens,
         max_thinking_tokens=args.max_thinking_tokens,
     )
 
@@ -92,12 +93,7 @@ def respond(engine: LLMEngine, messages: list[dict], args, console: Console) -> 
     """Stream one assistant turn; returns (thinking, answer)."""
     template_kwargs = {"enable_thinking": False} if args.no_thinking else {}
     prompt = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
-    if len(prompt) >= engine.max_model_len:
-        raise ValueError(
-            f"the conversation has {len(prompt)} tokens, over the context of "
-            f"{engine.max_model_len}; start a new chat"
-        )
-    state = engine.add_request(prompt, sampling_from_args(args, engine.max_model_len, len(prompt)))
+    state = engine.add_request(prompt, sampling_from_args(args))
     output = state.outputs[0]
     parser = engine.thinking_format.stream(output.seq.prompt_opens_thinking)
     thinking, answer, seen = [], [], 0
@@ -149,8 +145,8 @@ def chat_loop(engine: LLMEngine, args, console: Console) -> int:
         history.append({"role": "user", "content": line})
         try:
             _, answer = respond(engine, history, args, console)
-        except ValueError as e:
-            console.print(f"[red]{e}[/]")
+        except RequestError as e:
+            console.print(f"[red]{e}[/] (/reset starts a new chat)")
             history.pop()
             continue
         history.append({"role": "assistant", "content": answer})

@@ -16,6 +16,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 from tokenizers import Tokenizer as RustTokenizer
 
+from qthink.errors import RequestError
+
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
 IM_END_ID = 151645
@@ -30,7 +32,7 @@ TYPED_ROLES = ("system", "user", "tool")
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(RequestError):
     """The chat template is missing, unknown, or failed to render; the message says which."""
 
 

@@ -53,6 +53,25 @@ def test_chat_keeps_answers_and_continues(model):
     assert r.stdout.count("(stopped at max_tokens)") == 2
 
 
+def test_chat_over_the_context_says_so_and_goes_on(model):
+    long = "word " * 400
+    r = qthink(
+        "chat",
+        "--model",
+        str(model),
+        "--max-model-len",
+        "256",
+        "--max-tokens",
+        "4",
+        "--temperature",
+        "0",
+        stdin=f"{long}\nhello\n\n",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "shorten the prompt" in r.stdout and "/reset starts a new chat" in r.stdout
+    assert r.stdout.count("── thinking ──") == 1
+
+
 def test_bad_model_path_is_one_line():
     r = qthink("generate", "--model", "/no/such/model", "hi")
     assert r.returncode != 0

@@ -6,8 +6,8 @@ import random
 import pytest
 
 from qthink import LLM, SamplingParams
-from qthink.engine.engine import RequestError
 from qthink.engine.sampling_params import THINKING_EARLY_STOP
+from qthink.errors import RequestError
 
 
 @pytest.fixture(scope="module")

@@ -169,6 +169,29 @@ def test_bad_requests_are_400(client, kw, needle):
     assert needle in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "kw, param",
+    [
+        ({"max_tokens": 10_000}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "x " * 1000}]}, "messages"),
+    ],
+)
+def test_context_errors_name_the_field_and_code(client, kw, param):
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(client, **kw)
+    assert err.value.body["param"] == param and err.value.body["code"] == "context_length_exceeded"
+
+
+def test_an_internal_value_error_is_a_500_not_a_client_error(server):
+    def internal_bug():
+        raise ValueError("a bug inside the server")
+
+    server.app.add_api_route("/internal-bug", internal_bug)
+    r = httpx.get(server.url + "/internal-bug")
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    assert "a bug inside" not in r.text
+
+
 def test_tokenize_detokenize_health_metrics_version(server):
     with httpx.Client(base_url=server.url) as http:
         toks = http.post("/tokenize", json={"prompt": "hello world"}).json()

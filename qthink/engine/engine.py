@@ -19,6 +19,7 @@ from qthink.engine.sampling_params import SamplingParams
 from qthink.engine.scheduler import ScheduledBatch, Scheduler
 from qthink.engine.sequence import Sequence
 from qthink.engine.structured import GrammarCompiler
+from qthink.errors import RequestError
 from qthink.loader import load_model, resolve_dtype, resolve_model
 from qthink.memory import KV_BYTES, available_memory, plan_kv_cache
 from qthink.model.parallel import SINGLE
@@ -27,10 +28,6 @@ from qthink.parsing.thinking import ThinkingFormat
 from qthink.tokenizer import Tokenizer
 
 log = logging.getLogger("qthink")
-
-
-class RequestError(ValueError):
-    """A request the engine refuses before queueing it (too long, bad parameters)."""
 
 
 @dataclass
@@ -133,13 +130,13 @@ class LLMEngine:
     ) -> RequestState:
         request_id = request_id or uuid.uuid4().hex
         if request_id in self.requests:
-            raise RequestError(f"request id {request_id!r} is already in use")
+            raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
         text = prompt if isinstance(prompt, str) else None
         prompt_ids = self.tokenizer.encode(prompt) if text is not None else list(prompt)
         params = (params or SamplingParams()).with_defaults(self.model_config.generation_defaults)
         max_tokens = self._check_lengths(prompt_ids, params)
         if params.prompt_logprobs is not None:
-            raise RequestError("prompt_logprobs is not supported")
+            raise RequestError("prompt_logprobs is not supported", param="prompt_logprobs")
         eos = () if params.ignore_eos else self.model_config.eos_token_ids
         seqs = [
             Sequence(request_id, i, prompt_ids, params, max_tokens, eos, self.thinking_format)
@@ -159,24 +156,30 @@ class LLMEngine:
         return state
 
     def _check_lengths(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        """The one place that checks a request against the context; returns its max_tokens
+        (by default, what the context leaves after the prompt)."""
         limit, n = self.max_model_len, len(prompt_ids)
         if n == 0:
-            raise RequestError("the prompt is empty")
+            raise RequestError("the prompt is empty", param="prompt")
         bad = [t for t in prompt_ids if not 0 <= t < self.model_config.vocab_size]
         if bad:
-            raise RequestError(f"prompt token id {bad[0]} is outside the vocabulary")
+            raise RequestError(f"prompt token id {bad[0]} is outside the vocabulary", param="prompt")
         bad = [t for t in params.stop_token_ids if not 0 <= t < self.model_config.vocab_size]
         if bad:
-            raise RequestError(f"stop token id {bad[0]} is outside the vocabulary")
+            raise RequestError(f"stop token id {bad[0]} is outside the vocabulary", param="stop_token_ids")
         if n >= limit:
             raise RequestError(
                 f"the prompt has {n} tokens, but this model's context is {limit} tokens "
-                "(prompt plus output); shorten the prompt"
+                "(prompt plus output); shorten the prompt",
+                param="prompt",
+                code="context_length_exceeded",
             )
         if params.max_tokens is not None and n + params.max_tokens > limit:
             raise RequestError(
                 f"max_tokens={params.max_tokens} plus the prompt's {n} tokens exceeds the context "
-                f"of {limit} tokens; ask for at most {limit - n}"
+                f"of {limit} tokens; ask for at most {limit - n}",
+                param="max_tokens",
+                code="context_length_exceeded",
             )
         return params.max_tokens or limit - n
 

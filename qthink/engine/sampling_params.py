@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field, fields
 
+from qthink.errors import RequestError
+
 # Qwen's documented phrase that closes thinking early when the budget runs out.
 THINKING_EARLY_STOP = (
     "\n\nConsidering the limited time by the user, I have to give the solution based on the "
@@ -9,8 +11,8 @@ THINKING_EARLY_STOP = (
 )
 
 
-class SamplingParamsError(ValueError):
-    """A sampling parameter is out of range; the message names the field."""
+class SamplingParamsError(RequestError):
+    """A sampling parameter is out of range; the message and `param` name the field."""
 
 
 @dataclass
@@ -75,9 +77,9 @@ class SamplingParams:
         ]
         for name, ok, rule in checks:
             if not ok:
-                raise SamplingParamsError(f"{name} {rule}, got {getattr(self, name)!r}")
+                raise SamplingParamsError(f"{name} {rule}, got {getattr(self, name)!r}", param=name)
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise SamplingParamsError("min_tokens must not exceed max_tokens")
+            raise SamplingParamsError("min_tokens must not exceed max_tokens", param="min_tokens")
 
     def with_defaults(self, defaults: dict) -> "SamplingParams":
         """A copy whose unset temperature/top_p/top_k come from the checkpoint's generation config."""

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import torch
 
+from qthink.errors import RequestError
 from qthink.tokenizer import TOOL_CALL_END_ID, TOOL_CALL_START_ID
 
 # Qwen writes "</think>\n\n" before its answer: the grammar lets a little whitespace through.
 LEADING_SPACE = "start: /[ \\t\\n]{0,4}/ body\n"
 
 
-class StructuredOutputError(ValueError):
+class StructuredOutputError(RequestError):
     """A response format or guided-decoding request that cannot be compiled; says why."""
 
 

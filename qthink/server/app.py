@@ -1,6 +1,7 @@
 """The FastAPI app: OpenAI routes, tokenizer routes, health, metrics, auth and request limits."""
 
 import hmac
+import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -12,10 +13,11 @@ from starlette.exceptions import HTTPException
 
 from qthink import __version__
 from qthink.engine.async_engine import AsyncEngine, EngineDeadError
+from qthink.errors import RequestError
 from qthink.server.chat import create_chat_completion
 from qthink.server.completions import create_completion
 from qthink.server.control import add_control_routes
-from qthink.server.errors import APIError, error_response, validation_message
+from qthink.server.errors import APIError, bad_request, error_response, validation_message
 from qthink.server.metrics import Metrics
 from qthink.server.params import template_kwargs
 from qthink.server.protocol import (
@@ -28,6 +30,8 @@ from qthink.server.responses import ResponseStore, add_responses_routes
 from qthink.server.streaming import ClientGone
 from qthink.server.thinking_budget import EffortBudgets
 from qthink.server.turn import check_model
+
+log = logging.getLogger("qthink")
 
 PUBLIC_PATHS = ("/health",)
 UI_PATHS = ("/", "/viewer/")  # the page's own files; every call it makes to the API is authenticated
@@ -129,12 +133,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def dead(_: Request, exc: EngineDeadError):
         return error_response(503, str(exc), kind="server_error")
 
-    @app.exception_handler(ValueError)
-    async def bad_value(_: Request, exc: ValueError):
-        return error_response(400, str(exc))
+    @app.exception_handler(RequestError)
+    async def refused(_: Request, exc: RequestError):
+        error = bad_request(exc)
+        return error_response(error.status, error.message, error.kind, error.param, error.code)
 
     @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception):
+    async def internal(request: Request, exc: Exception):  # a bug, not the client's fault
+        log.error("internal error on %s", request.url.path, exc_info=exc)
         return error_response(500, f"internal error: {type(exc).__name__}", kind="server_error")
 
 

@@ -57,7 +57,7 @@ async def prepare_chat(req: ChatCompletionRequest, server) -> PreparedChat:
         **kwargs,
     )
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = sampling_params(req, server.engine.max_model_len, len(prompt), logprobs, forced or structured)
+    params = sampling_params(req, logprobs, forced or structured)
     fmt = ThinkingFormat.from_tokenizer(server.tokenizer)
     thinking = fmt.prompt_opens_thinking(prompt)
     if plan.disabled and thinking:  # a model that always thinks: close its thinking at once
@@ -69,7 +69,9 @@ async def prepare_chat(req: ChatCompletionRequest, server) -> PreparedChat:
 async def create_chat_completion(req: ChatCompletionRequest, server, request: Request):
     chat = await prepare_chat(req, server)
     view = ChatView(req, server.model_name, chat.format, chat.thinking, chat.parse_tools, chat.plan)
-    outputs = await stream_outputs(server, chat.prompt, chat.params, request_id=view.id)
+    outputs = await stream_outputs(
+        server, chat.prompt, chat.params, request_id=view.id, prompt_param="messages"
+    )
     if req.stream:
         return event_stream(view.stream(outputs), view.id)
     final = await unless_disconnected(request, last_output(outputs))

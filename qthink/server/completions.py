@@ -28,7 +28,7 @@ async def create_completion(req: CompletionRequest, server, request: Request):
     streams = []
     try:
         for ids in prompts:  # each request is checked (and queued) before any response starts
-            params = sampling_params(req, server.engine.max_model_len, len(ids), req.logprobs, structured)
+            params = sampling_params(req, req.logprobs, structured)
             streams.append(await stream_outputs(server, ids, params))
     except Exception:
         for stream in streams:

@@ -2,6 +2,8 @@
 
 from fastapi.responses import JSONResponse
 
+from qthink.errors import RequestError
+
 
 class APIError(Exception):
     def __init__(
@@ -14,6 +16,13 @@ class APIError(Exception):
     ):
         super().__init__(message)
         self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+
+def bad_request(error: RequestError, prompt_param: str = "prompt") -> APIError:
+    """The 400 for a request the engine refused; the engine calls the prompt `prompt`, a chat
+    request's prompt is its `messages`."""
+    param = prompt_param if error.param == "prompt" else error.param
+    return APIError(400, error.message, param=param, code=error.code)
 
 
 def error_body(message: str, kind: str, param: str | None = None, code: str | int | None = None) -> dict:

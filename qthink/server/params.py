@@ -8,27 +8,8 @@ from qthink.server.errors import APIError
 from qthink.server.protocol import ChatCompletionRequest, SamplingFields
 
 
-def sampling_params(
-    req: SamplingFields, max_model_len: int, prompt_len: int, logprobs: int | None, structured: dict | None
-) -> SamplingParams:
-    room = max_model_len - prompt_len
-    if room <= 0:
-        raise APIError(
-            400,
-            f"the prompt has {prompt_len} tokens, but this model's context is {max_model_len} "
-            "tokens (prompt plus output); shorten the prompt",
-            param="messages",
-            code="context_length_exceeded",
-        )
-    max_tokens = getattr(req, "max_completion_tokens", None) or req.max_tokens
-    if max_tokens is not None and max_tokens > room:
-        raise APIError(
-            400,
-            f"max_tokens={max_tokens} plus the prompt's {prompt_len} tokens exceeds the "
-            f"context of {max_model_len} tokens; ask for at most {room}",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
+def sampling_params(req: SamplingFields, logprobs: int | None, structured: dict | None) -> SamplingParams:
+    """The request's sampling fields; the engine checks them against the prompt and the context."""
     return SamplingParams(
         n=req.n,
         temperature=req.temperature,
@@ -39,7 +20,7 @@ def sampling_params(
         frequency_penalty=req.frequency_penalty,
         repetition_penalty=req.repetition_penalty,
         seed=req.seed,
-        max_tokens=max_tokens or room,
+        max_tokens=getattr(req, "max_completion_tokens", None) or req.max_tokens,
         min_tokens=req.min_tokens,
         stop=req.stop or [],
         stop_token_ids=req.stop_token_ids or [],

@@ -5,8 +5,8 @@ import json
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from qthink.engine.sampling_params import SamplingParamsError
-from qthink.server.errors import APIError
+from qthink.errors import RequestError
+from qthink.server.errors import APIError, bad_request
 from qthink.server.metrics import RequestTimer
 
 # a proxy (nginx) that buffers or caches the stream would hold every token back
@@ -32,16 +32,19 @@ def sse_done() -> str:
     return "data: [DONE]\n\n"
 
 
-async def stream_outputs(server, prompt, params, request_id: str | None = None) -> "OutputStream":
+async def stream_outputs(
+    server, prompt, params, request_id: str | None = None, prompt_param: str = "prompt"
+) -> "OutputStream":
     """Submit the request and wait for its first output, so a refused request (too long,
-    bad grammar) is a 400 rather than a broken stream."""
+    bad grammar) is a 400 rather than a broken stream; `prompt_param` names the field the
+    prompt came from (`messages` for chat) in that error."""
     timer = RequestTimer(server.metrics)
     outputs = server.engine.generate(prompt, params, request_id)
     try:
         first = await anext(outputs)
-    except (ValueError, SamplingParamsError) as e:
+    except RequestError as e:
         await outputs.aclose()
-        raise APIError(400, str(e)) from None
+        raise bad_request(e, prompt_param) from None
     return OutputStream(first, outputs, timer)
 
 
