@@ -14,6 +14,12 @@ if ! command -v g++ >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++
 fi
 
+# The code interpreter's jail: bubblewrap makes it, libseccomp compiles its syscall filter.
+if ! command -v bwrap >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap libseccomp2
+fi
+
 # BFCL's own function-calling data for `qthink eval run bfcl:...`. --no-deps: only the data files
 # are read, and the package's dependency pins (numpy, model SDKs) would fight the project's.
 if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('bfcl_eval') is None)"; then

@@ -13,3 +13,8 @@ if [ "${1:-}" = "--test" ]; then
 else
   python -m pip install -q -e .
 fi
+if ! command -v bwrap >/dev/null 2>&1; then
+  echo "note: the agent's code interpreter runs model-written code in a bubblewrap jail and refuses to" >&2
+  echo "start without one: install it (Debian/Ubuntu: sudo apt-get install bubblewrap; Fedora: sudo dnf" >&2
+  echo "install bubblewrap), then check with: qthink agent --check-sandbox" >&2
+fi

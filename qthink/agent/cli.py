@@ -8,6 +8,7 @@ import sys
 import openai
 
 from qthink.agent.assistant import Assistant
+from qthink.agent.jail import SandboxUnavailable
 
 STYLES = {"thinking": "2", "answer": "0", "call": "36", "result": "33", "error": "31"}
 
@@ -22,6 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--code-interpreter", action="store_true", help="enable the sandboxed Python tool")
     parser.add_argument("--work-dir", default=None, help="the code interpreter's working directory")
     parser.add_argument("--allow-network", action="store_true", help="let interpreted code use the network")
+    parser.add_argument(
+        "--unsafe-code-interpreter",
+        action="store_true",
+        help="run the code interpreter even where no OS jail can be made (the code can do anything you can)",
+    )
+    parser.add_argument(
+        "--check-sandbox",
+        action="store_true",
+        help="print what isolation this machine gives the code interpreter",
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per code interpreter call")
     parser.add_argument("--system", default=None, help="system message")
     parser.add_argument("--max-rounds", type=int, default=10, help="model calls per user turn")
@@ -33,12 +44,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    bot = Assistant(
-        llm=llm_config(args),
-        function_list=function_list(args),
-        system_message=args.system,
-        max_rounds=args.max_rounds,
-    )
+    if args.check_sandbox:
+        from qthink.agent.sandbox_check import check, print_report
+
+        return print_report(check())
+    try:
+        bot = Assistant(
+            llm=llm_config(args),
+            function_list=function_list(args),
+            system_message=args.system,
+            max_rounds=args.max_rounds,
+        )
+    except SandboxUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     printer = Printer(color=sys.stdout.isatty() and not args.no_color)
     messages: list[dict] = []
     try:
@@ -70,6 +89,8 @@ def function_list(args: argparse.Namespace) -> list:
     tools: list = [json.loads(open(path).read()) for path in args.mcp]
     if args.code_interpreter:
         cfg = {"name": "code_interpreter", "timeout": args.timeout, "allow_network": args.allow_network}
+        if args.unsafe_code_interpreter:
+            cfg["allow_unsafe"] = True
         tools.append(dict(cfg, work_dir=args.work_dir) if args.work_dir else cfg)
     return tools
 

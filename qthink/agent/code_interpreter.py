@@ -1,43 +1,37 @@
-"""`code_interpreter`: Python in a persistent, limited Jupyter kernel with its own working directory."""
+"""`code_interpreter`: Python in a persistent Jupyter kernel jailed by the operating system (bubblewrap)."""
 
 import base64
-import functools
-import json
+import binascii
 import os
 import queue
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from jupyter_client.kernelspec import KernelSpecManager
-from jupyter_client.manager import KernelManager
-
+from qthink.agent.jail import SandboxUnavailable, jail_problem
+from qthink.agent.kernel_process import KernelLimits, KernelProcess
 from qthink.agent.tools import Tool, register_tool
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_SPEC_NAME = "qthink-sandbox"
 _MAX_TRACEBACK = 3000
-_UNSHARE = ["unshare", "--net", "--map-root-user"]
+_INTERRUPT_GRACE = 5.0
+_DIED = "died (a memory, CPU-time, file-size or process limit, or the code ended it)"
 
 
 @register_tool("code_interpreter")
 class CodeInterpreter(Tool):
     """Runs Python code in a Jupyter kernel that keeps its state between calls.
 
-    cfg: `work_dir` (default: a new temporary dir), `timeout` seconds per call (60),
-    `memory_mb` address-space cap (4096), `cpu_seconds` CPU-time cap for the kernel's
-    life (600), `allow_network` (False), `allow_outside_files` (False),
-    `network_namespace` (True: use one when it can be made). Network, files
-    outside the working dir and new processes are refused by audit hooks, which guard
-    Python code only (see `sandbox_guard`); memory and CPU limits are `setrlimit` caps.
-    Without network, where `unshare` can make a network namespace (root, or unprivileged
-    user namespaces), the kernel also runs in one with no interfaces up, which native code
-    cannot get around either; the kernel then talks to us over Unix sockets (ZMQ ipc).
+    The kernel runs in a bubblewrap jail (see `jail` and docs/security.md); where none can
+    be made the tool refuses to start unless cfg `allow_unsafe` is true. cfg: `work_dir`
+    (default: a new temporary dir), `timeout` seconds per call (60), `allow_network`
+    (False), `allow_unsafe` (False), `env` (extra variables for the kernel), the limits of
+    `KernelLimits` (`memory_mb`, `cpu_seconds`, `file_mb`, `open_files`, `processes`,
+    `tmp_mb`, `shm_mb`), `max_output_chars` (20000), `max_images` per call (8) and
+    `max_image_mb` (8).
     """
 
     description = (
@@ -52,136 +46,154 @@ class CodeInterpreter(Tool):
 
     def __init__(self, cfg: dict | None = None):
         super().__init__(cfg)
+        problem = jail_problem()
+        if problem and not self.cfg.get("allow_unsafe"):
+            raise SandboxUnavailable(
+                f"the code interpreter needs an OS jail and this machine cannot make one: {problem}. "
+                "To run model-written code without one (it can then do anything your user can), pass "
+                "--unsafe-code-interpreter (allow_unsafe=True)."
+            )
+        self.jailed = problem is None
+        if problem:
+            print(f"warning: the code interpreter runs WITHOUT a jail: {problem}", file=sys.stderr)
         self.timeout = float(self.cfg.get("timeout", 60))
         self.work_dir = Path(self.cfg.get("work_dir") or tempfile.mkdtemp(prefix="qthink-ci-")).resolve()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._private = Path(tempfile.mkdtemp(prefix="qthink-kernel-"))
-        self._images = 0
-        wants_namespace = not self.cfg.get("allow_network") and self.cfg.get("network_namespace", True)
-        self.network_isolated = bool(wants_namespace) and network_namespace_available()
+        names = KernelLimits.__dataclass_fields__
+        self.limits = KernelLimits(**{k: int(v) for k, v in self.cfg.items() if k in names})
+        self.max_output = int(self.cfg.get("max_output_chars", 20000))
+        self.max_images = int(self.cfg.get("max_images", 8))
+        self.max_image_bytes = int(float(self.cfg.get("max_image_mb", 8)) * (1 << 20))
         self._lock = threading.Lock()  # one kernel runs one cell at a time, even for parallel calls
-        self.km = None
-        self.kc = None
+        self.kernel: KernelProcess | None = None
+
+    @property
+    def network_isolated(self) -> bool:
+        return self.jailed and not self.cfg.get("allow_network")
 
     def call(self, params: dict) -> str:
         with self._lock:
-            if self.km is None or not self.km.is_alive():
+            if self.kernel is None or not self.kernel.alive():
                 self._start()
             return self.execute(params["code"])
 
     def execute(self, code: str) -> str:
-        """Run code; at the timeout the kernel is interrupted (and restarted if it will not stop)."""
-        msg_id = self.kc.execute(code, allow_stdin=False, stop_on_error=False)
-        parts, deadline, interrupted = [], time.monotonic() + self.timeout, False
+        """Run code; at the timeout the cell is interrupted, and the jail killed and restarted when
+        the cell does not stop or leaves threads or processes running."""
+        kernel = self.kernel
+        tasks_before = kernel.task_count()
+        msg_id = kernel.client.execute(code, allow_stdin=False, stop_on_error=False)
+        out = _Output(self.max_output)
+        deadline, interrupted = time.monotonic() + self.timeout, False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 and not interrupted:
-                self.km.interrupt_kernel()
-                interrupted, deadline = True, time.monotonic() + 10
+                kernel.interrupt()
+                interrupted, deadline = True, time.monotonic() + _INTERRUPT_GRACE
                 continue
-            if remaining <= 0 or not self.km.is_alive():
-                return self._restart_after(self._join(parts, interrupted), interrupted)
+            if remaining <= 0 or not kernel.alive():
+                return self._restart_after(
+                    out.text(), "did not stop after an interrupt" if kernel.alive() else _DIED
+                )
             try:
-                msg = self.kc.get_iopub_msg(timeout=min(remaining, 1.0))
+                msg = kernel.client.get_iopub_msg(timeout=min(remaining, 1.0))
             except queue.Empty:
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
                 break
-            parts.extend(self._render(msg, interrupted))
-        return self._join(parts, interrupted) or "(no output)"
-
-    def _join(self, parts: list[str], interrupted: bool) -> str:
+            self._render(msg, interrupted, out)
         if interrupted:
-            parts = [*parts, f"Error: the code ran longer than {self.timeout:g} s and was interrupted."]
-        return "\n".join(p for p in parts if p)
+            out.add(f"Error: the code ran longer than {self.timeout:g} s and was interrupted.")
+            if kernel.task_count() > tasks_before:
+                return self._restart_after(
+                    out.text(), "kept threads or processes running after the interrupt"
+                )
+        return out.text() or "(no output)"
 
     def close(self) -> None:
-        if self.kc is not None:
-            self.kc.stop_channels()
-        if self.km is not None and self.km.has_kernel:
-            self.km.shutdown_kernel(now=True)
-        self.km = self.kc = None
-        shutil.rmtree(self._private, ignore_errors=True)
-
-    def _restart_after(self, text: str, interrupted: bool) -> str:
-        why = "did not stop after an interrupt" if interrupted and self.km.is_alive() else "died"
-        self.close()
-        self._private.mkdir(parents=True, exist_ok=True)
-        self._start()
-        return f"{text}\nError: the kernel {why} (memory or CPU limit?) and was restarted; its state is lost."
-
-    def _render(self, msg: dict, interrupted: bool) -> list[str]:
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "stream":
-            return [content["text"].rstrip("\n")]
-        if kind in ("execute_result", "display_data"):
-            return self._render_data(content["data"])
-        if kind == "error":
-            if interrupted and content["ename"] == "KeyboardInterrupt":
-                return []
-            # The tail holds the failing line and the exception: that is what the model needs.
-            return [_ANSI.sub("", "\n".join(content["traceback"]))[-_MAX_TRACEBACK:]]
-        return []
-
-    def _render_data(self, data: dict) -> list[str]:
-        if "image/png" in data:
-            self._images += 1
-            path = self.work_dir / f"image_{self._images}.png"
-            path.write_bytes(base64.b64decode(data["image/png"]))
-            return [f"![image]({path})"]
-        return [data.get("text/plain", "")]
+        if self.kernel is not None:
+            self.kernel.kill()
+        self.kernel = None
 
     def _start(self) -> None:
-        spec_dir = self._private / "kernels" / _SPEC_NAME
-        spec_dir.mkdir(parents=True, exist_ok=True)
-        (spec_dir / "kernel.json").write_text(json.dumps(self._kernel_spec()))
-        specs = KernelSpecManager(kernel_dirs=[str(self._private / "kernels")])
-        self.km = KernelManager(kernel_name=_SPEC_NAME, kernel_spec_manager=specs)
-        if self.network_isolated:
-            # A fresh network namespace has no loopback to reach us on: use Unix sockets.
-            self.km.transport, self.km.ip = "ipc", str(self._private / "kernel-ipc")
-        self.km.connection_file = str(self._private / "connection.json")
-        self.km.start_kernel(cwd=str(self.work_dir))
-        self.kc = self.km.client()
-        self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
-        guard = (
-            "import qthink.agent.sandbox_guard as _g; "
-            f"_g.install({str(self.work_dir)!r}, allow_network={bool(self.cfg.get('allow_network'))}, "
-            f"allow_outside_files={bool(self.cfg.get('allow_outside_files'))}); del _g"
-        )
-        self.kc.execute_interactive(guard, silent=True, timeout=60)
+        self.close()
+        env = {str(k): str(v) for k, v in (self.cfg.get("env") or {}).items()}
+        allow_network = bool(self.cfg.get("allow_network"))
+        self.kernel = KernelProcess(self.work_dir, self.limits, self.jailed, allow_network, env)
 
-    def _kernel_spec(self) -> dict:
-        argv = [
-            *(_UNSHARE if self.network_isolated else []),
-            sys.executable,
-            "-m",
-            "qthink.agent.kernel_launcher",
-            f"--memory-mb={int(self.cfg.get('memory_mb', 4096))}",
-            f"--cpu-seconds={int(self.cfg.get('cpu_seconds', 600))}",
-            "-f",
-            "{connection_file}",
-            "--HistoryManager.enabled=False",
-            "--IPKernelApp.log_level=ERROR",
-        ]
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = {
-            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-            "IPYTHONDIR": str(self._private / "ipython"),
-            "MPLCONFIGDIR": str(self.work_dir / ".matplotlib"),
-            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-            "OPENBLAS_NUM_THREADS": "1",
-        }
-        return {"argv": argv, "display_name": "qthink sandbox", "language": "python", "env": env}
+    def _restart_after(self, text: str, why: str) -> str:
+        self._start()
+        note = f"Error: the kernel {why}; it was stopped and restarted clean: its state is lost."
+        return f"{text}\n{note}" if text else note
+
+    def _render(self, msg: dict, interrupted: bool, out: "_Output") -> None:
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            out.add(str(content.get("text", "")).rstrip("\n"))
+        elif kind in ("execute_result", "display_data") and isinstance(content.get("data"), dict):
+            out.add(self._render_data(content["data"], out))
+        elif kind == "error":
+            if interrupted and content.get("ename") == "KeyboardInterrupt":
+                return
+            # The tail holds the failing line and the exception: that is what the model needs.
+            out.add(_ANSI.sub("", "\n".join(map(str, content.get("traceback", []))))[-_MAX_TRACEBACK:])
+
+    def _render_data(self, data: dict, out: "_Output") -> str:
+        png = data.get("image/png")
+        if isinstance(png, str):
+            if out.images >= self.max_images:
+                return f"[image dropped: more than {self.max_images} in one call]"
+            out.images += 1
+            if len(png) > self.max_image_bytes * 4 // 3 + 4:
+                return f"[image dropped: larger than {self.max_image_bytes / (1 << 20):g} MB]"
+            try:
+                raw = base64.b64decode(png.replace("\n", ""), validate=True)
+            except (binascii.Error, ValueError):
+                return "[image dropped: not valid base64]"
+            return f"![image]({save_image(self.work_dir, raw)})"
+        return str(data.get("text/plain", ""))
 
 
-@functools.cache
-def network_namespace_available() -> bool:
-    """Whether `unshare` can give a process a network namespace of its own here."""
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run([*_UNSHARE, "true"], capture_output=True, timeout=10)
-    return probe.returncode == 0
+class _Output:
+    """A call's output, capped: past the cap the rest is counted and a notice says so."""
+
+    def __init__(self, cap: int):
+        self.cap, self.parts, self.size, self.dropped, self.images = cap, [], 0, 0, 0
+
+    def add(self, part: str) -> None:
+        if not part:
+            return
+        room = self.cap - self.size
+        if room <= 0:
+            self.dropped += len(part)
+            return
+        self.parts.append(part[:room])
+        self.size += min(len(part), room) + 1
+        self.dropped += max(0, len(part) - room)
+
+    def text(self) -> str:
+        body = "\n".join(self.parts)
+        if self.dropped:
+            body += f"\n[output truncated: {self.dropped} more characters]"
+        return body
+
+
+def save_image(work_dir: Path, data: bytes) -> Path:
+    """Write a PNG the kernel sent as a new file in the working dir: a name the parent picks,
+    created exclusively and without following links, so nothing the jail left there is written through."""
+    dir_fd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for n in range(1, 100000):
+            name = f"image_{n}.png"
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+            except FileExistsError:
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return work_dir / name
+        raise OSError("no free image name in the working directory")
+    finally:
+        os.close(dir_fd)

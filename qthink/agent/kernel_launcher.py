@@ -1,26 +1,41 @@
-"""Start an IPython kernel under memory and CPU-time limits (`setrlimit`), for the code interpreter."""
+"""Set the code interpreter kernel's rlimits, then start the IPython kernel in this same process.
+
+Run inside the jail as a plain script (`python -I kernel_launcher.py ...`): it imports
+nothing from qthink, so the working directory (on no import path under `-I`) cannot
+replace it. Soft and hard limits are set equal: the code cannot raise them again.
+"""
 
 import argparse
 import resource
 import sys
 
+LIMITS = {
+    "memory_mb": (resource.RLIMIT_AS, 1024 * 1024),
+    "file_mb": (resource.RLIMIT_FSIZE, 1024 * 1024),
+    "open_files": (resource.RLIMIT_NOFILE, 1),
+    "processes": (resource.RLIMIT_NPROC, 1),
+}
 
-def set_limits(memory_mb: int, cpu_seconds: int) -> None:
-    """Cap the address space and CPU time of this process and its children; 0 leaves a limit off."""
-    if memory_mb > 0:
-        size = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (size, size))
-    if cpu_seconds > 0:
+
+def set_limits(args: argparse.Namespace) -> None:
+    """Apply each limit that is above 0; no core dumps; CPU time with a small hard margin."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    for name, (which, unit) in LIMITS.items():
+        value = getattr(args, name)
+        if value > 0:
+            resource.setrlimit(which, (value * unit, value * unit))
+    if args.cpu_seconds > 0:
         # The soft limit sends SIGXCPU (the kernel dies and is restarted); the hard one is a backstop.
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
+        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_seconds, args.cpu_seconds + 5))
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--memory-mb", type=int, default=0)
     parser.add_argument("--cpu-seconds", type=int, default=0)
+    for name in LIMITS:
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=0)
     args, kernel_argv = parser.parse_known_args(argv)
-    set_limits(args.memory_mb, args.cpu_seconds)
+    set_limits(args)
     from ipykernel.kernelapp import launch_new_instance
 
     launch_new_instance(argv=kernel_argv)

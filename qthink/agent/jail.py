@@ -1,0 +1,188 @@
+"""The bubblewrap command line that jails the code interpreter's kernel, and whether this machine can run it.
+
+The jail: new user, mount, PID, IPC, UTS, cgroup and network namespaces (the network one
+is kept only when network is allowed), no capabilities, no further user namespaces; a
+read-only root made of only what Python needs; the working directory the one writable
+path from the host; private size-capped /tmp and /dev/shm; a new /proc and a minimal /dev;
+no host sockets; an empty environment plus an allow-list; a seccomp filter
+(`seccomp_filter`); SIGKILL when the parent dies; a new terminal session.
+"""
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+JAIL_DIR = "/run/qthink"  # the launcher, the connection file and the ZMQ sockets, inside the jail
+JAIL_UID = 1000
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# What the C library, fonts and TLS read; nothing about the host's users or services.
+ETC_FILES = (
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "fonts",
+    "ssl",
+    "ca-certificates",
+    "mime.types",
+    "services",
+    "protocols",
+)
+ETC_NETWORK_FILES = ("resolv.conf", "hosts", "nsswitch.conf", "gai.conf", "host.conf")
+ENV_DEFAULTS = {
+    "LANG": "C.UTF-8",
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "IPYTHONDIR": "/tmp/ipython",
+    "JUPYTER_RUNTIME_DIR": "/tmp/jupyter",
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+INSTALL_HINT = (
+    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
+)
+
+
+class SandboxUnavailable(RuntimeError):
+    """No jail can be made on this machine, and running unjailed was not asked for."""
+
+
+@dataclass
+class JailSpec:
+    """Everything one jail is made of, as host paths and sizes."""
+
+    work_dir: Path
+    socket_dir: Path  # bound writable at JAIL_DIR/ipc: the kernel binds its ZMQ sockets there
+    private_files: dict[str, Path]  # jail path -> host file, bound read-only
+    allow_network: bool = False
+    tmp_mb: int = 256
+    shm_mb: int = 64
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def python_dirs() -> list[str]:
+    """The interpreter and its packages: the venv, its base installation, the real executable's."""
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    dirs.add(str(Path(os.path.realpath(sys.executable)).parent.parent))
+    real = sorted({os.path.realpath(d) for d in dirs} | dirs)
+    return [d for d in real if os.path.isdir(d) and d != "/"]
+
+
+def jail_env(spec: JailSpec) -> dict[str, str]:
+    path = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
+    env = {**ENV_DEFAULTS, "PATH": ":".join(path), "MPLCONFIGDIR": str(spec.work_dir / ".matplotlib")}
+    return {**env, **spec.env}
+
+
+def bwrap_argv(spec: JailSpec, seccomp_fd: int) -> list[str]:
+    """The `bwrap ... --` prefix for a command to run in the jail."""
+    argv = [bwrap_path() or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns"]
+    if spec.allow_network:
+        argv.append("--share-net")
+    argv += ["--uid", str(JAIL_UID), "--gid", str(JAIL_UID), "--hostname", "sandbox", "--cap-drop", "ALL"]
+    argv += ["--die-with-parent", "--new-session", "--clearenv", "--seccomp", str(seccomp_fd)]
+    argv += ["--size", str(spec.tmp_mb << 20), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+    argv += ["--size", str(spec.shm_mb << 20), "--tmpfs", "/dev/shm"]
+    argv += _system_binds(spec.allow_network)
+    pythons = python_dirs()
+    for d in pythons:
+        argv += ["--ro-bind", d, d]
+    for jail_path, host_path in spec.private_files.items():
+        argv += ["--ro-bind", str(host_path), jail_path]
+    argv += [
+        "--bind",
+        str(spec.socket_dir),
+        f"{JAIL_DIR}/ipc",
+        "--bind",
+        str(spec.work_dir),
+        str(spec.work_dir),
+    ]
+    for d in pythons:  # a working dir above the venv must not make the venv writable
+        if Path(d).is_relative_to(spec.work_dir):
+            argv += ["--ro-bind", d, d]
+    for name, value in jail_env(spec).items():
+        argv += ["--setenv", name, value]
+    return [*argv, "--chdir", str(spec.work_dir), "--"]
+
+
+def _system_binds(allow_network: bool) -> list[str]:
+    argv: list[str] = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):  # merged /usr: /lib -> usr/lib
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+    names = ETC_FILES + (ETC_NETWORK_FILES if allow_network else ())
+    for name in names:
+        path = f"/etc/{name}"
+        if os.path.exists(path):
+            argv += ["--ro-bind", path, path]
+    return argv
+
+
+def identity_files(directory: Path) -> dict[str, Path]:
+    """Made-up /etc/passwd and /etc/group naming only the jail's user (some libraries look it up)."""
+    passwd, group = directory / "passwd", directory / "group"
+    passwd.write_text(f"sandbox:x:{JAIL_UID}:{JAIL_UID}:sandbox:/tmp:/usr/sbin/nologin\n")
+    group.write_text(f"sandbox:x:{JAIL_UID}:\n")
+    return {"/etc/passwd": passwd, "/etc/group": group}
+
+
+@functools.cache
+def bwrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+@functools.cache
+def jail_problem() -> str | None:
+    """Why no jail can be made here (and what to do), or None when one can."""
+    if bwrap_path() is None:
+        return f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}"
+    from qthink.agent.seccomp_filter import SeccompUnavailable, compile_filter
+
+    try:
+        compile_filter()
+    except SeccompUnavailable as exc:
+        return str(exc)
+    probe = run_in_jail(["/bin/true"], timeout=30)
+    if probe.returncode != 0:
+        detail = probe.stderr.strip().splitlines()[-1:] or [f"exit status {probe.returncode}"]
+        return (
+            f"bwrap cannot make the jail here ({detail[0]}): unprivileged user namespaces may be off "
+            "(sysctl kernel.unprivileged_userns_clone=1, or user.max_user_namespaces > 0; in a container, "
+            "allow them or run with --unsafe-code-interpreter)"
+        )
+    return None
+
+
+def run_in_jail(
+    command: list[str], timeout: float, allow_network: bool = False
+) -> subprocess.CompletedProcess:
+    """Run a short command in a throwaway jail (its own temporary working dir), for probes."""
+    import tempfile
+
+    from qthink.agent.seccomp_filter import compile_filter
+
+    with tempfile.TemporaryDirectory(prefix="qthink-probe-") as tmp:
+        work, sockets = Path(tmp) / "work", Path(tmp) / "ipc"
+        work.mkdir()
+        sockets.mkdir()
+        spec = JailSpec(work, sockets, identity_files(Path(tmp)), allow_network=allow_network)
+        with tempfile.TemporaryFile() as bpf:
+            bpf.write(compile_filter())
+            bpf.seek(0)
+            argv = bwrap_argv(spec, bpf.fileno()) + command
+            return subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                pass_fds=(bpf.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )

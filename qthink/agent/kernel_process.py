@@ -1,0 +1,234 @@
+"""One IPython kernel process, jailed by bubblewrap (unjailed only when asked), and its client.
+
+The kernel binds its ZMQ sockets as Unix sockets in a directory made fresh for each
+start, so nothing is left from an earlier kernel. Everything it sends is untrusted: the
+client's sockets refuse messages over a size cap and buffer only a few. `kill` ends the
+whole jail: bwrap's PID namespace dies with its first process, and the cgroup (where one
+could be made) is emptied with SIGKILL.
+"""
+
+import functools
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+from jupyter_client.blocking import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
+
+from qthink.agent.cgroup import KernelCgroup, make_cgroup
+from qthink.agent.jail import JAIL_DIR, JailSpec, bwrap_argv, identity_files, jail_env
+from qthink.agent.seccomp_filter import compile_filter
+
+LAUNCHER = Path(__file__).with_name("kernel_launcher.py")
+MAX_MESSAGE_BYTES = 16 << 20  # a larger message from the kernel drops the connection
+RECEIVE_BUFFER_MESSAGES = 64
+_PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
+_STDERR_CAP = 64 * 1024
+
+
+@dataclass
+class KernelLimits:
+    """Resource caps for one kernel (megabytes, seconds, counts)."""
+
+    memory_mb: int = 4096
+    cpu_seconds: int = 600
+    file_mb: int = 1024
+    open_files: int = 1024
+    processes: int = 256
+    tmp_mb: int = 256
+    shm_mb: int = 64
+
+    def launcher_args(self) -> list[str]:
+        names = ("memory_mb", "cpu_seconds", "file_mb", "open_files", "processes")
+        return [f"--{n.replace('_', '-')}={getattr(self, n)}" for n in names]
+
+
+class KernelStartError(RuntimeError):
+    """The kernel did not come up; the message holds what it printed."""
+
+
+class KernelProcess:
+    """A started kernel: its process, its cgroup, its private directory and a connected client."""
+
+    def __init__(self, work_dir: Path, limits: KernelLimits, jailed: bool, allow_network: bool, env: dict):
+        self.work_dir, self.limits, self.jailed = work_dir, limits, jailed
+        self.private = Path(tempfile.mkdtemp(prefix="qthink-kernel-"))
+        self.cgroup: KernelCgroup | None = None
+        try:
+            self.proc = self._launch(allow_network, env)
+            self.client = self._connect()
+        except BaseException:
+            self.kill()
+            raise
+
+    def _launch(self, allow_network: bool, env: dict) -> subprocess.Popen:
+        sockets = self.private / "ipc"
+        sockets.mkdir()
+        key = uuid.uuid4().hex.encode()
+        host_file, jail_file = self.private / "connection.json", self.private / "jail-connection.json"
+        write_connection_file(str(host_file), ip=str(sockets / "kernel"), key=key, transport="ipc", **_PORTS)
+        inner_ip = f"{JAIL_DIR}/ipc/kernel" if self.jailed else str(sockets / "kernel")
+        write_connection_file(str(jail_file), ip=inner_ip, key=key, transport="ipc", **_PORTS)
+        stderr = open(self.private / "stderr", "wb")  # noqa: SIM115 - handed to the child
+        tasks = self.limits.processes + 64  # the kernel's own threads count too
+        memory = (self.limits.memory_mb + self.limits.tmp_mb + self.limits.shm_mb + 256) << 20
+        self.cgroup = make_cgroup(tasks, memory) if self.jailed else None
+        enter = _cgroup_entry(self.cgroup.procs_files) if self.cgroup else []
+        with tempfile.TemporaryFile() as bpf:
+            if self.jailed:
+                bpf.write(compile_filter())
+                bpf.seek(0)
+                argv = [*enter, *self._jail_argv(bpf.fileno(), allow_network, env)]
+                argv += [
+                    sys.executable,
+                    "-I",
+                    f"{JAIL_DIR}/kernel_launcher.py",
+                    *self._kernel_args(jail_file),
+                ]
+                child_env, cwd = None, None
+            else:
+                argv = [sys.executable, "-I", str(LAUNCHER), *self._kernel_args(jail_file)]
+                spec = JailSpec(self.work_dir, sockets, {}, env=env)
+                child_env, cwd = {**jail_env(spec), "HOME": str(self.private)}, str(self.work_dir)
+                for name in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "TMPDIR"):
+                    child_env[name] = str(self.private / name.lower())
+            with stderr:
+                return subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stderr,
+                    stderr=stderr,
+                    pass_fds=(bpf.fileno(),) if self.jailed else (),
+                    start_new_session=True,
+                    env=child_env,
+                    cwd=cwd,
+                )
+
+    def _jail_argv(self, seccomp_fd: int, allow_network: bool, env: dict) -> list[str]:
+        files = identity_files(self.private)
+        files[f"{JAIL_DIR}/kernel_launcher.py"] = LAUNCHER
+        files[f"{JAIL_DIR}/connection.json"] = self.private / "jail-connection.json"
+        spec = JailSpec(
+            self.work_dir,
+            self.private / "ipc",
+            files,
+            allow_network=allow_network,
+            tmp_mb=self.limits.tmp_mb,
+            shm_mb=self.limits.shm_mb,
+            env=env,
+        )
+        return bwrap_argv(spec, seccomp_fd)
+
+    def _kernel_args(self, jail_file: Path) -> list[str]:
+        connection = f"{JAIL_DIR}/connection.json" if self.jailed else str(jail_file)
+        logging = ["--HistoryManager.enabled=False", "--IPKernelApp.log_level=ERROR"]
+        return [*self.limits.launcher_args(), "-f", connection, *logging]
+
+    def _connect(self, timeout: float = 60.0) -> BlockingKernelClient:
+        client = BlockingKernelClient(
+            connection_file=str(self.private / "connection.json"), context=_zmq_context()
+        )
+        client.load_connection_file()
+        client.start_channels()
+        deadline, sent = time.monotonic() + timeout, set()
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            sent.add(client.kernel_info())  # requests sent before the kernel bound its sockets may be lost
+            try:
+                reply = client.get_shell_msg(timeout=1.0)
+            except queue.Empty:
+                continue
+            if reply["parent_header"].get("msg_id") in sent:
+                _drain(client)
+                return client
+        client.stop_channels()
+        raise KernelStartError(f"the kernel did not start: {self.stderr_tail() or 'no output'}")
+
+    def stderr_tail(self) -> str:
+        try:
+            with open(self.private / "stderr", "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 2000))
+                return f.read(2000).decode(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def interrupt(self) -> None:
+        """Ask the kernel to raise KeyboardInterrupt (a message: bwrap passes no signals on)."""
+        msg = self.client.session.msg("interrupt_request", content={})
+        self.client.control_channel.send(msg)
+
+    def task_count(self) -> int:
+        """Threads of every process in the jail, seen from the host (nothing the kernel reports)."""
+        count, stack, seen = 0, [self.proc.pid], set()
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            count += len(tids)
+            for tid in tids:
+                try:
+                    stack += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+                except OSError:
+                    pass
+        if self.cgroup is not None:
+            stack_pids = self.cgroup.pids() - seen
+            count += len(stack_pids)  # a process that left the tree (re-parented) still counts
+        return count
+
+    def kill(self) -> None:
+        """End every process of this kernel and remove its private directory."""
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.stop_channels()
+        proc = getattr(self, "proc", None)
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            proc.kill()
+            proc.wait()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+        shutil.rmtree(self.private, ignore_errors=True)
+
+
+@functools.cache
+def _zmq_context() -> zmq.Context:
+    """One context for every kernel client (destroying one under a live channel thread is unsafe);
+    its sockets refuse oversized messages and buffer only a few."""
+    context = zmq.Context()
+    context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    context.setsockopt(zmq.RCVHWM, RECEIVE_BUFFER_MESSAGES)
+    context.setsockopt(zmq.LINGER, 0)
+    return context
+
+
+def _cgroup_entry(procs_files: list[str]) -> list[str]:
+    """A shell prefix that moves itself into the cgroup, then execs the jail (so nothing starts outside)."""
+    script = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+    return ["/bin/sh", "-c", script, "sh", *procs_files, "--"]
+
+
+def _drain(client: BlockingKernelClient) -> None:
+    while True:
+        try:
+            client.get_iopub_msg(timeout=0.2)
+        except queue.Empty:
+            return
