@@ -56,7 +56,7 @@ def test_allocating_10_gb_fails_inside_the_kernel_only(interpreter):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - host_peak < 200 * 1024  # KiB
 
 
-# Native code's connect(2) on a non-blocking socket, around Python's audit hooks.
+# Native code's connect(2) on a non-blocking socket, below Python's own socket module.
 NATIVE_CONNECT = """
 import ctypes, socket, struct
 libc = ctypes.CDLL(None, use_errno=True)
