@@ -335,7 +335,16 @@ def test_tool_calls_show_as_cards_and_results_go_back(page, scripted):
     messages = scripted.requests[-1]["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
     assert messages[1]["tool_calls"][0]["function"]["name"] == "get_time"
+    # the current tool loop keeps its thinking, as the chat template renders it
+    assert messages[1]["reasoning_content"] == TOOL_THINKING
     assert messages[2] == {"role": "tool", "tool_call_id": "call_1", "content": '{"time": "09:30"}'}
+
+    ask(page, "And in Tokyo?")  # a new question ends the loop: its thinking is dropped
+    page.wait_for_function("document.querySelectorAll('.turn.assistant').length === 3")
+    page.locator(".tool-call").last.wait_for()
+    messages = scripted.requests[-1]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant", "user"]
+    assert not any("reasoning_content" in m for m in messages)
 
 
 def test_bad_tools_json_is_reported(page, scripted):

@@ -146,3 +146,45 @@ def test_chat_and_trace_against_qthink_serve(server, page, tmp_path):
     page.wait_for_selector("#view-trace.active #trace-root .step")
     assert root.locator(".step").count() == steps
     assert json.loads(saved.read_text())["format"] == "qthink-trace"
+
+
+@pytest.fixture(scope="module")
+def default_server():
+    """`qthink serve` as the README starts it: no model named, so qthink-nano and its defaults."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qthink", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "qthink serve did not come up"
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_untouched_page_defaults_chat_with_the_default_server(default_server, page):
+    context = httpx.get(default_server + "/v1/models").json()["data"][0]["max_model_len"]
+    page.goto(default_server + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.inner_text("#model-name") == "qthink-nano"
+    assert page.input_value("#max_tokens") == ""
+    assert page.get_attribute("#max_tokens", "max") == str(context)
+    page.fill("#prompt", "What is 12 + 30?")
+    page.press("#prompt", "Enter")
+    turn = page.locator(".turn.assistant").last
+    turn.locator("[data-action=save]").wait_for(timeout=120_000)
+    assert turn.locator(".error-card").count() == 0
+    assert turn.locator(".answer").inner_text().strip()

@@ -12,7 +12,7 @@ export class Chat {
   constructor({ model, onOpenTrace }) {
     this.model = model;
     this.onOpenTrace = onOpenTrace;
-    this.history = []; // what is sent back: answers without their old thinking
+    this.history = []; // what is sent back: answers without their old thinking, as the template does
     this.traces = []; // every finished answer of this page, kept across new chats to compare
     this.controller = null;
     this.list = document.getElementById("messages");
@@ -36,6 +36,8 @@ export class Chat {
     if (!text || this.controller) return;
     this.prompt.value = "";
     document.getElementById("empty-note")?.remove();
+    // A new question ends the tool loop: earlier answers go back without their thinking.
+    this.history = this.history.map(({ reasoning_content: _, ...message }) => message);
     this.history.push({ role: "user", content: text });
     this.list.append(el("div", { class: "turn user" }, el("div", { class: "bubble" }, text)));
     this.generate();
@@ -89,7 +91,11 @@ export class Chat {
     }
     const answer = trace.answer;
     const message = { role: "assistant", content: answer.content || "" };
-    if (answer.tool_calls.length) message.tool_calls = answer.tool_calls;
+    if (answer.tool_calls.length) {
+      // The current tool loop keeps its thinking: the model continues from it once the results come.
+      message.tool_calls = answer.tool_calls;
+      if (answer.reasoning_content) message.reasoning_content = answer.reasoning_content;
+    }
     if (!turn.failed) {
       this.history.push(message);
       this.traces.push(trace);

@@ -71,10 +71,22 @@ async function findModel() {
     return null;
   }
   notice.hidden = true;
-  const model = response?.ok ? (await response.json()).data?.[0]?.id ?? null : null;
+  const card = response?.ok ? (await response.json()).data?.[0] ?? null : null;
+  const model = card?.id ?? null;
   document.getElementById("model-name").textContent = model || "";
+  if (card?.max_model_len) showContext(card.max_model_len);
   if (chat) chat.model = model || undefined;
   return model;
+}
+
+// Max tokens defaults to the server's own default (the context minus the prompt): left empty,
+// it is not sent; the field is capped at the context.
+function showContext(contextLength) {
+  const field = document.getElementById("max_tokens");
+  field.max = String(contextLength);
+  field.placeholder = `up to ${contextLength} minus the prompt`;
+  document.getElementById("context-hint").textContent =
+    `The context holds ${contextLength} tokens, prompt included. Empty: all the prompt leaves.`;
 }
 
 function rememberKey() {
