@@ -14,10 +14,12 @@ from starlette.exceptions import HTTPException
 from qthink import __version__
 from qthink.engine.async_engine import AsyncEngine, EngineDeadError
 from qthink.errors import RequestError
+from qthink.server.anthropic_messages import add_messages_routes
 from qthink.server.chat import create_chat_completion
 from qthink.server.completions import create_completion
 from qthink.server.control import add_control_routes
-from qthink.server.errors import APIError, bad_request, error_response, validation_message
+from qthink.server.error_shapes import shaped_error
+from qthink.server.errors import APIError, bad_request, validation_message
 from qthink.server.metrics import Metrics
 from qthink.server.params import template_kwargs
 from qthink.server.protocol import (
@@ -79,6 +81,7 @@ def build_app(
     _add_error_handlers(app)
     _add_routes(app, server)
     add_responses_routes(app, server)
+    add_messages_routes(app, server)
     add_control_routes(app, server)
     if web_ui:
         from qthink.viewer.web import mount
@@ -92,17 +95,27 @@ def _add_guards(app: FastAPI, api_key: str | None, public: tuple[str, ...], max_
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        path = request.url.path
         size = request.headers.get("content-length")
         if size and size.isdigit() and int(size) > max_bytes:
-            return error_response(413, f"request body over {max_bytes} bytes", code="request_too_large")
-        path = request.url.path
+            return shaped_error(path, 413, f"request body over {max_bytes} bytes", code="request_too_large")
         if expected and path not in public and not _is_ui(path):
-            given = request.headers.get("authorization", "").encode()
+            given = _presented_key(request).encode()
             if not hmac.compare_digest(given, expected):  # constant time: no key oracle
-                return error_response(
-                    401, "invalid or missing API key", kind="authentication_error", code="invalid_api_key"
+                return shaped_error(
+                    path,
+                    401,
+                    "invalid or missing API key",
+                    kind="authentication_error",
+                    code="invalid_api_key",
                 )
         return await call_next(request)
+
+
+def _presented_key(request: Request) -> str:
+    """The bearer token, or Anthropic's x-api-key as one (its clients send no Authorization)."""
+    x_api_key = request.headers.get("x-api-key")
+    return f"Bearer {x_api_key}" if x_api_key else request.headers.get("authorization", "")
 
 
 def _is_ui(path: str) -> bool:
@@ -111,37 +124,45 @@ def _is_ui(path: str) -> bool:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError):
+    async def invalid(request: Request, exc: RequestValidationError):
         message, param = validation_message(exc.errors())
-        return error_response(400, message, param=param)
+        return shaped_error(request.url.path, 400, message, param=param)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException):  # unparsable body, unknown route, wrong method
-        response = error_response(exc.status_code, str(exc.detail))
+    async def http_error(
+        request: Request, exc: HTTPException
+    ):  # unparsable body, unknown route, wrong method
+        response = shaped_error(request.url.path, exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})
         return response
 
     @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.kind, exc.param, exc.code)
+    async def api_error(request: Request, exc: APIError):
+        return shaped_error(request.url.path, exc.status, exc.message, exc.kind, exc.param, exc.code)
 
     @app.exception_handler(ClientGone)
-    async def gone(_: Request, exc: ClientGone):
-        return error_response(499, "the client closed the request", code="client_closed_request")
+    async def gone(request: Request, exc: ClientGone):
+        return shaped_error(
+            request.url.path, 499, "the client closed the request", code="client_closed_request"
+        )
 
     @app.exception_handler(EngineDeadError)
-    async def dead(_: Request, exc: EngineDeadError):
-        return error_response(503, str(exc), kind="server_error")
+    async def dead(request: Request, exc: EngineDeadError):
+        return shaped_error(request.url.path, 503, str(exc), kind="server_error")
 
     @app.exception_handler(RequestError)
-    async def refused(_: Request, exc: RequestError):
+    async def refused(request: Request, exc: RequestError):
         error = bad_request(exc)
-        return error_response(error.status, error.message, error.kind, error.param, error.code)
+        return shaped_error(
+            request.url.path, error.status, error.message, error.kind, error.param, error.code
+        )
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):  # a bug, not the client's fault
         log.error("internal error on %s", request.url.path, exc_info=exc)
-        return error_response(500, f"internal error: {type(exc).__name__}", kind="server_error")
+        return shaped_error(
+            request.url.path, 500, f"internal error: {type(exc).__name__}", kind="server_error"
+        )
 
 
 def _add_routes(app: FastAPI, server: Server) -> None:

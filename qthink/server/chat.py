@@ -39,13 +39,8 @@ class PreparedChat:
     plan: ThinkingPlan
 
 
-async def prepare_chat(req: ChatCompletionRequest, server) -> PreparedChat:
-    """The one path from a chat request to a prompt and SamplingParams; every API's
-    request is translated into a ChatCompletionRequest and comes through here."""
-    parse_tools, forced = tool_choice_spec(req)
-    structured = structured_output(req)
-    if forced and structured:
-        raise APIError(400, "tool_choice required/named cannot be combined with response_format")
+async def render_prompt(req: ChatCompletionRequest, server) -> tuple[ThinkingPlan, list[int]]:
+    """The request's thinking plan and prompt tokens (the template told when thinking is off)."""
     plan, kwargs = thinking_plan(req, server.efforts, template_kwargs(req.chat_template_kwargs))
     messages = [m.for_template() for m in req.messages]
     prompt = await asyncio.to_thread(
@@ -56,6 +51,17 @@ async def prepare_chat(req: ChatCompletionRequest, server) -> PreparedChat:
         tokenize=True,
         **kwargs,
     )
+    return plan, prompt
+
+
+async def prepare_chat(req: ChatCompletionRequest, server) -> PreparedChat:
+    """The one path from a chat request to a prompt and SamplingParams; every API's
+    request is translated into a ChatCompletionRequest and comes through here."""
+    parse_tools, forced = tool_choice_spec(req)
+    structured = structured_output(req)
+    if forced and structured:
+        raise APIError(400, "tool_choice required/named cannot be combined with response_format")
+    plan, prompt = await render_prompt(req, server)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = sampling_params(req, logprobs, forced or structured)
     fmt = ThinkingFormat.from_tokenizer(server.tokenizer)

@@ -18,8 +18,8 @@ from qthink.server.turn import (
     Text,
     ToolCall,
     Turn,
+    blocks,
     check_model,
-    events,
     start_turn,
     whole_turn,
 )
@@ -410,35 +410,32 @@ async def stream_response(turn: Turn, shape: ResponseShape, server, conversation
     emit = EventWriter()
     yield emit("response.created", response=shape.body("in_progress", []))
     yield emit("response.in_progress", response=shape.body("in_progress", []))
-    open_item: _OpenItem | None = None
+    item: _OpenItem | None = None
     try:
-        async for event in events(turn):
-            if isinstance(event, Finish):
-                if open_item is not None:
-                    for chunk in open_item.close(emit):
-                        yield chunk
+        async for step, event in blocks(turn):
+            if step == "start":
+                item = _OpenItem(_kind(event), shape)
+                for chunk in item.open(emit, event):
+                    yield chunk
+            elif step == "delta":
+                for chunk in item.delta(emit, event):
+                    yield chunk
+            elif step == "stop":
+                for chunk in item.close(emit):
+                    yield chunk
+            else:
                 body = shape.finish(event, turn)
                 _store(server, shape.req, body, conversation, shape)
                 kind = {"completed": "response.completed", "failed": "response.failed"}.get(
                     body["status"], "response.incomplete"
                 )
                 yield emit(kind, response=body)
-                return
-            kind = (
-                "reasoning" if isinstance(event, Reasoning) else "text" if isinstance(event, Text) else "call"
-            )
-            if open_item is not None and (open_item.kind != kind or kind == "call"):
-                for chunk in open_item.close(emit):
-                    yield chunk
-                open_item = None
-            if open_item is None:
-                open_item = _OpenItem(kind, shape)
-                for chunk in open_item.open(emit, event):
-                    yield chunk
-            for chunk in open_item.delta(emit, event):
-                yield chunk
     except Exception as e:  # an engine fault mid-stream: tell the client, close cleanly
         yield emit("error", code="server_error", message=f"{type(e).__name__}: {e}", param=None)
+
+
+def _kind(event) -> str:
+    return "reasoning" if isinstance(event, Reasoning) else "text" if isinstance(event, Text) else "call"
 
 
 class _OpenItem:

@@ -13,6 +13,7 @@ DEFAULT_EFFORT_BUDGETS: dict[str, int | None] = {
     "medium": 8192,
     "high": None,
     "xhigh": None,
+    "max": None,
 }
 EARLY_STOP_TEXT = THINKING_EARLY_STOP.split("</think>")[0].strip()
 

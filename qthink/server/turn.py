@@ -95,6 +95,25 @@ async def events(turn: Turn):
     yield Finish(reason, c.stop_reason, usage(last, turn.chat.format, turn.chat.thinking), last.error)
 
 
+async def blocks(turn: Turn):
+    """The events grouped into output blocks (a thinking, a text, each tool call):
+    ("start", event), ("delta", event)..., ("stop", None); last ("finish", Finish)."""
+    kind = None
+    async for e in events(turn):
+        if isinstance(e, Finish):
+            if kind is not None:
+                yield "stop", None
+            yield "finish", e
+            return
+        if kind is not None and (type(e) is not kind or kind is ToolCall):
+            yield "stop", None
+            kind = None
+        if kind is None:
+            yield "start", e
+            kind = type(e)
+        yield "delta", e
+
+
 def _whole_calls(deltas: list[dict], pending: dict[int, dict]) -> list[ToolCall]:
     """The stream parser sends a call's id and name, then its arguments whole: one ToolCall."""
     done = []
