@@ -14,6 +14,8 @@
 #include <cmath>
 #include <vector>
 
+#include "thread_pool.h"
+
 namespace {
 
 inline __m512 widen_bf16(const uint16_t* p) {
@@ -139,8 +141,8 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   const DecodeAttention kernel{bits(q), bits(k_cache), bits(v_cache), slots.data_ptr<int64_t>(),
                                lens.data_ptr<int64_t>(), reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
                                H, KVH, D, slots.size(1), static_cast<float>(scale)};
-  at::parallel_for(0, B * KVH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, acc;
+  qthink::parallel_for(B * KVH, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> scores, acc;
     for (int64_t task = begin; task < end; ++task) kernel(task / KVH, task % KVH, scores, acc);
   });
   return out;

@@ -1,18 +1,28 @@
-"""Compile the AVX-512 kernels (linear layers, decode attention) once per machine and load them,
-or report why not."""
+"""Compile the native CPU kernels once per source, flags and compiler, in a cache shared by every
+install, and load them (or report why not)."""
 
+import fcntl
 import functools
 import hashlib
+import logging
 import os
+import shutil
+import subprocess
+import time
 import warnings
 from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("linear_avx512.cpp", "attention_avx512.cpp")]
+log = logging.getLogger("qthink")
+
+KERNEL_DIR = Path(__file__).parent
+SOURCES = [KERNEL_DIR / name for name in ("thread_pool.cpp", "linear_avx512.cpp", "attention_avx512.cpp")]
+HEADERS = [KERNEL_DIR / "thread_pool.h"]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni")
 ISA_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
 COMPILE_FLAGS = ["-O3", "-march=native", *ISA_FLAGS, "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
 
 
 def cpu_flags() -> set[str]:
@@ -28,15 +38,58 @@ def cpu_flags() -> set[str]:
 
 
 def cache_dir() -> Path:
+    """QTHINK_KERNEL_CACHE, else $XDG_CACHE_HOME/qthink/kernels (~/.cache by default)."""
+    if os.environ.get("QTHINK_KERNEL_CACHE"):
+        return Path(os.environ["QTHINK_KERNEL_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "qthink" / "kernels"
 
 
+@functools.cache
+def compiler_version() -> str:
+    """The first line of `$CXX --version` (torch's extension builder compiles with $CXX or c++)."""
+    compiler = os.environ.get("CXX", "c++")
+    try:
+        result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return f"{compiler}: unavailable"
+    return result.stdout.splitlines()[0] if result.stdout else f"{compiler}: unknown"
+
+
 def build_key(flags: set[str]) -> str:
-    """Same source, torch and CPU give the same build; any change rebuilds."""
-    material = b"".join(s.read_bytes() for s in SOURCES)
-    material += torch.__version__.encode() + " ".join(sorted(flags)).encode()
-    return hashlib.sha256(material).hexdigest()[:16]
+    """A hash of what the library depends on: the sources' bytes (not where they are installed),
+    the compile flags, the compiler, torch and the CPU. Two installs of one source share a build."""
+    material = [path.name.encode() + path.read_bytes() for path in [*SOURCES, *HEADERS]]
+    material += [" ".join(COMPILE_FLAGS + LINK_FLAGS).encode(), compiler_version().encode()]
+    material += [torch.__version__.encode(), " ".join(sorted(flags)).encode()]
+    return hashlib.sha256(b"\0".join(material)).hexdigest()[:16]
+
+
+def library_name(key: str) -> str:
+    return f"qthink_kernels_{key}"
+
+
+def _compile(build_dir: Path, key: str) -> None:
+    """Copy the sources into the build folder and compile them there, so the build (and its
+    ninja file) names no install path; torch's builder loads the library it made."""
+    from torch.utils.cpp_extension import load
+
+    source_dir = build_dir / "src"
+    source_dir.mkdir(parents=True, exist_ok=True)
+    for path in [*SOURCES, *HEADERS]:
+        shutil.copyfile(path, source_dir / path.name)
+    log.info("building CPU kernels, once: ~40 s (cached in %s)", build_dir)
+    start = time.monotonic()
+    load(
+        name=library_name(key),
+        sources=[str(source_dir / path.name) for path in SOURCES],
+        extra_cflags=list(COMPILE_FLAGS),  # the builder appends to the lists it gets
+        extra_ldflags=list(LINK_FLAGS),
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=False,
+    )
+    log.info("CPU kernels built in %.0f s", time.monotonic() - start)
 
 
 @functools.cache
@@ -46,30 +99,28 @@ def _build_and_load() -> bool:
         return False
     key = build_key(flags)
     build_dir = cache_dir() / key
+    library = build_dir / f"{library_name(key)}.so"
     try:
-        from torch.utils.cpp_extension import load
-
         build_dir.mkdir(parents=True, exist_ok=True)
-
-        load(
-            name=f"qthink_kernels_{key}",
-            sources=[str(s) for s in SOURCES],
-            extra_cflags=COMPILE_FLAGS,
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build_dir),
-            is_python_module=False,
-            verbose=False,
-        )
+        # One process builds; others wait for it here and then load its library.
+        with open(build_dir / "build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if library.is_file():
+                torch.ops.load_library(str(library))
+            else:
+                _compile(build_dir, key)
     except Exception as error:  # any cache, compiler or loader failure means: use torch's kernels
         warnings.warn(
             f"qthink: the AVX-512 kernels could not be built ({error}); using torch's", stacklevel=2
         )
         return False
+    log.info("CPU kernels ready: %s", library)
     return True
 
 
 def linear_kernels_available() -> bool:
-    """True when the native kernels are loaded and not switched off with QTHINK_KERNELS=0."""
+    """True when the native kernels are loaded and not switched off with QTHINK_KERNELS=0;
+    the first call builds them (once per source and compiler) or loads the cached build."""
     return os.environ.get("QTHINK_KERNELS", "1") != "0" and _build_and_load()
 
 

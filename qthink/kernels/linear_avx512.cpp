@@ -2,7 +2,7 @@
 //
 // Batch-1 decode reads every weight once per token, so the small-M kernels (GEMV) are built
 // to stream weight rows at memory bandwidth: a few rows at a time, a few activation rows
-// reused per loaded weight vector, rows split across threads with at::parallel_for. For
+// reused per loaded weight vector, chunks of rows taken by the threads of thread_pool.h. For
 // large M the quantized weights are dequantized tile by tile into torch's GEMM.
 
 #include <ATen/ATen.h>
@@ -13,6 +13,8 @@
 
 #include <cstring>
 #include <vector>
+
+#include "thread_pool.h"
 
 namespace {
 
@@ -65,7 +67,7 @@ struct Output {
 template <int NB, int MB_MAX, typename Kernel>
 void run_blocks(const Kernel& kernel, int64_t M, int64_t N, const Output& out) {
   const int64_t tasks = (N + NB - 1) / NB;
-  at::parallel_for(0, tasks, kRowsPerTask / NB, [&](int64_t begin, int64_t end) {
+  qthink::parallel_for(tasks, kRowsPerTask / NB, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task * NB;
       const int64_t rows = std::min<int64_t>(NB, N - n);

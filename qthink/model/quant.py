@@ -196,12 +196,21 @@ def _replacement(
     return None
 
 
+def uses_native_kernels(model: nn.Module, quantization: str | None) -> bool:
+    """CPU weights that are quantized or bf16 run on the native kernels where they exist."""
+    weight = next(model.parameters(), None)
+    on_cpu = weight is not None and weight.device.type == "cpu"
+    return on_cpu and (quantization is not None or weight.dtype == torch.bfloat16)
+
+
 def quantize_model(model: nn.Module, quantization: str | None, group_size: int = 128) -> None:
     """Replace the decoder layers' `nn.Linear`s (or `Bf16Linear`s) in place: by int8 or int4
     modules, and the lm_head by an int8 one; or with `quantization=None` every bf16 linear by
     the fast bf16 module, which shares its weight (the lm_head's is often the embeddings')."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if uses_native_kernels(model, quantization):
+        linear_kernels_available()  # build or load them now, at start-up, not in the first request
     targets = [
         (parent_name, parent, name, child)
         for parent_name, parent in model.named_modules()
