@@ -44,6 +44,8 @@ ENV_DEFAULTS = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
+# bwrap's own environment: its init process (pid 1 in the jail, readable there) keeps it.
+BWRAP_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 INSTALL_HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 )
@@ -108,7 +110,8 @@ def bwrap_argv(spec: JailSpec, seccomp_fd: int) -> list[str]:
             argv += ["--ro-bind", d, d]
     for name, value in jail_env(spec).items():
         argv += ["--setenv", name, value]
-    return [*argv, "--chdir", str(spec.work_dir), "--"]
+    # The root itself (a tmpfs holding the mount points) is not a place to write either.
+    return [*argv, "--remount-ro", "/", "--chdir", str(spec.work_dir), "--"]
 
 
 def _system_binds(allow_network: bool) -> list[str]:

@@ -25,7 +25,7 @@ from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
 from qthink.agent.cgroup import KernelCgroup, make_cgroup
-from qthink.agent.jail import JAIL_DIR, JailSpec, bwrap_argv, identity_files, jail_env
+from qthink.agent.jail import BWRAP_ENV, JAIL_DIR, JailSpec, bwrap_argv, identity_files, jail_env
 from qthink.agent.seccomp_filter import compile_filter
 
 LAUNCHER = Path(__file__).with_name("kernel_launcher.py")
@@ -94,7 +94,7 @@ class KernelProcess:
                     f"{JAIL_DIR}/kernel_launcher.py",
                     *self._kernel_args(jail_file),
                 ]
-                child_env, cwd = None, None
+                child_env, cwd = dict(BWRAP_ENV), None
             else:
                 argv = [sys.executable, "-I", str(LAUNCHER), *self._kernel_args(jail_file)]
                 spec = JailSpec(self.work_dir, sockets, {}, env=env)
