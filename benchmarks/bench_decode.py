@@ -3,18 +3,27 @@ qthink (bf16, int8, int4) against llama.cpp (BF16, Q8_0, Q4_K_M) and HF transfor
 
     python benchmarks/make_4b_checkpoint.py /data/qwen3-4b-random          # once, ~8 GB, outside git
     python benchmarks/make_llama_cpp.py /data/qwen3-4b-random /data/llama   # once: tools and GGUF files
-    python benchmarks/bench_decode.py /data/qwen3-4b-random --llama /data/llama [--ttft 16384]
+    python benchmarks/bench_decode.py /data/qwen3-4b-random --llama /data/llama [--rounds 3] [--busy]
 
-Decode: prompt 128 tokens, 64 forced output tokens, qthink and llama-bench interleaved twice, best
-of each. Prefill: one 2,048-token prompt. Throughput: 16 concurrent requests (qthink's continuous
-batching; llama-batched-bench -npl 16). 2 threads.
+Goal figures need a quiet machine: the script refuses to print a goal table when the 1-minute
+load average is over 0.5 before it starts or the hypervisor's CPU steal climbs (/proc/stat),
+and records /proc/loadavg before and after. qthink and llama.cpp run interleaved, one round of
+each after the other, for `--rounds` rounds; figures are the median and the spread (min-max),
+ratios are per round. `--busy` measures decode@1 only, each round once on the quiet machine and
+once beside one competing CPU-bound process that the script starts, and prints each engine's
+slowdown. Decode: prompt 128 tokens, 64 forced output tokens. Prefill: one 2,048-token prompt.
+Throughput: 16 concurrent requests (qthink's continuous batching; llama-batched-bench -npl 16).
 """
 
 import argparse
 import gc
 import json
+import re
+import statistics
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +36,52 @@ from qthink.plan_cli import GiB, plan
 
 PROMPT, OUTPUT, PREFILL, BATCH, THREADS = 128, 64, 2048, 16, 2
 WEIGHTS = {"bf16": ("BF16", None), "int8": ("Q8_0", "int8"), "int4": ("Q4_K_M", "int4")}
+QUIET_LOAD = 0.5  # 1-minute load average above which the machine is not quiet
+STEAL_LIMIT = 0.02  # share of CPU time the hypervisor may take (steal) before figures are void
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().strip()
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return fields[7], sum(fields[:8])
+
+
+def steal_share(since: tuple[int, int]) -> float:
+    steal, total = cpu_ticks()
+    return (steal - since[0]) / max(1, total - since[1])
+
+
+def busy_reason() -> str | None:
+    """Why the machine is not quiet enough for goal figures, or None."""
+    load = float(loadavg().split()[0])
+    if load > QUIET_LOAD:
+        return f"1-minute load average {load:.2f} > {QUIET_LOAD}"
+    start = cpu_ticks()
+    time.sleep(2)
+    if (share := steal_share(start)) > STEAL_LIMIT:
+        return f"CPU steal at {share:.1%} of CPU time over 2 s"
+    return None
+
+
+class Competitor:
+    """One CPU-bound process for the duration of a `with` block (the busy-machine case)."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):7.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def qthink_engine(model: str, quantization: str | None, max_len: int, kv_memory: int = 3 << 30) -> LLMEngine:
@@ -42,28 +97,69 @@ def qthink_engine(model: str, quantization: str | None, max_len: int, kv_memory:
     )
 
 
-def paired_rows(model: str, weights: str, llama: Path) -> tuple[dict, dict]:
-    """qthink and llama.cpp on one weight format, interleaved (qthink, llama.cpp, qthink,
-    llama.cpp; best of each) so that the machine's bandwidth swings hit both alike."""
-    label = WEIGHTS[weights][0]
+def llama_files(model: str, weights: str, llama: Path) -> tuple[Path, Path]:
     tools = next(llama.glob("llama_cpp_python-*/vendor/llama.cpp/build/bin"))
-    gguf = llama / f"{Path(model).name}-{label.lower()}.gguf"
+    return tools, llama / f"{Path(model).name}-{WEIGHTS[weights][0].lower()}.gguf"
+
+
+def rounds_of(rounds: int, runs: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
+    """Each run once per round, in order, for `rounds` rounds: {name: [one figure per round]}."""
+    figures: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(rounds):
+        for name, run in runs.items():
+            figures[name].append(run())
+        print(f"  round {r + 1}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in figures.items()), flush=True)
+    return figures
+
+
+def paired_rows(model: str, weights: str, llama: Path, rounds: int) -> tuple[dict, dict]:
+    """qthink and llama.cpp on one weight format, interleaved round by round."""
+    tools, gguf = llama_files(model, weights, llama)
     engine = qthink_engine(model, WEIGHTS[weights][1], PREFILL + 16)
-    measure(engine, 16, 4, 1)  # warm-up: kernel build, first-touch of the KV cache
-    ours, theirs = [], []
-    for _ in range(2):
-        ours.append(measure(engine, PROMPT, OUTPUT, 1)["decode_tok_s"])
-        theirs.append(llama_bench(tools, gguf, 0, OUTPUT)[0])
-    q = {"decode@1": max(ours), f"decode@{BATCH}": measure(engine, PROMPT, OUTPUT, BATCH)["decode_tok_s"]}
-    ll = {"decode@1": max(theirs), f"decode@{BATCH}": llama_batched(tools, gguf)}
+    measure(engine, 16, 4, 1)  # warm-up: first-touch of the KV cache, one-off set-up
+    print(f"{weights}: decode@1, tok/s", flush=True)
+    runs = {
+        "qthink": lambda: measure(engine, PROMPT, OUTPUT, 1)["decode_tok_s"],
+        "llama.cpp": lambda: llama_bench(tools, gguf, 0, OUTPUT),
+    }
+    one = rounds_of(rounds, runs)
+    print(f"{weights}: decode@{BATCH}, tok/s", flush=True)
+    runs = {
+        "qthink": lambda: measure(engine, PROMPT, OUTPUT, BATCH)["decode_tok_s"],
+        "llama.cpp": lambda: llama_batched(tools, gguf),
+    }
+    many = rounds_of(rounds, runs)
+    q = {"decode@1": one["qthink"], f"decode@{BATCH}": many["qthink"]}
+    ll = {"decode@1": one["llama.cpp"], f"decode@{BATCH}": many["llama.cpp"]}
     if weights == "bf16":
-        q["prefill@2048"] = measure(engine, PREFILL, 2, 1)["prefill_tok_s"]
-        ll["prefill@2048"] = llama_bench(tools, gguf, PREFILL, 0)[0]
-    del engine
-    gc.collect()
-    for name, row in ((f"qthink {weights}", q), (f"llama.cpp {label}", ll)):
-        print(name, {k: round(v, 2) for k, v in row.items()}, flush=True)
-    return q, ll
+        print(f"{weights}: prefill {PREFILL}, tok/s", flush=True)
+        runs = {
+            "qthink": lambda: measure(engine, PREFILL, 2, 1)["prefill_tok_s"],
+            "llama.cpp": lambda: llama_bench(tools, gguf, PREFILL, 0),
+        }
+        prefill = rounds_of(rounds, runs)
+        q["prefill@2048"], ll["prefill@2048"] = prefill["qthink"], prefill["llama.cpp"]
+    return q, ll  # the engine goes with this frame
+
+
+def busy_rows(model: str, weights: str, llama: Path, rounds: int) -> dict[str, list[float]]:
+    """decode@1 of both engines, each round quiet and then beside one competing process."""
+    tools, gguf = llama_files(model, weights, llama)
+    engine = qthink_engine(model, WEIGHTS[weights][1], PROMPT + OUTPUT + 16, 256 << 20)
+    measure(engine, 16, 4, 1)
+
+    def busy(run: Callable[[], float]) -> Callable[[], float]:
+        def beside_competitor() -> float:
+            with Competitor():
+                return run()
+
+        return beside_competitor
+
+    ours = lambda: measure(engine, PROMPT, OUTPUT, 1)["decode_tok_s"]
+    theirs = lambda: llama_bench(tools, gguf, 0, OUTPUT)
+    print(f"{weights}: decode@1, tok/s, quiet and busy", flush=True)
+    runs = {"qthink": ours, "llama.cpp": theirs, "qthink busy": busy(ours), "llama.cpp busy": busy(theirs)}
+    return rounds_of(rounds, runs)  # the engine goes with this frame
 
 
 def qthink_ttft(model: str, tokens: int) -> float:
@@ -96,8 +192,8 @@ def hf_decode(model: str) -> float:
     return rate
 
 
-def llama_bench(tools: Path, gguf: Path, prompt: int, output: int) -> list[float]:
-    """llama-bench's tok/s for a `prompt`-token prefill and an `output`-token decode."""
+def llama_bench(tools: Path, gguf: Path, prompt: int, output: int) -> float:
+    """llama-bench's tok/s for a `prompt`-token prefill or an `output`-token decode."""
     cmd = [
         tools / "llama-bench",
         "-m",
@@ -109,11 +205,11 @@ def llama_bench(tools: Path, gguf: Path, prompt: int, output: int) -> list[float
         "-t",
         THREADS,
         "-r",
-        2,
+        1,
         "-o",
         "json",
     ]
-    return [run["avg_ts"] for run in json.loads(run_tool(cmd))]
+    return json.loads(run_tool(cmd))[0]["avg_ts"]
 
 
 def llama_batched(tools: Path, gguf: Path) -> float:
@@ -127,10 +223,10 @@ def run_tool(cmd: list) -> str:
     return subprocess.run(list(map(str, cmd)), capture_output=True, text=True, check=True).stdout
 
 
-def goal(name: str, ours: float, reference: float, target: float) -> str:
-    ratio = ours / reference
-    verdict = "met" if ratio >= target else "NOT met"
-    return f"{name:44s} {ours:8.2f} {reference:8.2f} {ratio:7.2f}x   >= {target:.1f}x  {verdict}"
+def goal(name: str, ours: list[float], reference: list[float], target: float) -> str:
+    ratios = [a / b for a, b in zip(ours, reference)]
+    verdict = "met" if statistics.median(ratios) >= target else "NOT met"
+    return f"{name:42s} {spread(ours)} {spread(reference)} {spread(ratios)}x  >= {target:.1f}x {verdict}"
 
 
 def memory_goal(model: str) -> str:
@@ -138,47 +234,97 @@ def memory_goal(model: str) -> str:
     fits = budget["total"] <= 24 * GiB
     parts = " + ".join(f"{budget[k] / GiB:.2f}" for k in ("weights", "kv_cache", "overhead"))
     return (
-        f"4 memory: 262,144 tokens, int4 weights + int8 KV: {parts} GiB = {budget['total'] / GiB:.2f} GiB"
+        f"memory: 262,144 tokens, int4 weights + int8 KV: {parts} GiB = {budget['total'] / GiB:.2f} GiB"
         f"   <= 24 GiB  {'met' if fits else 'NOT met'}"
     )
 
 
-def print_goals(model: str, llama: Path) -> None:
+def header() -> str:
+    columns = ("qthink median (min-max)", "other median (min-max)", "ratio median (min-max)")
+    return f"\n{'goal':42s} " + " ".join(f"{c:>22s}" for c in columns) + "   target"
+
+
+def goal_table(model: str, llama: Path, rounds: int) -> list[str]:
     q, ll = {}, {}
     for w, (label, _) in WEIGHTS.items():
-        q[w], ll[label] = paired_rows(model, w, llama)
-    hf = hf_decode(model)
-    print(f"transformers bf16 decode@1 {hf:.2f}", flush=True)
-    print(f"\n{'goal':44s} {'qthink':>8s} {'other':>8s} {'ratio':>8s}   target")
+        q[w], ll[label] = paired_rows(model, w, llama, rounds)
+        gc.collect()
+    hf = [hf_decode(model)]
+    print(f"transformers bf16 decode@1 {hf[0]:.2f}", flush=True)
+    rows = [header()]
     for w, (label, _) in WEIGHTS.items():
-        print(goal(f"1 decode@1 {w} vs llama.cpp {label}", q[w]["decode@1"], ll[label]["decode@1"], 1.0))
-    print(goal("1 decode@1 bf16 vs transformers bf16", q["bf16"]["decode@1"], hf, 3.0))
+        rows.append(goal(f"decode@1 {w} vs llama.cpp {label}", q[w]["decode@1"], ll[label]["decode@1"], 1.0))
+    rows.append(goal("decode@1 bf16 vs transformers bf16", q["bf16"]["decode@1"], hf * rounds, 3.0))
     b = f"decode@{BATCH}"
     for w, (label, _) in WEIGHTS.items():
-        print(goal(f"2 {b} {w} vs llama.cpp {label} -npl {BATCH}", q[w][b], ll[label][b], 2.0))
+        rows.append(goal(f"{b} {w} vs llama.cpp {label} -npl {BATCH}", q[w][b], ll[label][b], 2.0))
     for w in WEIGHTS:
-        print(goal(f"2 {b} {w} vs qthink {w} decode@1", q[w][b], q[w]["decode@1"], 6.0))
+        rows.append(goal(f"{b} {w} vs qthink {w} decode@1", q[w][b], q[w]["decode@1"], 6.0))
     p = "prefill@2048"
-    print(goal("3 prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], ll["BF16"][p], 1.1))
+    rows.append(goal("prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], ll["BF16"][p], 1.1))
+    return rows
+
+
+def busy_table(model: str, llama: Path, rounds: int) -> list[str]:
+    """Slowdown (quiet / busy decode@1) of each engine; the goal: qthink's no worse."""
+    rows = [
+        f"\n{'decode@1 beside one busy process':42s} {'qthink slowdown':>22s} {'llama.cpp slowdown':>22s}"
+    ]
+    for w, (label, _) in WEIGHTS.items():
+        f = busy_rows(model, w, llama, rounds)
+        gc.collect()
+        ours = [a / b for a, b in zip(f["qthink"], f["qthink busy"])]
+        theirs = [a / b for a, b in zip(f["llama.cpp"], f["llama.cpp busy"])]
+        verdict = "met" if statistics.median(ours) <= statistics.median(theirs) else "NOT met"
+        rows.append(
+            f"{w + ' vs ' + label:42s} {spread(ours)}x {spread(theirs)}x  qthink <= llama.cpp {verdict}"
+        )
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("--llama", type=Path, help="the folder make_llama_cpp.py wrote (else: no goal table)")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of each comparison (at least 3)"
+    )
+    ap.add_argument("--busy", action="store_true", help="decode@1 quiet and beside one CPU-bound process")
+    ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures, no goal table)")
     ap.add_argument("--ttft", type=int, nargs="*", default=[], help="prompt lengths for time to first token")
     args = ap.parse_args()
+    if args.rounds < 3:
+        ap.error("--rounds must be at least 3")
     torch.set_num_threads(THREADS)
+    before = loadavg()
+    print(f"/proc/loadavg before: {before}", flush=True)
+    reason = busy_reason()
+    if reason and not args.force:
+        sys.exit(f"the machine is busy ({reason}): no goal figures; wait for a quiet machine or use --force")
+    steal_start = cpu_ticks()
+    rows = []
     if args.llama:
-        print_goals(args.model, args.llama)
-    print(memory_goal(args.model))
-    for tokens in args.ttft:
-        print(
-            f"3 time to first token, {tokens:,}-token prompt, int4, chunks of {PREFILL}: "
-            f"{qthink_ttft(args.model, tokens):.1f} s",
-            flush=True,
+        rows = (
+            busy_table(args.model, args.llama, args.rounds)
+            if args.busy
+            else goal_table(args.model, args.llama, args.rounds)
         )
-    print("\nall figures tok/s with 2 threads; quality of int8/int4: benchmarks/bench_quant_quality.py")
+    rows.append(memory_goal(args.model))
+    for tokens in args.ttft:
+        seconds = qthink_ttft(args.model, tokens)
+        rows.append(
+            f"time to first token, {tokens:,}-token prompt, int4, chunks of {PREFILL}: {seconds:.1f} s"
+        )
+    steal = steal_share(steal_start)
+    print(f"/proc/loadavg after: {loadavg()}; CPU steal during the run {steal:.1%}")
+    if reason or steal > STEAL_LIMIT:
+        why = reason or f"CPU steal {steal:.1%} during the run"
+        print(f"\nNOT a goal table: the machine was busy ({why}); figures of this run only, no verdicts")
+        rows = [re.sub(r"\s+(NOT )?met$", "", row) for row in rows]
+    print("\n".join(rows))
+    print(
+        f"\nall figures tok/s with {THREADS} threads; quality of int8/int4: benchmarks/bench_quant_quality.py"
+    )
 
 
 if __name__ == "__main__":
