@@ -319,3 +319,45 @@ def test_hermes_calls_left_in_the_content_are_parsed(tmp_path):
         (record,) = asyncio.run(run_tasks([task], config(tmp_path, [endpoint.url])))
     assert record["correct"], record["error"]
     assert record["extracted"] == [{"weather.current": {"city": "Oslo"}}]
+
+
+def chinese_answer(body: dict):
+    i = int(body["messages"][-1]["content"].split()[2])
+    return ("思考中 " * 3, rf"答案是 \boxed{{{2 * i}}}")
+
+
+def test_a_last_line_cut_inside_a_utf8_character_is_dropped_and_asked_again(tmp_path):
+    cfg = config(tmp_path, [])
+    with ScriptedEndpoint(chinese_answer) as endpoint:
+        cfg.base_urls = [endpoint.url]
+        asyncio.run(run_tasks([Task("m", math_items(3))], cfg))
+        lines = cfg.output.read_bytes().splitlines(keepends=True)
+        last = lines[-1]
+        cut = last.index("答".encode()) + 1  # inside the three bytes of one character
+        cfg.output.write_bytes(b"".join(lines[:-1]) + last[:cut])
+        lost = json.loads(last)["id"]
+        records = asyncio.run(run_tasks([Task("m", math_items(3))], cfg))
+    assert len(endpoint.requests) == 4
+    assert endpoint.requests[-1]["messages"][-1]["content"] == f"What is {lost[1:]} + {lost[1:]}?"
+    text = cfg.output.read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    assert sorted(json.loads(line)["id"] for line in text.splitlines()) == ["m0", "m1", "m2"]
+    assert sorted(r["id"] for r in records) == ["m0", "m1", "m2"] and all(r["correct"] for r in records)
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    tasks_file = tmp_path / "sums.jsonl"
+    tasks_file.write_text("".join(json.dumps(item) + "\n" for item in math_items(8)))
+    out = tmp_path / "shared.jsonl"
+    with ScriptedEndpoint(right_on_even, delay=0.3) as endpoint:
+        first = _eval_cli(tasks_file, endpoint.url, out, "--concurrency", "1")
+        deadline = time.time() + 60
+        while (not out.is_file() or not out.read_text()) and time.time() < deadline:
+            time.sleep(0.02)
+        second = _eval_cli(tasks_file, endpoint.url, out)
+        _, second_err = second.communicate(timeout=60)
+        first.communicate(timeout=120)
+    assert second.returncode == 2 and "being written by another run" in second_err
+    assert "Traceback" not in second_err
+    assert first.returncode == 0
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == sorted(f"m{i}" for i in range(8)) and len(endpoint.requests) == 8

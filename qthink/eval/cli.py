@@ -89,7 +89,7 @@ def run_eval(args) -> int:
         task.items = task.items[: args.limit] if args.limit else task.items
     import openai
 
-    from qthink.eval.runner import run_tasks
+    from qthink.eval.runner import OutputInUse, run_tasks
 
     config = _config(args)
     try:
@@ -97,6 +97,9 @@ def run_eval(args) -> int:
     except openai.OpenAIError as e:  # e.g. no server at the URL when asking for its model name
         print(f"qthink eval: {', '.join(config.base_urls)}: {e}", file=sys.stderr)
         return 1
+    except OutputInUse as e:
+        print(f"qthink eval: {e}", file=sys.stderr)
+        return 2
     shown = {k: v for k, v in vars(config).items() if k not in ("api_key", "progress")}
     summary = summarize(task_list, records, {**shown, "output": str(config.output)})
     paths = write_reports(summary, records, config.output.with_suffix(""))

@@ -1,7 +1,10 @@
 """Ask every item k times with bounded concurrency; append each scored sample to a JSONL file."""
 
 import asyncio
+import contextlib
+import fcntl
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,26 +43,42 @@ def sample_key(task: str, item_id, sample: int) -> tuple:
     return task, str(item_id), sample
 
 
+class OutputInUse(RuntimeError):
+    """Another run holds the lock on the same results file."""
+
+
+@contextlib.contextmanager
+def locked_results(path: Path):
+    """The results file opened for appending under an exclusive lock, its cut-off last line dropped.
+
+    A run killed mid-write can leave a last line without its newline, even cut inside a
+    multi-byte character: that sample is asked again. Two runs on one file would interleave
+    and double samples, so a second one is refused while the first holds the lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as out:
+        try:
+            fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputInUse(f"{path} is being written by another run (it holds the file's lock)") from None
+        data = path.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            os.ftruncate(out.fileno(), complete)
+        yield out
+
+
 def finished_keys(path: Path) -> set[tuple]:
     """Samples already answered in an earlier run (failed ones are asked again)."""
-    if not path.is_file():
-        return set()
-    done = set()
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short when the last run was killed
-        if "failed" not in record:
-            done.add(sample_key(record["task"], record["id"], record["sample"]))
-    return done
+    return {sample_key(r["task"], r["id"], r["sample"]) for r in read_records(path) if "failed" not in r}
 
 
 def read_records(path: Path) -> list[dict]:
+    """Every complete record; a line that is not valid JSON (cut short by a kill) is skipped."""
     records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
+    for line in path.read_bytes().split(b"\n") if path.is_file() else []:
         try:
-            records.append(json.loads(line))
+            records.append(json.loads(line.decode("utf-8", errors="replace")))
         except json.JSONDecodeError:
             continue
     return records
@@ -127,27 +146,27 @@ async def ask(pool: EndpointPool, task: str, item: dict, sample: int, config: Ru
 
 async def run_tasks(task_list: list[T.Task], config: RunConfig) -> list[dict]:
     """Ask what the output file does not hold yet; return every record of these tasks."""
-    done = finished_keys(config.output)
-    todo = [
-        (task.name, item, sample)
-        for task in task_list
-        for item in task.items
-        for sample in range(config.samples)
-        if sample_key(task.name, item["id"], sample) not in done
-    ]
-    pool = EndpointPool(config.base_urls, config.api_key, config.timeout, config.retries, config.backoff)
-    try:
-        model = config.model or (await pool.model_name() if todo else "")
-        await _ask_all(pool, todo, config, model)
-    finally:
-        await pool.close()
+    with locked_results(config.output) as out:
+        done = finished_keys(config.output)
+        todo = [
+            (task.name, item, sample)
+            for task in task_list
+            for item in task.items
+            for sample in range(config.samples)
+            if sample_key(task.name, item["id"], sample) not in done
+        ]
+        pool = EndpointPool(config.base_urls, config.api_key, config.timeout, config.retries, config.backoff)
+        try:
+            model = config.model or (await pool.model_name() if todo else "")
+            await _ask_all(pool, todo, config, model, out)
+        finally:
+            await pool.close()
     names = {task.name for task in task_list}
     return [r for r in read_records(config.output) if r["task"] in names]
 
 
-async def _ask_all(pool: EndpointPool, todo: list, config: RunConfig, model: str) -> None:
+async def _ask_all(pool: EndpointPool, todo: list, config: RunConfig, model: str, out) -> None:
     gate = asyncio.Semaphore(config.concurrency)
-    config.output.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(todo), desc="eval", unit="sample", disable=not config.progress)
     right = seen = 0
 
@@ -155,15 +174,12 @@ async def _ask_all(pool: EndpointPool, todo: list, config: RunConfig, model: str
         nonlocal right, seen
         async with gate:
             record = await ask(pool, task, item, sample, config, model)
-        # appended as it finishes: a killed run resumes from here
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        # appended whole as it finishes: a killed run resumes from here
+        out.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         out.flush()
         right, seen = right + bool(record["correct"]), seen + 1
         bar.set_postfix(acc=f"{right / seen:.1%}")
         bar.update()
 
-    with config.output.open("a") as out:
-        if out.tell() and not config.output.read_bytes().endswith(b"\n"):
-            out.write("\n")  # close the line a killed run left half-written
-        await asyncio.gather(*(one(*job) for job in todo))
+    await asyncio.gather(*(one(*job) for job in todo))
     bar.close()
