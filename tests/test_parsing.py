@@ -103,7 +103,7 @@ def streamed_calls(text, tools, chunk=3):
     for d in (d["tool_call"] for d in deltas if "tool_call" in d):
         entry = calls.setdefault(d["index"], {"name": None, "arguments": ""})
         if "id" in d:
-            assert d["function"]["arguments"] == "" and d["function"]["name"]  # name first
+            assert entry["name"] is None and d["function"]["name"]  # announced once, name first
             entry["name"] = d["function"]["name"]
         entry["arguments"] += d["function"]["arguments"]
     return content, [calls[i] for i in sorted(calls)]
@@ -121,8 +121,8 @@ TOOL_CASES = [
     ("text before", "Let me check.\n" + call_block("ping", {}), "Let me check.", [("ping", {})]),
     (
         "malformed json stays content",
-        '<tool_call>\n{"name": "ping", "arguments": {</tool_call>',
-        '<tool_call>\n{"name": "ping", "arguments": {</tool_call>',
+        '<tool_call>\n{"name": "ping" "arguments": {}}</tool_call>',
+        '<tool_call>\n{"name": "ping" "arguments": {}}</tool_call>',
         [],
     ),
     ("unknown tool stays content", call_block("rm_rf", {}), call_block("rm_rf", {}), []),

@@ -211,19 +211,14 @@ class ChoiceStream:
             yield {"role": "assistant", "content": ""}, None, None
         final = c.finish_reason is not None
         r_delta, c_delta = self.reasoning.feed(new_text, final=final)
-        delta: dict = {}
+        deltas = coalesce(self._content_deltas(c_delta, final=final)) or [{}]
         if r_delta and self.view.req.include_reasoning:
-            delta["reasoning_content"] = delta["reasoning"] = r_delta
-        deltas = self._content_deltas(c_delta, final=final)
-        text = "".join(d["content"] for d in deltas if "content" in d)
-        if text:
-            delta["content"] = text
-        calls = [d["tool_call"] for d in deltas if "tool_call" in d]
-        if calls:
-            delta["tool_calls"] = calls
-            self.made_calls = True
-        if delta or logprobs:
-            yield delta, logprobs, None
+            deltas[0] = {"reasoning_content": r_delta, "reasoning": r_delta, **deltas[0]}
+        self.made_calls = self.made_calls or any("tool_calls" in d for d in deltas)
+        for i, delta in enumerate(deltas):
+            chunk_logprobs = logprobs if i == 0 else None
+            if delta or chunk_logprobs:
+                yield delta, chunk_logprobs, None
         if c.finish_reason is not None:
             yield {}, None, "tool_calls" if self.made_calls else finish_reason(c), c.stop_reason
 
@@ -239,6 +234,29 @@ class ChoiceStream:
             else:
                 out.append(d)
         return out
+
+
+def coalesce(deltas: list[dict]) -> list[dict]:
+    """Parser deltas as stream chunk deltas: each chunk holds content, then the tool-call
+    entries that follow it, one entry per call (its announcement and argument text joined);
+    content after a call starts the next chunk, so the order is kept."""
+    chunks: list[dict] = []
+    for d in deltas:
+        if "content" in d:
+            if not chunks or "tool_calls" in chunks[-1]:
+                chunks.append({"content": ""})
+            chunks[-1]["content"] += d["content"]
+            continue
+        if not chunks:
+            chunks.append({})
+        entries = chunks[-1].setdefault("tool_calls", [])
+        call = d["tool_call"]
+        same = next((e for e in entries if e["index"] == call["index"]), None)
+        if same is None:
+            entries.append({**call, "function": dict(call["function"])})
+        else:
+            same["function"]["arguments"] += call["function"]["arguments"]
+    return chunks
 
 
 def finish_reason(c: CompletionOutput) -> str | None:
