@@ -231,17 +231,27 @@ def knob(default, help: str, group: str, choices: tuple | None = None, flag: boo
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """vLLM's `speculative_config` for n-gram (prompt lookup) drafting."""
+    """vLLM's `speculative_config`: n-gram (prompt lookup) drafting, or a small draft model with
+    the target's tokenizer (`{"model": path}`), plus when speculation switches itself off."""
 
     method: str = "ngram"
     num_speculative_tokens: int = 4
     prompt_lookup_max: int = 4
     prompt_lookup_min: int = 1
+    model: str | None = None  # draft_model: a checkpoint with the target's vocabulary
+    # A sequence stops speculating while its recent acceptance rate is below this, and tries
+    # again after `probe_interval` steps (a thinking trace changes its character).
+    min_acceptance_rate: float = 0.3
+    probe_interval: int = 32
+    # No sequence drafts in a step with more decoding sequences than this: a large batch is
+    # compute-bound, where verifying k + 1 tokens per sequence costs k + 1 times as much.
+    disable_by_batch_size: int = 4
 
-    METHODS = ("ngram",)
+    METHODS = ("ngram", "draft_model")
 
     @classmethod
     def from_dict(cls, raw: dict) -> "SpeculativeConfig":
+        """A `model` without a method means draft_model, as in vLLM."""
         if not isinstance(raw, dict):
             raise ConfigError(f"speculative_config must be a JSON object, got {raw!r}")
         known = {f for f in cls.__dataclass_fields__}
@@ -251,15 +261,27 @@ class SpeculativeConfig:
                 f"speculative_config field {unknown[0]!r} is not supported; "
                 f"qthink knows {', '.join(sorted(known))}"
             )
+        raw = dict(raw)
+        if raw.get("model") is not None:
+            raw.setdefault("method", "draft_model")
         spec = cls(**raw)
         if spec.method not in cls.METHODS:
-            raise ConfigError(f"speculative_config method {spec.method!r} is not supported; use ngram")
-        for name in ("num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"):
+            raise ConfigError(
+                f"speculative_config method {spec.method!r} is not supported; use {' or '.join(cls.METHODS)}"
+            )
+        if (spec.model is not None) != (spec.method == "draft_model"):
+            raise ConfigError("speculative_config model is needed by, and only by, method draft_model")
+        names = ("num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min", "probe_interval")
+        for name in (*names, "disable_by_batch_size"):
             value = getattr(spec, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"speculative_config {name} must be an integer >= 1, got {value!r}")
         if spec.prompt_lookup_min > spec.prompt_lookup_max:
             raise ConfigError("speculative_config prompt_lookup_min must be <= prompt_lookup_max")
+        if not isinstance(spec.min_acceptance_rate, (int, float)) or not 0 <= spec.min_acceptance_rate <= 1:
+            raise ConfigError(
+                f"speculative_config min_acceptance_rate must be in [0, 1], got {spec.min_acceptance_rate!r}"
+            )
         return spec
 
 
@@ -308,6 +330,11 @@ class EngineConfig:
     seed: int = knob(0, "seed of the sampler for requests without their own seed", "scheduler")
     speculative_config: dict | None = knob(
         None, 'speculative decoding, JSON: {"method": "ngram", "num_speculative_tokens": 4}', "scheduler"
+    )
+    loop_guard: bool | dict | None = knob(
+        None,
+        'requests\' default: end looping thinking; true or JSON {"window": 64, "count": 4}',
+        "scheduler",
     )
 
     KV_FRACTION_DEFAULT = 0.3  # without a memory setting: this share of what the weights leave free

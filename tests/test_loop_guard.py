@@ -48,3 +48,37 @@ def test_config_parsing():
         LoopGuardConfig.parse({"count": 1})
     with pytest.raises(ValueError, match="must be true"):
         LoopGuardConfig.parse("yes")
+
+
+def test_engine_closes_looping_thinking_and_marks_it(tiny_model_dir):
+    """The tiny random model writes one token forever: the guard ends the thinking with the
+    early-stop phrase, the answer follows, and the output and metrics say why; the same
+    text comes out with n-gram speculation verifying the loop several tokens at a time."""
+    from qthink.engine.llm import LLM
+    from qthink.engine.sampling_params import THINKING_EARLY_STOP, SamplingParams
+    from qthink.tokenizer import Tokenizer
+
+    vocab = Tokenizer.from_pretrained(tiny_model_dir)
+    THINK_START_ID, THINK_END_ID = vocab.token_to_id("<think>"), vocab.token_to_id("</think>")
+    prompt = [1000, 2000, THINK_START_ID]
+    guard = {"window": 8, "count": 3}
+    texts = []
+    for spec in (None, {"num_speculative_tokens": 4, "prompt_lookup_min": 1}):
+        llm = LLM(str(tiny_model_dir), kv_cache_memory=4 << 20, max_model_len=256, speculative_config=spec)
+        out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=60, loop_guard=guard))[
+            0
+        ].outputs[0]
+        assert out.thinking_cut_by == "loop_guard"
+        assert THINK_END_ID in out.token_ids
+        assert THINKING_EARLY_STOP.strip().removesuffix("</think>").strip() in out.reasoning_content
+        assert llm.engine.stats()["loop_guard_total"] == 1
+        off = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=60, loop_guard=False))[
+            0
+        ].outputs[0]
+        assert off.thinking_cut_by is None and THINK_END_ID not in off.token_ids
+        texts.append(out.token_ids)
+    assert texts[0] == texts[1]
+    # the engine's default applies when a request says nothing
+    llm = LLM(str(tiny_model_dir), kv_cache_memory=4 << 20, max_model_len=256, loop_guard=guard)
+    out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=60))[0].outputs[0]
+    assert out.thinking_cut_by == "loop_guard"

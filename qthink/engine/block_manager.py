@@ -87,6 +87,17 @@ class BlockManager:
                 self.hash_to_block.setdefault(block.hash, block.block_id)
             parent = block.hash
 
+    def truncate(self, seq: Sequence) -> None:
+        """Free the blocks past the sequence's computed tokens (slots of rejected drafts)."""
+        keep = -(-seq.num_computed_tokens // self.block_size)
+        extra, seq.block_table = seq.block_table[keep:], seq.block_table[:keep]
+        for block_id in reversed(extra):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self._forget(block)
+                self.free_plain.append(block_id)
+
     def free(self, seq: Sequence) -> None:
         for block_id in reversed(seq.block_table):
             block = self.blocks[block_id]

@@ -9,15 +9,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qthink.config import ConfigError, EngineConfig, ModelConfig
+from qthink.config import ConfigError, EngineConfig, ModelConfig, SpeculativeConfig
 from qthink.engine import tensor_parallel
 from qthink.engine.block_manager import BlockManager
+from qthink.engine.loop_guard import LoopGuardConfig
 from qthink.engine.output_processor import SequenceOutput
 from qthink.engine.outputs import Logprob, RequestOutput
 from qthink.engine.runner import ModelRunner, default_threads
+from qthink.engine.sampler import SampledToken
 from qthink.engine.sampling_params import SamplingParams
 from qthink.engine.scheduler import ScheduledBatch, Scheduler
 from qthink.engine.sequence import Sequence
+from qthink.engine.spec.speculator import Speculator
 from qthink.engine.structured import GrammarCompiler
 from qthink.errors import RequestError
 from qthink.loader import load_model, resolve_dtype, resolve_model
@@ -58,8 +61,6 @@ class LLMEngine:
         self.config = config = config or EngineConfig.from_kwargs(**settings)
         context_is_default = config.max_model_len is None
         config.validate(self.model_config)
-        if config.speculative is not None:
-            raise ConfigError("speculative_config: the engine does not run speculative decoding yet")
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         config.num_threads = config.num_threads or max(1, default_threads() // config.tensor_parallel_size)
         if self.device.type == "cpu":
@@ -82,12 +83,22 @@ class LLMEngine:
             self.model_dir / "tokenizer.json", self.model_config.vocab_size, self.tokenizer.eos_token_id
         )
         self.requests: dict[str, RequestState] = {}
+        self.default_loop_guard = _loop_guard(config.loop_guard)
+        self.speculator = self._speculator(config.speculative)
         self.early_stop_ids: dict[str, list[int]] = {}
         # Test hook: called with each batch's sequences before the model runs; raising from it is a
         # fault inside the step, which tests use to show that one bad request fails alone.
         self.fault_hook: Callable[[list[Sequence]], None] | None = None
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.loop_guard_total = 0  # thinking ended early because it looped
+
+    def _speculator(self, config: SpeculativeConfig | None) -> Speculator | None:
+        if config is None:
+            return None
+        if self.tp_workers:
+            raise ConfigError("speculative decoding does not run with tensor parallelism yet")
+        return Speculator(config, self.max_model_len)
 
     def _start_tensor_parallel(self, size: int, quant: tuple[str | None, int]):
         if size == 1:
@@ -134,6 +145,8 @@ class LLMEngine:
         text = prompt if isinstance(prompt, str) else None
         prompt_ids = self.tokenizer.encode(prompt) if text is not None else list(prompt)
         params = (params or SamplingParams()).with_defaults(self.model_config.generation_defaults)
+        if params.loop_guard is None:
+            params.loop_guard = self.default_loop_guard
         max_tokens = self._check_lengths(prompt_ids, params)
         if params.prompt_logprobs is not None:
             raise RequestError("prompt_logprobs is not supported", param="prompt_logprobs")
@@ -207,13 +220,17 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduled batch; outputs of every request that changed (finished ones leave)."""
+        if self.speculator is not None:
+            self.speculator.propose(self.scheduler.running)
         batch = self.scheduler.schedule()
         if not batch:
             return []
         rows = self._run_isolating(batch)
+        drafts = {seq: (seq.draft_ids, len(seq)) for seq in batch.seqs if seq.draft_ids}
         self.scheduler.advance(batch)
         touched: dict[str, RequestState] = {}
         for seq, row in rows.items():
+            seq.draft_ids = []
             if seq.finished:
                 continue
             state = self.requests.get(seq.request_id)
@@ -222,8 +239,12 @@ class LLMEngine:
             if isinstance(row, Exception):
                 self._fail(seq, state, row)
             else:
-                self._accept(seq, state, *row)
+                self._accept_all(seq, state, row)
             touched[state.request_id] = state
+        for seq, (drafted, start) in drafts.items():
+            self.scheduler.commit_drafts(seq, drafted, start)
+            if not isinstance(rows.get(seq), Exception):
+                self.speculator.record(seq, len(drafted), len(rows[seq]) - 1)
         return [self._request_output(s) for s in touched.values()]
 
     def _run_isolating(self, batch: ScheduledBatch) -> dict:
@@ -246,21 +267,14 @@ class LLMEngine:
     def _run(self, batch: ScheduledBatch) -> dict:
         if self.fault_hook is not None:
             self.fault_hook(batch.seqs)
-        return self._rows(*self.runner.run(batch))
+        return self.runner.run(batch)
 
-    @staticmethod
-    def _rows(seqs: list[Sequence], result) -> dict:
-        if result is None:
-            return {}
-        tokens = result.token_ids.tolist()
-        lps = result.logprobs.tolist()
-        ranks = result.ranks.tolist()
-        top_ids = result.top_ids.tolist() if result.top_ids is not None else None
-        top_lps = result.top_logprobs.tolist() if result.top_logprobs is not None else None
-        return {
-            seq: (tokens[i], lps[i], ranks[i], top_ids[i] if top_ids else [], top_lps[i] if top_lps else [])
-            for i, seq in enumerate(seqs)
-        }
+    def _accept_all(self, seq: Sequence, state: RequestState, samples: list[SampledToken]) -> None:
+        """Take a step's tokens in order, until one ends the sequence or closes its thinking
+        (what the model computed after that point no longer follows the text)."""
+        for sampled in samples:
+            if self._accept(seq, state, *sampled) or seq.finished:
+                return
 
     def _accept(
         self,
@@ -271,14 +285,22 @@ class LLMEngine:
         rank: int,
         top_ids: list[int],
         top_lps: list[float],
-    ) -> None:
+    ) -> bool:
+        """Append one sampled token (or the early-stop phrase in its place: then True)."""
         if state.first_token is None:
             state.first_token = time.monotonic()
         out = next(o for o in state.outputs if o.seq is seq)
         new = [token]
         lp = self._logprob_dict(seq, token, logprob, rank, top_ids, top_lps)
         new_lps = [lp] if lp is not None else None
-        if seq.thinking_budget_spent() and token != self.thinking_format.end_id:
+        cut = (
+            seq.thinking
+            and token != self.thinking_format.end_id
+            and (seq.thinking_budget_spent() or seq.thinking_looped)
+        )
+        if cut:
+            seq.thinking_cut_by = "loop_guard" if seq.thinking_looped else "thinking_budget"
+            self.loop_guard_total += seq.thinking_looped
             room = min(seq.max_tokens - seq.num_output_tokens, self.max_model_len - len(seq))
             new = self._early_stop_ids(seq)[:room]  # close the thinking; the model writes the answer
             new_lps = [{t: Logprob(0.0, None, self.tokenizer.decode([t]))} for t in new] if lp else None
@@ -287,6 +309,7 @@ class LLMEngine:
         self.generation_tokens_total += len(new)
         matched = out.add_tokens(new, new_lps)
         self._check_finish(seq, out, token, matched)
+        return cut
 
     def _check_finish(self, seq: Sequence, out: SequenceOutput, token: int, matched: str | None) -> None:
         if matched is not None:
@@ -358,7 +381,17 @@ class LLMEngine:
             "prompt_tokens_total": self.prompt_tokens_total,
             "generation_tokens_total": self.generation_tokens_total,
             "num_preemptions": self.scheduler.num_preemptions,
+            "loop_guard_total": self.loop_guard_total,
+            **(self.speculator.stats() if self.speculator is not None else {}),
         }
+
+
+def _loop_guard(value):
+    try:
+        LoopGuardConfig.parse(value)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return value
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -59,4 +59,5 @@ class SequenceOutput:
             logprobs=self.logprobs,
             finish_reason=seq.finish_reason,
             stop_reason=seq.stop_reason,
+            thinking_cut_by=seq.thinking_cut_by,
         )

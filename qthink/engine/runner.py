@@ -6,9 +6,10 @@ import torch
 import torch.distributed as dist
 
 from qthink.config import EngineConfig, ModelConfig
-from qthink.engine.sampler import SampleResult, SamplingBatch, sample
+from qthink.engine.sampler import SampledToken, SamplingBatch, sample, token_rows
 from qthink.engine.scheduler import ScheduledBatch
 from qthink.engine.sequence import Sequence
+from qthink.engine.spec.verify import verify_drafts
 from qthink.model.attention import AttentionMetadata, KVCache
 
 
@@ -38,15 +39,33 @@ class ModelRunner:
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[list[Sequence], SampleResult | None]:
-        """One forward over the batch; returns the sequences that sample now and their samples."""
+    def run(self, batch: ScheduledBatch) -> dict[Sequence, list[SampledToken]]:
+        """One forward over the batch; the tokens each sequence that samples now emits: one, or
+        for a sequence with drafts, the verified drafts and one more."""
         input_ids, positions, meta, sampled = self._prepare(batch)
         if not sampled:
             self.forward(input_ids, positions, meta, None)
-            return [], None
+            return {}
         seqs = [batch.seqs[i] for i in sampled]
-        ends = torch.tensor(batch.num_tokens, device=self.device).cumsum(0) - 1
-        logits = self.forward(input_ids, positions, meta, ends[sampled]).float()
+        counts = [1 + len(s.draft_ids) for s in seqs]
+        ends = torch.tensor(batch.num_tokens, device=self.device).cumsum(0)[sampled].tolist()
+        rows = [r for end, c in zip(ends, counts) for r in range(end - c, end)]
+        logits = self.forward(input_ids, positions, meta, torch.tensor(rows, device=self.device)).float()
+        plain = [i for i, c in enumerate(counts) if c == 1]
+        if len(plain) == len(seqs):
+            return dict(zip(seqs, self._sample(logits, seqs)))
+        starts = [sum(counts[:i]) for i in range(len(seqs))]
+        spec = [i for i, c in enumerate(counts) if c > 1]
+        spec_rows = [r for i in spec for r in range(starts[i], starts[i] + counts[i])]
+        spec_seqs = [seqs[i] for i in spec]
+        out = dict(zip(spec_seqs, verify_drafts(logits[spec_rows], spec_seqs, self.generator)))
+        if plain:
+            plain_seqs = [seqs[i] for i in plain]
+            out.update(zip(plain_seqs, self._sample(logits[[starts[i] for i in plain]], plain_seqs)))
+        return out
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[list[SampledToken]]:
+        """One token per sequence from its row of float32 logits."""
         for row, seq in enumerate(seqs):
             if seq.grammar is not None and seq.grammar.active:
                 logits[row].masked_fill_(~seq.grammar.allowed().to(logits.device), float("-inf"))
@@ -63,7 +82,7 @@ class ModelRunner:
             eos_ids=[s.eos_ids for s in seqs],
             global_generator=self.generator,
         )
-        return seqs, sample(logits, sampling)
+        return [[row] for row in token_rows(sample(logits, sampling))]
 
     @torch.inference_mode()
     def forward(self, input_ids, positions, meta, logits_indices) -> torch.Tensor | None:
@@ -79,13 +98,14 @@ class ModelRunner:
         ids, pos, slots, ctx_slots, ctx_lens, sampled = [], [], [], [], [], []
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens)):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
-            ids.extend(seq.token_ids[start:end])
+            tokens = seq.token_ids + seq.draft_ids if seq.draft_ids else seq.token_ids
+            ids.extend(tokens[start:end])
             pos.extend(range(start, end))
             seq_slots = self._slots(seq.block_table, end)
             slots.append(seq_slots[start:end])
             ctx_slots.append(seq_slots)
             ctx_lens.append(end)
-            if end == len(seq):
+            if end == len(tokens):
                 sampled.append(i)
         meta = AttentionMetadata(
             slot_mapping=torch.cat(slots),

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,6 +19,35 @@ class SampleResult:
     ranks: torch.Tensor  # [B] 1-based rank of the sampled token in that distribution
     top_ids: torch.Tensor | None = None  # [B, K] when some row asks for top-K logprobs
     top_logprobs: torch.Tensor | None = None
+
+
+class SampledToken(NamedTuple):
+    """One emitted token with its logprob and rank under the raw distribution, and the top-K."""
+
+    token: int
+    logprob: float
+    rank: int
+    top_ids: list[int]
+    top_logprobs: list[float]
+
+
+def token_rows(result: SampleResult) -> list[SampledToken]:
+    """A SampleResult as one SampledToken per row."""
+    top_ids = result.top_ids.tolist() if result.top_ids is not None else None
+    top_lps = result.top_logprobs.tolist() if result.top_logprobs is not None else None
+    return [
+        SampledToken(t, lp, r, top_ids[i] if top_ids else [], top_lps[i] if top_lps else [])
+        for i, (t, lp, r) in enumerate(
+            zip(result.token_ids.tolist(), result.logprobs.tolist(), result.ranks.tolist())
+        )
+    ]
+
+
+def sampled_tokens(logits: torch.Tensor, tokens: torch.Tensor, num_logprobs: int) -> list[SampledToken]:
+    """SampledTokens for tokens chosen elsewhere (speculative verification), one per row."""
+    chosen = logits.gather(1, tokens[:, None])
+    ranks = (logits > chosen).sum(-1, dtype=torch.int32).long() + 1
+    return token_rows(_with_logprobs(logits, tokens, chosen, ranks, num_logprobs))
 
 
 @dataclass

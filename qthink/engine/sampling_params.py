@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field, fields
 
+from qthink.engine.loop_guard import LoopGuardConfig
 from qthink.errors import RequestError
 
 # Qwen's documented phrase that closes thinking early when the budget runs out.
@@ -39,6 +40,9 @@ class SamplingParams:
     thinking_early_stop: str = THINKING_EARLY_STOP
     structured_output: dict | None = None
     thinking_token_budget: int | None = None  # vLLM's name for max_thinking_tokens
+    # End the thinking early when it loops: True, False, or {"window": w, "count": c}
+    # (see LoopGuardConfig); None takes the engine's default.
+    loop_guard: bool | dict | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -78,6 +82,10 @@ class SamplingParams:
         for name, ok, rule in checks:
             if not ok:
                 raise SamplingParamsError(f"{name} {rule}, got {getattr(self, name)!r}", param=name)
+        try:
+            LoopGuardConfig.parse(self.loop_guard)
+        except ValueError as e:
+            raise SamplingParamsError(str(e), param="loop_guard") from None
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise SamplingParamsError("min_tokens must not exceed max_tokens", param="min_tokens")
 

@@ -48,10 +48,13 @@ class Scheduler:
         for seq in [s for s in self.running if s.num_pending_tokens == 1]:
             if seq.status is not Status.RUNNING:
                 continue  # preempted while making room for an older sequence
-            if not self._make_room(seq, 1):
+            n = 1 + len(seq.draft_ids)
+            if n > 1 and (n > budget or not self.blocks.can_grow(seq, n)):
+                seq.draft_ids, n = [], 1  # drafts never take the room of a decode or preempt one
+            if not self._make_room(seq, n):
                 continue
-            batch.add(seq, 1)
-            budget -= 1
+            batch.add(seq, n)
+            budget -= n
         for seq in [s for s in self.running if s.num_pending_tokens > 1]:
             if budget <= 0:
                 break
@@ -102,6 +105,7 @@ class Scheduler:
     def preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.blocks.free(seq)
+        seq.draft_ids = []
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
@@ -109,8 +113,22 @@ class Scheduler:
     def advance(self, batch: ScheduledBatch) -> None:
         """Record that the batch's tokens now have K/V in the cache."""
         for seq, n in zip(batch.seqs, batch.num_tokens):
-            seq.num_computed_tokens += n
+            seq.num_computed_tokens += n - len(seq.draft_ids)  # drafts count once verified
             self.blocks.register_full_blocks(seq)
+
+    def commit_drafts(self, seq: Sequence, drafts: list[int], start: int) -> None:
+        """After verification: the drafts that are now the sequence's tokens from `start` on
+        keep their K/V; the slots past them are freed, and full blocks are keyed."""
+        if seq.finished:
+            return
+        kept = 0
+        for drafted, token in zip(drafts, seq.token_ids[start:]):
+            if drafted != token:
+                break
+            kept += 1
+        seq.num_computed_tokens += kept
+        self.blocks.truncate(seq)
+        self.blocks.register_full_blocks(seq)
 
     def finish(self, seq: Sequence, reason: str, stop_reason=None) -> None:
         """End a sequence wherever it is (running, waiting or mid-prefill) and free its blocks."""

@@ -5,6 +5,7 @@ from enum import Enum
 
 import torch
 
+from qthink.engine.loop_guard import LoopGuard, LoopGuardConfig
 from qthink.engine.sampling_params import SamplingParams
 from qthink.parsing.thinking import ThinkingFormat
 
@@ -51,6 +52,11 @@ class Sequence:
         self.end_thinking_now = False  # a client asked it to stop thinking and answer
         self.wait_for: Sequence | None = None  # a sibling whose prompt blocks this one reuses
         self.grammar = None  # a GrammarState once the answer is constrained
+        self.draft_ids: list[int] = []  # speculative tokens proposed for this step, not yet verified
+        guard = LoopGuardConfig.parse(params.loop_guard)
+        self.loop_guard = LoopGuard(guard) if guard is not None and self.thinking else None
+        self.thinking_looped = False  # the loop guard found the thinking repeating itself
+        self.thinking_cut_by: str | None = None  # "thinking_budget" or "loop_guard" once closed early
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -89,6 +95,8 @@ class Sequence:
                 self.grammar.observe(token_id)
             elif was_thinking and not self.thinking:
                 self.grammar.active = True  # the answer after </think> is constrained
+        if self.loop_guard is not None and was_thinking and self.thinking:
+            self.thinking_looped = self.thinking_looped or self.loop_guard.observe(token_id)
 
     def thinking_budget_spent(self) -> bool:
         if not self.thinking:

@@ -1,0 +1,89 @@
+"""Speculator: decides who drafts each step, asks the drafter, and keeps acceptance statistics."""
+
+from weakref import WeakKeyDictionary
+
+from qthink.config import SpeculativeConfig
+from qthink.engine.sequence import Sequence
+from qthink.engine.spec.ngram import NgramDrafter
+
+
+class SequenceSpecState:
+    """One sequence's drafter and its recent acceptance rate (an exponential average)."""
+
+    def __init__(self, config: SpeculativeConfig):
+        self.drafter = (
+            NgramDrafter(config.prompt_lookup_min, config.prompt_lookup_max, config.num_speculative_tokens)
+            if config.method == "ngram"
+            else None
+        )
+        self.acceptance = 1.0
+        self.paused_until = 0
+
+
+class Speculator:
+    def __init__(self, config: SpeculativeConfig, max_model_len: int, draft_model=None):
+        self.config = config
+        self.max_model_len = max_model_len
+        self.draft_model = draft_model  # a DraftModelProposer for method draft_model
+        self.states: WeakKeyDictionary[Sequence, SequenceSpecState] = WeakKeyDictionary()
+        self.step = 0
+        self.num_drafts = 0  # sequence-steps that verified a draft
+        self.num_draft_tokens = 0
+        self.num_accepted_tokens = 0
+        self.accepted_per_position = [0] * config.num_speculative_tokens
+
+    def propose(self, running: list[Sequence]) -> None:
+        """Set `draft_ids` on the decoding sequences that speculate this step (others: [])."""
+        self.step += 1
+        decoding = [s for s in running if s.num_pending_tokens == 1]
+        for seq in running:
+            seq.draft_ids = []
+        if len(decoding) > self.config.disable_by_batch_size:
+            return
+        wanted = {}
+        for seq in decoding:
+            state = self.states.setdefault(seq, SequenceSpecState(self.config))
+            k = self._room(seq)
+            if k > 0 and self.step >= state.paused_until:
+                wanted[seq] = k
+        if self.draft_model is not None:
+            self.draft_model.propose(wanted, running)
+            return
+        for seq, k in wanted.items():
+            seq.draft_ids = self.states[seq].drafter.propose(seq.token_ids, k)
+
+    def _room(self, seq: Sequence) -> int:
+        """Drafts that could still be emitted, leaving a slot for the token after them."""
+        left = min(seq.max_tokens - seq.num_output_tokens, self.max_model_len - len(seq))
+        return min(self.config.num_speculative_tokens, left - 1)
+
+    def record(self, seq: Sequence, drafted: int, accepted: int) -> None:
+        """Count one verified draft; pause the sequence while its acceptance stays low."""
+        if drafted == 0:
+            return
+        self.num_drafts += 1
+        self.num_draft_tokens += drafted
+        self.num_accepted_tokens += accepted
+        for i in range(accepted):
+            self.accepted_per_position[i] += 1
+        state = self.states.get(seq)
+        if state is None:
+            return
+        floor = self.config.min_acceptance_rate
+        state.acceptance = 0.8 * state.acceptance + 0.2 * accepted / drafted
+        if state.acceptance < floor:
+            state.paused_until = self.step + self.config.probe_interval
+            state.acceptance = floor  # one good probe resumes, a bad one pauses again
+
+    def stats(self) -> dict:
+        drafted = self.num_draft_tokens
+        return {
+            "spec_decode_num_drafts": self.num_drafts,
+            "spec_decode_num_draft_tokens": drafted,
+            "spec_decode_num_accepted_tokens": self.num_accepted_tokens,
+            "spec_decode_acceptance_rate": self.num_accepted_tokens / drafted if drafted else 0.0,
+            # tokens emitted per verifying step: the accepted drafts plus the target's own token
+            "spec_decode_mean_accepted_length": (
+                1 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0
+            ),
+        }
