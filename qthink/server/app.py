@@ -21,6 +21,7 @@ from qthink.server.control import add_control_routes
 from qthink.server.error_shapes import shaped_error
 from qthink.server.errors import APIError, bad_request, validation_message
 from qthink.server.metrics import Metrics
+from qthink.server.ollama import add_ollama_routes
 from qthink.server.params import template_kwargs
 from qthink.server.protocol import (
     ChatCompletionRequest,
@@ -82,6 +83,7 @@ def build_app(
     _add_routes(app, server)
     add_responses_routes(app, server)
     add_messages_routes(app, server)
+    add_ollama_routes(app, server)
     add_control_routes(app, server)
     if web_ui:
         from qthink.viewer.web import mount

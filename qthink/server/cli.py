@@ -3,11 +3,10 @@
 import argparse
 import logging
 
-import uvicorn
-
 from qthink.chat_cli import add_model_arguments, model_and_engine_kwargs
 from qthink.engine.async_engine import AsyncEngine
 from qthink.server.app import build_app
+from qthink.server.listeners import serve
 from qthink.server.thinking_budget import EffortBudgets
 
 log = logging.getLogger("qthink")
@@ -38,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="accepted for vLLM compatibility; reasoning is always split at </think>",
     )
     p.add_argument("--no-web-ui", action="store_true", help="do not serve the chat page at /")
+    p.add_argument(
+        "--ollama-port",
+        type=int,
+        help="also listen on this port (Ollama clients look at 11434); every route is on both",
+    )
     p.add_argument(
         "--reasoning-effort-budgets",
         help="thinking tokens per reasoning effort level, e.g. low=1024,medium=8192,high=unlimited "
@@ -78,5 +82,5 @@ def run(args) -> int:
         args.host,
         args.port,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
+    serve(app, args.host, [args.port] + ([args.ollama_port] if args.ollama_port else []))
     return 0

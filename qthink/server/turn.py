@@ -34,6 +34,7 @@ class Finish:
     stop_reason: str | int | None
     usage: dict  # Chat Completions usage: prompt/completion/reasoning tokens
     error: str | None = None
+    timing: dict = field(default_factory=dict)  # the engine's arrival, first_token, now (monotonic)
 
 
 Event = Reasoning | Text | ToolCall | Finish
@@ -92,7 +93,9 @@ async def events(turn: Turn):
                 yield call
     c = last.outputs[0]
     reason = "tool_calls" if state.made_calls else c.finish_reason
-    yield Finish(reason, c.stop_reason, usage(last, turn.chat.format, turn.chat.thinking), last.error)
+    yield Finish(
+        reason, c.stop_reason, usage(last, turn.chat.format, turn.chat.thinking), last.error, last.metrics
+    )
 
 
 async def blocks(turn: Turn):

@@ -1,0 +1,32 @@
+"""Serve one app on several ports (the API port, and Ollama's 11434 where its clients look)."""
+
+import asyncio
+
+import uvicorn
+
+
+def serve(app, host: str, ports: list[int]) -> None:
+    """Run until a signal stops one listener, then stop the others; only the first runs the
+    app's lifespan, so the engine starts and shuts down once."""
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                timeout_graceful_shutdown=10,
+                lifespan="on" if i == 0 else "off",
+            )
+        )
+        for i, port in enumerate(ports)
+    ]
+    asyncio.run(_serve_all(servers))
+
+
+async def _serve_all(servers: list[uvicorn.Server]) -> None:
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for s in servers:
+        s.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
