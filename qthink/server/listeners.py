@@ -21,7 +21,10 @@ def serve(app, host: str, ports: list[int]) -> None:
         )
         for i, port in enumerate(ports)
     ]
-    asyncio.run(_serve_all(servers))
+    try:
+        asyncio.run(_serve_all(servers))
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled, once it has shut down
+        pass
 
 
 async def _serve_all(servers: list[uvicorn.Server]) -> None:
