@@ -4,6 +4,7 @@ import json
 
 import jsonschema
 import pytest
+import torch
 
 from qthink import LLM, SamplingParams
 from qthink.engine.structured import StructuredOutputError
@@ -91,3 +92,68 @@ def test_bad_specs_are_refused_before_queueing(llm, spec, message):
     with pytest.raises(StructuredOutputError, match=message):
         llm.chat(QUESTION, SamplingParams(structured_output=spec))
     assert not llm.engine.requests
+
+
+@pytest.fixture(scope="module")
+def compiler(tokenizer_dir):
+    from qthink.engine.structured import GrammarCompiler
+    from qthink.tokenizer import IM_END_ID
+
+    return GrammarCompiler(tokenizer_dir / "tokenizer.json", 151_936, IM_END_ID)
+
+
+def _accepts(compiler, text: str) -> bool:
+    """Whether the json_object grammar takes `text` as a whole answer."""
+    state = compiler.state({"json_object": True}, active=True)
+    ids = compiler._tokenizer.tokenize_str(text)
+    return state.matcher.try_consume_tokens(ids) == len(ids) and state.matcher.is_accepting()
+
+
+def test_json_object_bounds_strings_keys_members_and_nesting(compiler):
+    from qthink.engine import structured as s
+
+    assert _accepts(compiler, '{"a": [1, -2.5e3, true, null, {"b": "x\\\\n\\\\u00e9"}], "c": {}}')
+    assert _accepts(compiler, json.dumps({"k" * s.JSON_OBJECT_KEY_CHARS: "v" * s.JSON_OBJECT_STRING_CHARS}))
+    assert not _accepts(compiler, json.dumps({"k" * (s.JSON_OBJECT_KEY_CHARS + 1): 1}))
+    assert not _accepts(compiler, json.dumps({"k": "v" * (s.JSON_OBJECT_STRING_CHARS + 1)}))
+    assert _accepts(compiler, json.dumps({"k": list(range(s.JSON_OBJECT_ITEMS))}))
+    assert not _accepts(compiler, json.dumps({"k": list(range(s.JSON_OBJECT_ITEMS + 1))}))
+    nested = 1
+    for _ in range(s.JSON_OBJECT_DEPTH):
+        nested = [nested]
+    assert _accepts(compiler, json.dumps({"k": nested}))
+    assert not _accepts(compiler, json.dumps({"k": [nested]}))
+    assert not _accepts(compiler, "[1]") and not _accepts(compiler, '{"a": 1')
+
+
+@pytest.mark.parametrize("prefix", ['{"city": "Par', '{"a": [1, {"b": tr', '{"key', '{"a": -', '{"a": "\\\\'])
+def test_json_object_closes_when_the_model_would_end_its_turn(compiler, prefix):
+    """A model that wants to stop mid-object gets only the tokens that close it soonest."""
+    from qthink.tokenizer import IM_END_ID
+
+    state = compiler.state({"json_object": True}, active=True)
+    for token in compiler._tokenizer.tokenize_str(prefix):
+        state.observe(token)
+    noise = torch.randn(151_936, generator=torch.Generator().manual_seed(0))
+    text = prefix
+    for _ in range(12):
+        logits = noise.clone()
+        logits[IM_END_ID] = 30.0  # end of turn is what this model wants most
+        state.mask(logits)
+        token = int(logits.argmax())
+        if token == IM_END_ID:
+            break
+        state.observe(token)
+        text += compiler._tokenizer.decode_str([token])
+    assert token == IM_END_ID, text
+    assert isinstance(json.loads(text), dict)
+
+
+def test_nano_finishes_a_json_object_answer():
+    from qthink.nano import ensure_nano
+
+    llm = LLM(model=str(ensure_nano()), max_model_len=1024, kv_cache_memory=16 << 20)
+    params = SamplingParams(temperature=0, max_tokens=600, structured_output={"json_object": True})
+    out = llm.chat([{"role": "user", "content": "What is 12 + 30? Reply in JSON."}], params)[0].outputs[0]
+    assert out.finish_reason == "stop" and len(out.token_ids) < 300
+    assert isinstance(json.loads(out.content), dict)

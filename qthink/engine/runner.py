@@ -68,7 +68,7 @@ class ModelRunner:
         """One token per sequence from its row of float32 logits."""
         for row, seq in enumerate(seqs):
             if seq.grammar is not None and seq.grammar.active:
-                logits[row].masked_fill_(~seq.grammar.allowed().to(logits.device), float("-inf"))
+                seq.grammar.mask(logits[row])
         params = [s.params for s in seqs]
         prompts = [s.token_ids[: s.num_prompt_tokens] for s in seqs]
         outputs = [s.output_ids for s in seqs]

@@ -26,7 +26,7 @@ def lark_grammar(spec: dict) -> str:
         )
     ((kind, value),) = spec.items()
     if kind == "json_object":
-        return LEADING_SPACE + "body: %json " + json.dumps(_compact({"type": "object"}))
+        return json_object_grammar()
     if kind == "json_schema":
         if not isinstance(value, dict):
             raise StructuredOutputError("json_schema must be a JSON Schema object")
@@ -44,6 +44,38 @@ def lark_grammar(spec: dict) -> str:
             raise StructuredOutputError("grammar must be a Lark grammar string")
         return value
     raise StructuredOutputError(f"unknown structured output kind {kind!r}")
+
+
+# "Any JSON object" with bounds a model can always finish within: a free-form grammar would let
+# one string (or key, or list) run to the token limit.
+JSON_OBJECT_DEPTH = 4  # objects and arrays nest at most this deep below the top-level object
+JSON_OBJECT_ITEMS = 64  # members of one object or array
+JSON_OBJECT_KEY_CHARS = 64
+JSON_OBJECT_STRING_CHARS = 512
+_JSON_CHAR = r'([^"\\\x00-\x1f]|\\["\\\/bfnrt]|\\u[0-9a-fA-F]{4})'
+
+
+def json_object_grammar() -> str:
+    """A Lark grammar for one JSON object, compact separators, with bounded nesting, members,
+    keys and strings."""
+    more = JSON_OBJECT_ITEMS - 1
+    rules = ["start: /[ \\t\\n]{0,4}/ object0"]
+    for depth in range(JSON_OBJECT_DEPTH + 1):
+        value = f"value{depth + 1}" if depth < JSON_OBJECT_DEPTH else "scalar"
+        rules += [
+            f'object{depth}: "{{" (pair{depth} (", " pair{depth}){{0,{more}}})? "}}"',
+            f'pair{depth}: KEY ": " {value}',
+            f'array{depth}: "[" ({value} (", " {value}){{0,{more}}})? "]"',
+        ]
+        if depth:
+            rules.append(f"value{depth}: scalar | object{depth} | array{depth}")
+    rules += [
+        'scalar: STRING | NUMBER | "true" | "false" | "null"',
+        f'KEY: /"{_JSON_CHAR}{{0,{JSON_OBJECT_KEY_CHARS}}}"/',
+        f'STRING: /"{_JSON_CHAR}{{0,{JSON_OBJECT_STRING_CHARS}}}"/',
+        r"NUMBER: /-?(0|[1-9][0-9]{0,15})(\.[0-9]{1,15})?([eE][+-]?[0-9]{1,3})?/",
+    ]
+    return "\n".join(rules)
 
 
 def tool_call_grammar(tools: list[dict], name: str | None = None, parallel: bool = True) -> str:
@@ -123,20 +155,64 @@ class GrammarCompiler:
         import llguidance
 
         matcher = llguidance.LLMatcher(self._tokenizer, self.check(spec), log_level=1)
-        return GrammarState(matcher, self.vocab_size, active)
+        closers = self._closers if "json_object" in spec else None
+        return GrammarState(matcher, self.vocab_size, active, self.eos_token_id, closers)
+
+    @cached_property
+    def _closers(self) -> list[int]:
+        """The single tokens that bring a JSON object nearer its end, most closing first."""
+        ids = [self._tokenizer.tokenize_str(text) for text in CLOSING_TEXTS]
+        return [t[0] for t in ids if len(t) == 1]
 
 
 BYTE_BITS = (torch.arange(256)[:, None] >> torch.arange(8)) & 1 == 1  # [byte value, bit] -> set?
 
 
-class GrammarState:
-    """One sequence's matcher. Inactive while the model thinks: the thinking stays free."""
+# Quotes first: inside a string a bracket is only more text.
+CLOSING_TEXTS = ['"}', '"]', '"', "}}", "]}", "}", "]", ": ", ":", " ", "0", "null"]
 
-    def __init__(self, matcher, vocab_size: int, active: bool):
+
+class GrammarState:
+    """One sequence's matcher. Inactive while the model thinks: the thinking stays free.
+
+    With `closers` (json_object), once the model would end its turn before the object is
+    complete, only the tokens that close it soonest stay allowed, so the object ends."""
+
+    def __init__(self, matcher, vocab_size: int, active: bool, eos_id: int | None = None, closers=None):
         self.matcher = matcher
         self.active = active
         self.words = torch.zeros((vocab_size + 31) // 32, dtype=torch.int32)
         self.vocab_size = vocab_size
+        self.eos_id = eos_id
+        self.closers = closers
+        self.closing = False
+
+    def mask(self, logits: torch.Tensor) -> None:
+        """Set the logits [vocab] of the tokens the grammar forbids now to -inf, in place."""
+        allowed = self.allowed()
+        if self.closers is not None and not allowed[self.eos_id]:
+            self.closing = self.closing or int(logits.argmax()) == self.eos_id
+            if self.closing:
+                allowed = self._closing(allowed)
+        logits.masked_fill_(~allowed.to(logits.device), float("-inf"))
+
+    def _closing(self, allowed: torch.Tensor) -> torch.Tensor:
+        """The one token that closes the object now if there is one, else the most closing token
+        allowed; the whole allowed set inside a literal such as `tr`."""
+        candidates = [t for t in self.closers if allowed[t]]
+        pick = next((t for t in candidates if self._completes(t)), None)
+        if pick is None and not candidates:
+            return allowed
+        only = torch.zeros_like(allowed)
+        only[candidates[0] if pick is None else pick] = True
+        return only
+
+    def _completes(self, token_id: int) -> bool:
+        if self.matcher.try_consume_tokens([token_id]) != 1:
+            return False
+        done = self.matcher.is_accepting()
+        self.matcher.rollback(1)
+        return done
 
     def observe(self, token_id: int) -> None:
         """Consume an answer token (the sequence turns the state active once thinking ends)."""
