@@ -20,6 +20,7 @@ from qthink.server.completions import create_completion
 from qthink.server.control import add_control_routes
 from qthink.server.error_shapes import shaped_error
 from qthink.server.errors import APIError, bad_request, validation_message
+from qthink.server.json_body import LoneSurrogateError, StrictJSONRoute
 from qthink.server.metrics import Metrics
 from qthink.server.ollama import add_ollama_routes
 from qthink.server.params import template_kwargs
@@ -72,6 +73,7 @@ def build_app(
 
     # max_body_size also stops a chunked body, which has no Content-Length for the guard to check
     app = FastAPI(title="qthink", version=__version__, lifespan=lifespan, max_body_size=max_request_bytes)
+    app.router.route_class = StrictJSONRoute  # every route added below decodes its body strictly
     app.state.server = server
     public = PUBLIC_PATHS + (("/metrics",) if metrics_public else ())
     _add_guards(app, api_key, public, max_request_bytes)
@@ -127,7 +129,9 @@ def _is_ui(path: str) -> bool:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        message, param = validation_message(exc.errors())
+        message, param = validation_message(exc.errors(), exc.body)
+        if isinstance(exc.__cause__, LoneSurrogateError):
+            param = exc.__cause__.path
         return shaped_error(request.url.path, 400, message, param=param)
 
     @app.exception_handler(HTTPException)

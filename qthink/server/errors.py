@@ -39,9 +39,25 @@ def error_response(
     return JSONResponse(error_body(message, kind, param, code), status_code=status)
 
 
-def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+def validation_message(errors: list[dict], body=None) -> tuple[str, str | None]:
     """One readable sentence from pydantic's errors, and the offending parameter."""
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        return json_message(first, body), None
     loc = [str(p) for p in first.get("loc", []) if p != "body"]
     param = ".".join(loc) or None
     return (f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid")), param
+
+
+def json_message(error: dict, body) -> str:
+    """Why the body is not JSON, and where: line and column, as an editor counts them."""
+    reason = (error.get("ctx") or {}).get("error") or "not valid JSON"
+    if "surrogate" in reason:
+        return f"the request body is not valid JSON text: {reason}"
+    loc = error.get("loc") or ()
+    pos = loc[-1] if loc and isinstance(loc[-1], int) else None
+    if pos is None or not isinstance(body, str):
+        return f"the request body is not valid JSON: {reason}"
+    line = body.count("\n", 0, pos) + 1
+    column = pos - (body.rfind("\n", 0, pos) + 1) + 1
+    return f"the request body is not valid JSON: {reason} at line {line}, column {column} (character {pos})"
