@@ -6,6 +6,7 @@ import time
 import torch
 
 from qthink.chat_cli import add_model_arguments, engine_from_args
+from qthink.config import EngineConfig
 from qthink.engine.engine import LLMEngine
 from qthink.engine.sampling_params import SamplingParams
 
@@ -41,15 +42,18 @@ def measure(engine: LLMEngine, prompt_len: int, output_len: int, batch: int, see
     }
 
 
+DEFAULTS = EngineConfig()
+
+
 def run(args) -> int:
-    if args.max_model_len is None:
-        args.max_model_len = args.prompt_len + args.output_len + 16
-    engine = engine_from_args(args)
-    engine.config.max_num_batched_tokens = max(
-        engine.config.max_num_batched_tokens, args.prompt_len * max(args.batch)
+    batch = max(args.batch)
+    chunk = getattr(args, "max_num_batched_tokens", DEFAULTS.max_num_batched_tokens)
+    engine = engine_from_args(
+        args,
+        max_model_len=getattr(args, "max_model_len", args.prompt_len + args.output_len + 16),
+        max_num_seqs=max(getattr(args, "max_num_seqs", batch), batch),
+        max_num_batched_tokens=max(chunk, args.prompt_len * batch),
     )
-    engine.scheduler.max_num_batched_tokens = engine.config.max_num_batched_tokens
-    engine.scheduler.max_num_seqs = max(engine.scheduler.max_num_seqs, max(args.batch))
     measure(engine, min(args.prompt_len, 16), 4, 1)  # warm-up: one-off kernel set-up is not timed
     print(
         f"{engine.model_dir.name}: dtype {engine.dtype}, quantization {engine.quantization or 'none'}, "

@@ -6,25 +6,15 @@ from rich.console import Console
 
 from qthink.engine.engine import LLMEngine
 from qthink.engine.sampling_params import SamplingParams
+from qthink.engine_flags import add_engine_arguments, engine_config_from_args
 from qthink.errors import RequestError
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
+def add_model_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """--model, --chat-template and every engine setting's flag (generated from EngineConfig)."""
     p.add_argument("--model", help="model folder or Hugging Face id (default: the offline demo model)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
-    p.add_argument("--max-model-len", type=int)
-    p.add_argument("--quantization", choices=["int8", "int4"])
-    p.add_argument(
-        "--quantization-group-size", type=int, default=128, help="int4: inputs per scale (a multiple of 64)"
-    )
     p.add_argument("--chat-template", help="'thinking-2507', 'qwen3', a .jinja file or a template")
-    p.add_argument("--kv-cache-memory", type=int, help="bytes for the KV cache")
-    p.add_argument(
-        "--kv-cache-dtype",
-        default="auto",
-        choices=["auto", "int8", "fp8", "bfloat16", "float16"],
-        help="int8/fp8 halve a bf16 cache (per-token, per-head scales)",
-    )
+    add_engine_arguments(p, skip=skip)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,46 +24,30 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--presence-penalty", type=float, default=0.0)
     p.add_argument("--max-tokens", type=int, help="default: what the context leaves after the prompt")
     p.add_argument("--max-thinking-tokens", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, dest="sampling_seed", help="seed of this sampling")
     p.add_argument("--no-thinking", action="store_true", help="enable_thinking=False (hybrid templates)")
 
 
 def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
-    add_model_arguments(p)
+    add_model_arguments(p, skip=("seed",))  # --seed here seeds the sampling of this one request
     add_sampling_arguments(p)
     if command == "generate":
         p.add_argument("prompt", help="the user message")
 
 
-def model_and_engine_kwargs(args, model: str | None = None) -> tuple[str, dict]:
-    """The model to load (the offline demo model when none is named) and the engine's knobs."""
+def model_and_engine_kwargs(args, model: str | None = None, **changes) -> tuple[str, dict]:
+    """The model to load (the offline demo model when none is named) and the engine's
+    arguments: its EngineConfig from the flags (with `changes`) and the chat template."""
     model = model or args.model
     if model is None:
         from qthink.demo import default_model_path
 
         model = str(default_model_path())
-    kwargs = {
-        "dtype": args.dtype,
-        "quantization": args.quantization,
-        "quantization_group_size": args.quantization_group_size,
-        "chat_template": args.chat_template,
-        "kv_cache_dtype": args.kv_cache_dtype,
-    }
-    for knob in (
-        "max_model_len",
-        "kv_cache_memory",
-        "max_num_seqs",
-        "max_num_batched_tokens",
-        "tensor_parallel_size",
-        "seed",
-    ):
-        if getattr(args, knob, None) is not None:
-            kwargs[knob] = getattr(args, knob)
-    return model, kwargs
+    return model, {"config": engine_config_from_args(args, **changes), "chat_template": args.chat_template}
 
 
-def engine_from_args(args) -> LLMEngine:
-    model, kwargs = model_and_engine_kwargs(args)
+def engine_from_args(args, **changes) -> LLMEngine:
+    model, kwargs = model_and_engine_kwargs(args, **changes)
     return LLMEngine(model, **kwargs)
 
 
@@ -83,7 +57,7 @@ def sampling_from_args(args) -> SamplingParams:
         top_p=args.top_p,
         top_k=args.top_k,
         presence_penalty=args.presence_penalty,
-        seed=args.seed,
+        seed=args.sampling_seed,
         max_tokens=args.max_tokens,
         max_thinking_tokens=args.max_thinking_tokens,
     )

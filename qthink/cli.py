@@ -1,6 +1,7 @@
 """`qthink serve|chat|generate|agent|eval|bench|plan|view|nano`: one entry point, one module per command."""
 
 import argparse
+import difflib
 import sys
 from importlib import import_module
 
@@ -24,8 +25,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if name == chosen:
+            parser.command_parser = p
             mod = import_module(module)
             mod.add_arguments(p, name) if _takes_name(mod) else mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
@@ -38,5 +40,32 @@ def _takes_name(mod) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
-    sys.exit(args._run(args) or 0)
+    parser = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _refuse_unknown(getattr(parser, "command_parser", parser), unknown)
+    try:
+        code = args._run(args)
+    except Exception as e:
+        if not _is_setting_error(e):
+            raise
+        sys.exit(f"qthink {args.command}: error: {e}")
+    sys.exit(code or 0)
+
+
+def _refuse_unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+    """Exit naming the first unknown argument and the known flag closest to it."""
+    flags = [s for action in parser._actions for s in action.option_strings]
+    first = next((u for u in unknown if u.startswith("-")), unknown[0])
+    name = first.split("=", 1)[0]
+    close = difflib.get_close_matches(name, flags, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]}?" if close and name.startswith("-") else ""
+    parser.error(f"unrecognized argument {name}{hint}")
+
+
+def _is_setting_error(e: Exception) -> bool:
+    """A bad setting or model (one clear line), rather than a bug (a traceback)."""
+    from qthink.config import ConfigError
+    from qthink.loader import LoadError
+
+    return isinstance(e, (ConfigError, LoadError))

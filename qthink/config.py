@@ -2,7 +2,7 @@
 
 import difflib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 SUPPORTED_ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
@@ -71,18 +71,19 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path) -> "ModelConfig":
+    def from_pretrained(
+        cls, model_dir: str | Path, generation_config: str = "auto", override: dict | None = None
+    ) -> "ModelConfig":
+        """config.json of `model_dir`; sampling defaults from `generation_config` (auto: the
+        model's generation_config.json, vllm: none, or a folder holding one) under `override`."""
         model_dir = Path(model_dir)
-        path = model_dir / "config.json"
-        if not path.is_file():
-            raise ConfigError(f"{model_dir} has no config.json: not a Hugging Face model folder")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from None
-        gen_path = model_dir / "generation_config.json"
-        generation = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
-        return cls.from_dict(raw, generation)
+        raw = _read_json(
+            model_dir / "config.json", f"{model_dir} has no config.json: not a Hugging Face model folder"
+        )
+        generation = _read_json(model_dir / "generation_config.json")
+        config = cls.from_dict(raw, generation)
+        defaults = _generation_defaults(config.generation_defaults, generation_config, override)
+        return replace(config, generation_defaults=defaults)
 
     @property
     def rope_theta(self) -> float:
@@ -218,9 +219,42 @@ def _eos_ids(raw: dict, generation: dict) -> tuple[int, ...]:
     return tuple(ids)
 
 
+# The generation_config.json keys that become sampling defaults (what SamplingParams.with_defaults applies).
+SAMPLING_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "do_sample")
+
+
 def _sampling_defaults(generation: dict) -> dict:
-    keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "do_sample")
-    return {k: generation[k] for k in keys if k in generation}
+    return {k: generation[k] for k in SAMPLING_DEFAULT_KEYS if k in generation}
+
+
+def _read_json(path: Path, missing: str | None = None) -> dict:
+    """The JSON object in `path`; {} when absent, unless `missing` says why that is an error."""
+    if not path.is_file():
+        if missing:
+            raise ConfigError(missing)
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+
+
+def _generation_defaults(model_defaults: dict, source: str, override: dict | None) -> dict:
+    if source == "auto":
+        defaults = model_defaults
+    elif source == "vllm":
+        defaults = {}
+    else:
+        folder = Path(source).expanduser()
+        missing = f"generation_config {source!r}: expected auto, vllm or a folder with generation_config.json"
+        defaults = _sampling_defaults(_read_json(folder / "generation_config.json", missing))
+    unknown = sorted(set(override or {}) - set(SAMPLING_DEFAULT_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"override_generation_config key {unknown[0]!r} is not supported; "
+            f"qthink takes {', '.join(SAMPLING_DEFAULT_KEYS)} as defaults"
+        )
+    return {**defaults, **(override or {})}
 
 
 def knob(default, help: str, group: str, choices: tuple | None = None, flag: bool = True):
@@ -291,7 +325,12 @@ class EngineConfig:
     fields (their help, group and choices), and `finalize` fixes them against the model before
     any weight is loaded or any tensor-parallel rank starts."""
 
-    dtype: str = knob("auto", "weights and activations; auto: the checkpoint's dtype", "model", DTYPES)
+    dtype: str = knob(
+        "auto",
+        "weights and activations; auto: the checkpoint's dtype",
+        "model",
+        DTYPES + tuple(DTYPE_ALIASES),
+    )
     quantization: str | None = knob(
         None, "weight-only quantization of the decoder's linear layers", "model", QUANTIZATIONS
     )
@@ -300,7 +339,7 @@ class EngineConfig:
         "auto",
         "KV cache format; int8/fp8 halve a bf16 cache (per-token, per-head scales)",
         "memory",
-        KV_CACHE_DTYPES,
+        KV_CACHE_DTYPES + tuple(KV_DTYPE_ALIASES),
     )
     device: str | None = knob(None, "cpu, cuda, cuda:1 ... (default: cuda when available)", "model")
     tensor_parallel_size: int = knob(
@@ -335,6 +374,15 @@ class EngineConfig:
         None,
         'requests\' default: end looping thinking; true or JSON {"window": 64, "count": 4}',
         "scheduler",
+    )
+
+    generation_config: str = knob(
+        "auto",
+        "sampling defaults: auto (the model's generation_config.json), vllm (none), or a folder holding one",
+        "generation",
+    )
+    override_generation_config: dict | None = knob(
+        None, 'JSON over those defaults, e.g. {"temperature": 0.7}', "generation"
     )
 
     KV_FRACTION_DEFAULT = 0.3  # without a memory setting: this share of what the weights leave free

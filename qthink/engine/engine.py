@@ -56,9 +56,11 @@ class LLMEngine:
         """`config`, or its fields as keyword arguments (vLLM's names: dtype, max_model_len, ...)."""
         if config is not None and settings:
             raise ConfigError(f"pass either an EngineConfig or settings, not both ({next(iter(settings))})")
-        self.model_dir = resolve_model(model)
-        self.model_config = ModelConfig.from_pretrained(self.model_dir)
         self.config = config = config or EngineConfig.from_kwargs(**settings)
+        self.model_dir = resolve_model(model)
+        self.model_config = ModelConfig.from_pretrained(
+            self.model_dir, config.generation_config, config.override_generation_config
+        )
         context_is_default = config.max_model_len is None
         config.validate(self.model_config)
         self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))

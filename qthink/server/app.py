@@ -44,9 +44,11 @@ UI_PATHS = ("/", "/viewer/")  # the page's own files; every call it makes to the
 @dataclass
 class Server:
     engine: AsyncEngine
-    model_name: str
+    model_name: str  # the first served name: what responses say they came from
     metrics: Metrics
     efforts: EffortBudgets = field(default_factory=EffortBudgets)
+    served_names: tuple[str, ...] = ()  # every name a request's `model` may use
+    default_template_kwargs: dict = field(default_factory=dict)  # under each request's own
     responses: ResponseStore = field(default_factory=ResponseStore)
 
     @property
@@ -56,15 +58,25 @@ class Server:
 
 def build_app(
     engine: AsyncEngine,
-    model_name: str,
+    model_name: str | list[str],
     api_key: str | None = None,
     metrics_public: bool = False,
     allowed_origins: list[str] | None = None,
     max_request_bytes: int = 32 << 20,
     web_ui: bool = True,
     efforts: EffortBudgets | None = None,
+    default_template_kwargs: dict | None = None,
 ) -> FastAPI:
-    server = Server(engine, model_name, Metrics(engine, model_name), efforts or EffortBudgets())
+    """`model_name`: the name clients send as `model`, or several (the first is reported)."""
+    names = (model_name,) if isinstance(model_name, str) else tuple(model_name)
+    server = Server(
+        engine,
+        names[0],
+        Metrics(engine, names[0]),
+        efforts or EffortBudgets(),
+        served_names=names,
+        default_template_kwargs=dict(default_template_kwargs or {}),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -184,14 +196,17 @@ def _add_routes(app: FastAPI, server: Server) -> None:
 
     @app.get("/v1/models")
     async def models():
-        card = {
-            "id": server.model_name,
-            "object": "model",
-            "owned_by": "qthink",
-            "created": 0,
-            "max_model_len": server.engine.max_model_len,
-        }
-        return {"object": "list", "data": [card]}
+        cards = [
+            {
+                "id": name,
+                "object": "model",
+                "owned_by": "qthink",
+                "created": 0,
+                "max_model_len": server.engine.max_model_len,
+            }
+            for name in server.served_names
+        ]
+        return {"object": "list", "data": cards}
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, request: Request):
@@ -216,7 +231,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
                 messages,
                 tools=req.tools,
                 add_generation_prompt=req.add_generation_prompt,
-                **template_kwargs(req.chat_template_kwargs),
+                **template_kwargs(req.chat_template_kwargs, server.default_template_kwargs),
             )
         return {"tokens": tokens, "count": len(tokens), "max_model_len": server.engine.max_model_len}
 

@@ -41,7 +41,9 @@ class PreparedChat:
 
 async def render_prompt(req: ChatCompletionRequest, server) -> tuple[ThinkingPlan, list[int]]:
     """The request's thinking plan and prompt tokens (the template told when thinking is off)."""
-    plan, kwargs = thinking_plan(req, server.efforts, template_kwargs(req.chat_template_kwargs))
+    plan, kwargs = thinking_plan(
+        req, server.efforts, template_kwargs(req.chat_template_kwargs, server.default_template_kwargs)
+    )
     messages = [m.for_template() for m in req.messages]
     prompt = await asyncio.to_thread(
         server.tokenizer.apply_chat_template,

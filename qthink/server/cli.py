@@ -1,15 +1,21 @@
-"""`qthink serve [MODEL]`: the OpenAI-compatible server (a drop-in for `vllm serve`)."""
+"""`qthink serve [MODEL]`: the OpenAI-compatible server; `vllm serve` command lines run unchanged."""
 
 import argparse
 import logging
 
 from qthink.chat_cli import add_model_arguments, model_and_engine_kwargs
 from qthink.engine.async_engine import AsyncEngine
+from qthink.engine_flags import json_object
 from qthink.server.app import build_app
+from qthink.server.listeners import serve
 from qthink.server.listeners import serve
 from qthink.server.thinking_budget import EffortBudgets
 
 log = logging.getLogger("qthink")
+
+REASONING_PARSERS = ("qwen3", "deepseek_r1")
+TOOL_CALL_PARSERS = ("hermes",)
+UVICORN_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,67 +26,122 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="model folder or Hugging Face id (default: the offline demo model)",
     )
     add_model_arguments(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--served-model-name", help="the name clients send as `model`")
-    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every route but /health")
-    p.add_argument("--metrics-public", action="store_true", help="serve /metrics without the API key")
-    p.add_argument("--allowed-origins", nargs="*", help="enable CORS for these origins (off by default)")
-    p.add_argument("--max-num-seqs", type=int, default=64)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--reasoning-parser",
-        choices=["qwen3", "deepseek_r1"],
-        default="qwen3",
-        help="accepted for vLLM compatibility; reasoning is always split at </think>",
+    _add_server_arguments(p.add_argument_group("server"))
+    _add_chat_arguments(p.add_argument_group("chat, reasoning and tools"))
+
+
+def _add_server_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    g.add_argument(
+        "--served-model-name",
+        nargs="+",
+        metavar="NAME",
+        help="the names clients may send as `model` (the first is reported; default: MODEL)",
     )
-    p.add_argument("--no-web-ui", action="store_true", help="do not serve the chat page at /")
-    p.add_argument(
+    g.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every route but /health")
+    g.add_argument("--metrics-public", action="store_true", help="serve /metrics without the API key")
+    g.add_argument("--allowed-origins", nargs="*", help="enable CORS for these origins (off by default)")
+    g.add_argument("--no-web-ui", action="store_true", help="do not serve the chat page at /")
+    g.add_argument(
         "--ollama-port",
         type=int,
         help="also listen on this port (Ollama clients look at 11434); every route is on both",
     )
-    p.add_argument(
+    g.add_argument(
+        "--uvicorn-log-level", default="warning", choices=UVICORN_LOG_LEVELS, help="(default: warning)"
+    )
+    g.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="accepted for vLLM command lines; qthink runs no code from model folders",
+    )
+
+
+def _add_chat_arguments(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--reasoning-parser",
+        choices=REASONING_PARSERS,
+        default="qwen3",
+        help="both split the reasoning at the first </think> after the prompt (see docs/compatibility.md)",
+    )
+    g.add_argument(
+        "--tool-call-parser",
+        choices=TOOL_CALL_PARSERS,
+        default="hermes",
+        help="<tool_call> JSON blocks, the Qwen3 format (the only one; default: hermes)",
+    )
+    g.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help="accepted for vLLM command lines; tool_choice auto is always on",
+    )
+    g.add_argument(
+        "--default-chat-template-kwargs",
+        type=json_object,
+        metavar="JSON",
+        help='chat_template_kwargs of every request unless it sets its own, e.g. {"enable_thinking": false}',
+    )
+    g.add_argument(
         "--reasoning-effort-budgets",
         help="thinking tokens per reasoning effort level, e.g. low=1024,medium=8192,high=unlimited "
         "(defaults: minimal=256, low=1024, medium=8192, high and xhigh unlimited; none is always 0)",
     )
 
 
+def served_names(args, model: str) -> list[str]:
+    """--served-model-name, else the model as named on the command line; the demo model gets a
+    readable name rather than its cache path."""
+    if args.served_model_name:
+        return list(args.served_model_name)
+    named = args.model_path or args.model
+    if named:
+        return [named]
+    return ["qthink-nano" if "/nano/" in model else "qthink-demo"]
+
+
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.model_path and args.model and args.model_path != args.model:
+        raise SystemExit(
+            f"qthink serve: error: two models given: {args.model_path!r} and --model {args.model!r}"
+        )
+    if args.trust_remote_code:
+        log.info("--trust-remote-code: accepted; qthink runs no code from model folders (none is needed)")
     model, kwargs = model_and_engine_kwargs(args, args.model_path)
     engine = AsyncEngine(model, **kwargs)
-    # Clients name the model they want: the demo model's cache path makes a poor name.
-    demo_name = "qthink-nano" if "/nano/" in model else "qthink-demo"
-    name = args.served_model_name or args.model_path or args.model or demo_name
+    names = served_names(args, model)
     app = build_app(
         engine,
-        name,
+        names,
         api_key=args.api_key,
         metrics_public=args.metrics_public,
         allowed_origins=args.allowed_origins,
         web_ui=not args.no_web_ui,
         efforts=EffortBudgets.parse(args.reasoning_effort_budgets),
+        default_template_kwargs=args.default_chat_template_kwargs,
     )
+    _log_ready(engine, model, names, args)
+    ports = [args.port] + ([args.ollama_port] if args.ollama_port else [])
+    serve(app, args.host, ports, log_level=args.uvicorn_log_level)
+    return 0
+
+
+def _log_ready(engine: AsyncEngine, model: str, names: list[str], args) -> None:
     core = engine.engine
-    blocks, size = core.blocks.num_blocks, core.config.block_size
+    config = core.config
     log.info(
-        "qthink serving %s as %r: dtype %s%s, %d KV blocks x %d tokens, max_model_len %d, "
+        "qthink serving %s as %s: dtype %s%s, %d KV blocks x %d tokens, max_model_len %d, "
         "at http://%s:%d/v1 (chat page at http://%s:%d/)",
         model,
-        name,
+        ", ".join(map(repr, names)),
         str(core.dtype).removeprefix("torch."),
-        f", {args.quantization} weights" if args.quantization else "",
-        blocks,
-        size,
+        f", {config.quantization} weights" if config.quantization else "",
+        core.blocks.num_blocks,
+        config.block_size,
         core.max_model_len,
         args.host,
         args.port,
         args.host,
         args.port,
     )
-    serve(app, args.host, [args.port] + ([args.ollama_port] if args.ollama_port else []))
-    return 0

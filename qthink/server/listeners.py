@@ -5,7 +5,7 @@ import asyncio
 import uvicorn
 
 
-def serve(app, host: str, ports: list[int]) -> None:
+def serve(app, host: str, ports: list[int], log_level: str = "warning") -> None:
     """Run until a signal stops one listener, then stop the others; only the first runs the
     app's lifespan, so the engine starts and shuts down once."""
     servers = [
@@ -14,7 +14,7 @@ def serve(app, host: str, ports: list[int]) -> None:
                 app,
                 host=host,
                 port=port,
-                log_level="warning",
+                log_level=log_level,
                 timeout_graceful_shutdown=10,
                 lifespan="on" if i == 0 else "off",
             )

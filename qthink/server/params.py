@@ -106,10 +106,11 @@ RESERVED_TEMPLATE_KWARGS = {
 }
 
 
-def template_kwargs(kwargs: dict | None) -> dict:
+def template_kwargs(kwargs: dict | None, defaults: dict | None = None) -> dict:
+    """The request's chat_template_kwargs over the server's defaults (--default-chat-template-kwargs)."""
     reserved = sorted(RESERVED_TEMPLATE_KWARGS & set(kwargs or {}))
     if reserved:
         raise APIError(
             400, f"chat_template_kwargs may not set {', '.join(reserved)}", param="chat_template_kwargs"
         )
-    return dict(kwargs or {})
+    return {**(defaults or {}), **(kwargs or {})}

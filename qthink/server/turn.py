@@ -51,10 +51,11 @@ class Turn:
 
 
 def check_model(server, model: str | None) -> None:
-    if model is not None and model != server.model_name:
+    names = server.served_names or (server.model_name,)
+    if model is not None and model not in names:
         raise APIError(
             400,
-            f"model {model!r} is not served here; this server serves {server.model_name!r}",
+            f"model {model!r} is not served here; this server serves {', '.join(map(repr, names))}",
             param="model",
             code="model_not_found",
         )
