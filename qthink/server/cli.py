@@ -8,7 +8,6 @@ from qthink.engine.async_engine import AsyncEngine
 from qthink.engine_flags import json_object
 from qthink.server.app import build_app
 from qthink.server.listeners import serve
-from qthink.server.listeners import serve
 from qthink.server.thinking_budget import EffortBudgets
 
 log = logging.getLogger("qthink")
