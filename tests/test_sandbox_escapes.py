@@ -295,3 +295,60 @@ def test_check_sandbox_reports_each_part():
     for part in ("user", "mnt", "pid", "ipc", "uts", "net"):
         assert f"{part} namespace: yes" in done.stdout
     assert "seccomp filter: yes" in done.stdout and "verdict: the code interpreter runs jailed" in done.stdout
+
+
+def test_no_setuid_files_or_fifos_are_left_for_the_host(fresh, tmp_path):
+    tool = fresh()
+    work = tmp_path / "work"
+    assert "PermissionError" in run(tool, "import os; os.open('suid', os.O_CREAT | os.O_WRONLY, 0o4755)")
+    run(tool, "open('plain', 'w').write('x')")
+    assert "PermissionError" in run(tool, "import os; os.chmod('plain', 0o4755)")
+    assert "PermissionError" in run(tool, "import os; os.chmod('plain', 0o2755)")
+    assert "PermissionError" in run(tool, "import os; os.mkfifo('fifo')")
+    assert (
+        run(tool, "import os; os.chmod('plain', 0o755); oct(os.stat('plain').st_mode & 0o7777)") == "'0o755'"
+    )
+    assert not (work / "suid").exists() and not (work / "fifo").exists()
+    assert (work / "plain").stat().st_mode & 0o6000 == 0
+
+
+def test_with_network_allowed_the_hosts_abstract_sockets_stay_out_of_reach(fresh):
+    name = f"\0qthink-test-{uuid.uuid4().hex}"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(name)
+    server.listen()
+    server.settimeout(0.5)
+    try:
+        tool = fresh(allow_network=True)
+        code = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({name!r})"
+        assert "PermissionError" in run(tool, code)
+        with pytest.raises(TimeoutError):
+            server.accept()
+        assert run(tool, "import socket; len(socket.socketpair())") == "2"
+    finally:
+        server.close()
+
+
+def test_a_malformed_message_from_the_kernel_restarts_it(fresh):
+    tool = fresh()
+    run(tool, "kept = 1")
+    forge = """
+k = get_ipython().kernel
+header = k.session.pack(k.session.msg_header("stream"))
+parts = [header, k.session.pack(k.get_parent()["header"]), b"{}", b"[1, 2]"]
+k.iopub_socket.send_multipart([b"stream", b"<IDS|MSG>", k.session.sign(parts), *parts])
+import time; time.sleep(1)
+"""
+    assert "malformed message" in run(tool, forge)
+    assert "NameError" in run(tool, "kept")
+
+
+def test_working_dirs_the_host_reads_code_from_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="home directory"):
+        CodeInterpreter({"work_dir": str(Path.home())})
+    with pytest.raises(ValueError, match="which code run by the host reads"):
+        CodeInterpreter({"work_dir": sysconfig.get_paths()["purelib"]})
+    monkeypatch.syspath_prepend(str(tmp_path / "project" / "src"))
+    (tmp_path / "project" / "src").mkdir(parents=True)
+    with pytest.raises(ValueError, match="where Python imports code from"):
+        CodeInterpreter({"work_dir": str(tmp_path / "project")})

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from qthink.agent.jail import SandboxUnavailable, jail_problem
+from qthink.agent.jail import SandboxUnavailable, jail_problem, work_dir_problem
 from qthink.agent.kernel_process import KernelLimits, KernelProcess
 from qthink.agent.tools import Tool, register_tool
 
@@ -58,6 +58,8 @@ class CodeInterpreter(Tool):
             print(f"warning: the code interpreter runs WITHOUT a jail: {problem}", file=sys.stderr)
         self.timeout = float(self.cfg.get("timeout", 60))
         self.work_dir = Path(self.cfg.get("work_dir") or tempfile.mkdtemp(prefix="qthink-ci-")).resolve()
+        if why := work_dir_problem(self.work_dir):
+            raise ValueError(f"{why}: choose a directory of its own for the code interpreter")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         names = KernelLimits.__dataclass_fields__
         self.limits = KernelLimits(**{k: int(v) for k, v in self.cfg.items() if k in names})
@@ -99,11 +101,15 @@ class CodeInterpreter(Tool):
                 msg = kernel.client.get_iopub_msg(timeout=min(remaining, 1.0))
             except queue.Empty:
                 continue
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle":
-                break
-            self._render(msg, interrupted, out)
+            except Exception:  # noqa: BLE001 - a message the kernel forged to break the parser
+                return self._restart_after(out.text(), "sent a malformed message")
+            try:
+                if _is_idle(msg, msg_id):
+                    break
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    self._render(msg, interrupted, out)
+            except (KeyError, TypeError, AttributeError, ValueError):
+                return self._restart_after(out.text(), "sent a malformed message")
         if interrupted:
             out.add(f"Error: the code ran longer than {self.timeout:g} s and was interrupted.")
             if kernel.task_count() > tasks_before:
@@ -154,6 +160,14 @@ class CodeInterpreter(Tool):
                 return "[image dropped: not valid base64]"
             return f"![image]({save_image(self.work_dir, raw)})"
         return str(data.get("text/plain", ""))
+
+
+def _is_idle(msg: dict, msg_id: str) -> bool:
+    return (
+        msg["parent_header"].get("msg_id") == msg_id
+        and msg["msg_type"] == "status"
+        and msg["content"].get("execution_state") == "idle"
+    )
 
 
 class _Output:

@@ -129,6 +129,29 @@ def _system_binds(allow_network: bool) -> list[str]:
     return argv
 
 
+def work_dir_problem(work_dir: Path) -> str | None:
+    """Why this working dir must not be the jail's one writable path (None when it may be).
+
+    Code in the jail may write anything there, so it must not be where the host looks for
+    code or settings: not inside the system or Python's directories, not above a directory
+    Python imports from, not the home directory (dotfiles run at login) or one above it.
+    """
+    real = work_dir.resolve()
+    protected = [Path(p) for p in (*SYSTEM_DIRS, "/etc", "/boot", "/proc", "/sys", "/dev", "/run", "/var")]
+    protected += [Path(p) for p in python_dirs()]
+    for place in protected:
+        place = place.resolve()
+        if real == place or real.is_relative_to(place):
+            return f"the working dir {real} is inside {place}, which code run by the host reads"
+    home = Path.home().resolve()
+    if real == Path("/") or home == real or home.is_relative_to(real):
+        return f"the working dir {real} holds the home directory {home} (its dotfiles run at login)"
+    for entry in (Path(p).resolve() for p in sys.path if p and os.path.isdir(p)):
+        if entry.is_relative_to(real):
+            return f"the working dir {real} holds {entry}, where Python imports code from"
+    return None
+
+
 def identity_files(directory: Path) -> dict[str, Path]:
     """Made-up /etc/passwd and /etc/group naming only the jail's user (some libraries look it up)."""
     passwd, group = directory / "passwd", directory / "group"
@@ -178,7 +201,7 @@ def run_in_jail(
         sockets.mkdir()
         spec = JailSpec(work, sockets, identity_files(Path(tmp)), allow_network=allow_network)
         with tempfile.TemporaryFile() as bpf:
-            bpf.write(compile_filter())
+            bpf.write(compile_filter(deny_unix_sockets=allow_network))
             bpf.seek(0)
             argv = bwrap_argv(spec, bpf.fileno()) + command
             return subprocess.run(

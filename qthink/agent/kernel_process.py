@@ -8,6 +8,7 @@ could be made) is emptied with SIGKILL.
 """
 
 import functools
+import json
 import os
 import queue
 import shutil
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ LAUNCHER = Path(__file__).with_name("kernel_launcher.py")
 MAX_MESSAGE_BYTES = 16 << 20  # a larger message from the kernel drops the connection
 RECEIVE_BUFFER_MESSAGES = 64
 _PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
-_STDERR_CAP = 64 * 1024
+_STDERR_CAP = 16 * 1024
 
 
 @dataclass
@@ -63,6 +65,7 @@ class KernelProcess:
         self.work_dir, self.limits, self.jailed = work_dir, limits, jailed
         self.private = Path(tempfile.mkdtemp(prefix="qthink-kernel-"))
         self.cgroup: KernelCgroup | None = None
+        self._tail = b""
         try:
             self.proc = self._launch(allow_network, env)
             self.client = self._connect()
@@ -71,21 +74,15 @@ class KernelProcess:
             raise
 
     def _launch(self, allow_network: bool, env: dict) -> subprocess.Popen:
-        sockets = self.private / "ipc"
-        sockets.mkdir()
-        key = uuid.uuid4().hex.encode()
-        host_file, jail_file = self.private / "connection.json", self.private / "jail-connection.json"
-        write_connection_file(str(host_file), ip=str(sockets / "kernel"), key=key, transport="ipc", **_PORTS)
-        inner_ip = f"{JAIL_DIR}/ipc/kernel" if self.jailed else str(sockets / "kernel")
-        write_connection_file(str(jail_file), ip=inner_ip, key=key, transport="ipc", **_PORTS)
-        stderr = open(self.private / "stderr", "wb")  # noqa: SIM115 - handed to the child
+        self._write_connection_files(allow_network)
         tasks = self.limits.processes + 64  # the kernel's own threads count too
         memory = (self.limits.memory_mb + self.limits.tmp_mb + self.limits.shm_mb + 256) << 20
         self.cgroup = make_cgroup(tasks, memory) if self.jailed else None
         enter = _cgroup_entry(self.cgroup.procs_files) if self.cgroup else []
+        jail_file = self.private / "jail-connection.json"
         with tempfile.TemporaryFile() as bpf:
             if self.jailed:
-                bpf.write(compile_filter())
+                bpf.write(compile_filter(deny_unix_sockets=allow_network))
                 bpf.seek(0)
                 argv = [*enter, *self._jail_argv(bpf.fileno(), allow_network, env)]
                 argv += [
@@ -97,21 +94,46 @@ class KernelProcess:
                 child_env, cwd = dict(BWRAP_ENV), None
             else:
                 argv = [sys.executable, "-I", str(LAUNCHER), *self._kernel_args(jail_file)]
-                spec = JailSpec(self.work_dir, sockets, {}, env=env)
+                spec = JailSpec(self.work_dir, self.private / "ipc", {}, env=env)
                 child_env, cwd = {**jail_env(spec), "HOME": str(self.private)}, str(self.work_dir)
                 for name in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "TMPDIR"):
                     child_env[name] = str(self.private / name.lower())
-            with stderr:
-                return subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=stderr,
-                    stderr=stderr,
-                    pass_fds=(bpf.fileno(),) if self.jailed else (),
-                    start_new_session=True,
-                    env=child_env,
-                    cwd=cwd,
-                )
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(bpf.fileno(),) if self.jailed else (),
+                start_new_session=True,
+                env=child_env,
+                cwd=cwd,
+            )
+        threading.Thread(target=self._keep_tail, args=(proc.stdout,), daemon=True).start()
+        return proc
+
+    def _write_connection_files(self, allow_network: bool) -> None:
+        """ZMQ over Unix sockets in a fresh directory; over the loopback when the jail shares the
+        host's network, where it may make no Unix socket (the host's abstract ones would be in reach)."""
+        sockets = self.private / "ipc"
+        sockets.mkdir()
+        key = uuid.uuid4().hex.encode()
+        host_file = str(self.private / "connection.json")
+        if allow_network and self.jailed:
+            _, info = write_connection_file(host_file, ip="127.0.0.1", key=key, transport="tcp")
+        else:
+            _, info = write_connection_file(
+                host_file, ip=str(sockets / "kernel"), key=key, transport="ipc", **_PORTS
+            )
+            if self.jailed:
+                info = {**info, "ip": f"{JAIL_DIR}/ipc/kernel"}
+        info = {k: v.decode() if isinstance(v, bytes) else v for k, v in info.items()}
+        (self.private / "jail-connection.json").write_text(json.dumps(info))
+
+    def _keep_tail(self, stream) -> None:
+        """Read what the kernel prints, keeping only the last few kilobytes (it is not trusted to stop)."""
+        for chunk in iter(lambda: stream.read1(4096), b""):
+            self._tail = (self._tail + chunk)[-_STDERR_CAP:]
+        stream.close()
 
     def _jail_argv(self, seccomp_fd: int, allow_network: bool, env: dict) -> list[str]:
         files = identity_files(self.private)
@@ -153,12 +175,7 @@ class KernelProcess:
         raise KernelStartError(f"the kernel did not start: {self.stderr_tail() or 'no output'}")
 
     def stderr_tail(self) -> str:
-        try:
-            with open(self.private / "stderr", "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 2000))
-                return f.read(2000).decode(errors="replace").strip()
-        except OSError:
-            return ""
+        return self._tail[-2000:].decode(errors="replace").strip()
 
     def alive(self) -> bool:
         return self.proc.poll() is None

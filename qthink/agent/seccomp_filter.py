@@ -67,10 +67,20 @@ DENIED = (
     "ioperm",
     "symlink",
     "symlinkat",
+    "mknod",
+    "mknodat",
 )
+# Calls whose arguments a filter cannot read (a struct in memory): ENOSYS, and the C library
+# falls back to the older call, whose arguments it can.
+NOT_IMPLEMENTED = ("clone3", "openat2", "fchmodat2")
+_NEW_SYSCALL_NUMBERS = {"fchmodat2": 452, "openat2": 437, "clone3": 435}  # one table on every architecture
 # clone() flags that make namespaces; unshare/setns are denied outright above.
 CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C  # push input into a terminal
+# A setuid or setgid file left in the working dir would run as the host user for anyone who can reach it.
+SET_ID_BITS = (0o4000, 0o2000)
+MODE_ARGUMENT = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "open": 2, "openat": 3, "creat": 1}
+AF_UNIX = 1
 
 _SCMP_ACT_ALLOW = 0x7FFF0000
 _SCMP_CMP_EQ, _SCMP_CMP_MASKED_EQ = 4, 7
@@ -119,7 +129,9 @@ def _libseccomp() -> ctypes.CDLL:
 
 def _add(lib: ctypes.CDLL, ctx: int, action: int, name: str, *conditions: tuple[int, int, int, int]) -> None:
     number = lib.seccomp_syscall_resolve_name(name.encode())
-    if number < 0:  # __NR_SCMP_ERROR: a call this architecture does not have (iopl on arm64)
+    if number < 0:  # an older libseccomp, or a call this architecture does not have (iopl on arm64)
+        number = _NEW_SYSCALL_NUMBERS.get(name, -1)
+    if number < 0:
         return
     array = (_ArgCmp * max(1, len(conditions)))(*[_ArgCmp(*c) for c in conditions])
     rc = lib.seccomp_rule_add_array(ctx, action, number, len(conditions), array)
@@ -127,8 +139,10 @@ def _add(lib: ctypes.CDLL, ctx: int, action: int, name: str, *conditions: tuple[
         raise SeccompUnavailable(f"libseccomp refused the rule for {name}: {os.strerror(-rc)}")
 
 
-def compile_filter() -> bytes:
-    """The filter as a BPF program, ready for `bwrap --seccomp FD`."""
+def compile_filter(deny_unix_sockets: bool = False) -> bytes:
+    """The filter as a BPF program, ready for `bwrap --seccomp FD`. With `deny_unix_sockets`
+    (for a jail that shares the host's network namespace, whose abstract Unix sockets it would
+    otherwise reach) no AF_UNIX socket can be made; socketpair() still works."""
     lib = _libseccomp()
     ctx = lib.seccomp_init(_SCMP_ACT_ALLOW)
     if not ctx:
@@ -137,7 +151,13 @@ def compile_filter() -> bytes:
         eperm = _errno_action(errno.EPERM)
         for name in DENIED:
             _add(lib, ctx, eperm, name)
-        _add(lib, ctx, _errno_action(errno.ENOSYS), "clone3")
+        for name in NOT_IMPLEMENTED:
+            _add(lib, ctx, _errno_action(errno.ENOSYS), name)
+        for name, arg in MODE_ARGUMENT.items():
+            for bit in SET_ID_BITS:
+                _add(lib, ctx, eperm, name, (arg, _SCMP_CMP_MASKED_EQ, bit, bit))
+        if deny_unix_sockets:
+            _add(lib, ctx, eperm, "socket", (0, _SCMP_CMP_EQ, AF_UNIX, 0))
         for flag in CLONE_NAMESPACE_FLAGS:
             _add(lib, ctx, eperm, "clone", (0, _SCMP_CMP_MASKED_EQ, flag, flag))
         for request in (TIOCSTI, TIOCLINUX):
