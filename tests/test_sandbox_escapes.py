@@ -1,10 +1,12 @@
 """Escapes tried on the code interpreter's jail, each in a fresh kernel, checking the harm did not happen."""
 
 import os
+import platform
 import socket
 import subprocess
 import sys
 import sysconfig
+import time
 import uuid
 from pathlib import Path
 
@@ -352,3 +354,13 @@ def test_working_dirs_the_host_reads_code_from_are_refused(tmp_path, monkeypatch
     (tmp_path / "project" / "src").mkdir(parents=True)
     with pytest.raises(ValueError, match="where Python imports code from"):
         CodeInterpreter({"work_dir": str(tmp_path / "project")})
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x32 system call numbers exist on x86_64 only")
+def test_a_call_through_the_x32_abi_ends_the_kernel_instead_of_passing_the_filter(fresh):
+    tool = fresh()
+    x32_unshare = "import ctypes; ctypes.CDLL(None).syscall(0x40000000 | 272, 0x10000000)"
+    started = time.monotonic()
+    assert "the kernel died" in run(tool, x32_unshare)
+    assert time.monotonic() - started < 8  # the whole process, not one thread: no wait for a timeout
+    assert run(tool, "1 + 1") == "2"

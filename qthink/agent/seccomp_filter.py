@@ -11,6 +11,7 @@ import ctypes.util
 import errno
 import functools
 import os
+import struct
 import tempfile
 
 # Kernel-wide state, other processes, kernel attack surface, and namespaces/mounts
@@ -83,7 +84,21 @@ MODE_ARGUMENT = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "open": 2, "openat": 3,
 AF_UNIX = 1
 
 _SCMP_ACT_ALLOW = 0x7FFF0000
+_RET_KILL_THREAD, _RET_KILL_PROCESS = 0x00000000, 0x80000000
+_BPF_RET_K = 0x06
 _SCMP_CMP_EQ, _SCMP_CMP_MASKED_EQ = 4, 7
+
+
+def kill_process_not_thread(program: bytes) -> bytes:
+    """Turn libseccomp's answer to a call through another ABI (x32 numbers, 32-bit `int 0x80`),
+    killing the calling thread, into killing the whole process: a kernel missing one thread
+    would hang instead of dying and being restarted. The filter's own rules never kill."""
+    code = bytearray(program)
+    for at in range(0, len(code), 8):
+        op, _, _, k = struct.unpack_from("=HBBI", code, at)
+        if op == _BPF_RET_K and k == _RET_KILL_THREAD:
+            struct.pack_into("=I", code, at + 4, _RET_KILL_PROCESS)
+    return bytes(code)
 
 
 class _ArgCmp(ctypes.Structure):
@@ -167,6 +182,6 @@ def compile_filter(deny_unix_sockets: bool = False) -> bytes:
             if rc < 0:
                 raise SeccompUnavailable(f"seccomp_export_bpf failed: {os.strerror(-rc)}")
             out.seek(0)
-            return out.read()
+            return kill_process_not_thread(out.read())
     finally:
         lib.seccomp_release(ctx)
