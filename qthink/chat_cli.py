@@ -4,6 +4,7 @@ import argparse
 
 from rich.console import Console
 
+from qthink.demo import model_display_name
 from qthink.engine.engine import LLMEngine
 from qthink.engine.sampling_params import SamplingParams
 from qthink.engine_flags import add_engine_arguments, engine_config_from_args
@@ -103,7 +104,8 @@ def run(args) -> int:
 def chat_loop(engine: LLMEngine, args, console: Console) -> int:
     """Multi-turn chat; history keeps each answer and drops its thinking, as Qwen recommends."""
     console.print(
-        f"[bold]qthink chat[/] — {engine.model_dir.name}. Empty line or Ctrl-D to quit, /reset to start over."
+        f"[bold]qthink chat[/] — {model_display_name(engine.model_dir, args.model)}. "
+        "Empty line or Ctrl-D to quit, /reset to start over."
     )
     history: list[dict] = []
     while True:

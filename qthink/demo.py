@@ -28,3 +28,11 @@ def random_demo_path() -> Path:
         log.warning("writing a tiny RANDOM-WEIGHT demo model to %s (its output is noise)", path)
         write_random_checkpoint(path, tiny_config(), seed=0)
     return path
+
+
+def model_display_name(model_dir: Path, named: str | None) -> str:
+    """What to call a model to a user: as they named it, else the demo model's readable name
+    rather than its cache folder (a content hash)."""
+    if named:
+        return named
+    return "qthink-nano" if Path(model_dir).parent.name == "nano" else "qthink-demo"

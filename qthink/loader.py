@@ -102,7 +102,7 @@ def load_model(
         params.pop("lm_head.weight", None)
         ignored.add("lm_head.weight")  # some tied checkpoints store a copy anyway
     loaded = set()
-    for file in tqdm(weight_files(model_dir), desc="loading weights", unit="file", leave=False):
+    for file in tqdm(weight_files(model_dir), desc="loading weights", unit="file"):
         for name, tensor in _read_tensors(file, params, ignored, tp):
             _check_shape(name, tensor, params[name])
             _assign(model, name, tensor.to(device=device, dtype=torch_dtype))

@@ -91,3 +91,10 @@ def test_plan_refuses_what_cannot_fit(tmp_path):
     )
     weights = [float(r.stdout.split("weights")[1].split()[0]) for r in (fits, smaller_groups)]
     assert weights[1] > weights[0]  # more groups: more scales and offsets
+
+
+def test_default_model_is_named_and_its_loading_bar_completes():
+    r = qthink("chat", stdin="\n")
+    assert r.returncode == 0, r.stderr
+    assert "qthink chat — qthink-nano." in r.stdout
+    assert "loading weights: 100%" in r.stderr and "loading weights:   0%" not in r.stderr.splitlines()[-1]

@@ -30,6 +30,7 @@ from qthink.server.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
+from qthink.server.request_log import RequestLog
 from qthink.server.responses import ResponseStore, add_responses_routes
 from qthink.server.streaming import ClientGone
 from qthink.server.thinking_budget import EffortBudgets
@@ -93,6 +94,7 @@ def build_app(
         app.add_middleware(
             CORSMiddleware, allow_origins=allowed_origins, allow_methods=["*"], allow_headers=["*"]
         )
+    app.add_middleware(RequestLog)  # added last, so outermost: it sees every request's whole response
     _add_error_handlers(app)
     _add_routes(app, server)
     add_responses_routes(app, server)

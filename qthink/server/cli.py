@@ -96,7 +96,9 @@ def served_names(args, model: str) -> list[str]:
     named = args.model_path or args.model
     if named:
         return [named]
-    return ["qthink-nano" if "/nano/" in model else "qthink-demo"]
+    from qthink.demo import model_display_name
+
+    return [model_display_name(model, None)]
 
 
 def run(args) -> int:

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from qthink.errors import RequestError
 from qthink.server.errors import APIError, bad_request
 from qthink.server.metrics import RequestTimer
+from qthink.server.request_log import note_output
 
 # a proxy (nginx) that buffers or caches the stream would hold every token back
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -58,9 +59,11 @@ class OutputStream:
 
     async def __aiter__(self):
         self.timer.saw(self.first)
+        note_output(self.first)
         yield self.first
         async for out in self.rest:
             self.timer.saw(out)
+            note_output(out)
             yield out
 
     async def aclose(self) -> None:
