@@ -120,7 +120,7 @@ def test_stop_sequences_and_disabled_thinking(client, url):
     off = httpx.post(
         url + "/v1/messages", json=body, headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"}
     )
-    thinking = off.json()["thinking"]
+    thinking = off.json()["thinking_budget"]
     assert (
         thinking["disabled"] and thinking["max_thinking_tokens"] == 0 and "always thinks" in thinking["note"]
     )

@@ -119,11 +119,11 @@ def test_reasoning_effort_is_the_thinking_budget(client, url):
         model="nano", input="What is 17 + 25?", temperature=0, reasoning={"effort": "minimal"}
     )
     body = httpx.get(f"{url}/v1/responses/{r.id}").json()
-    assert body["thinking"]["max_thinking_tokens"] == 256 and not body["thinking"]["disabled"]
+    assert body["thinking_budget"]["max_thinking_tokens"] == 256 and not body["thinking_budget"]["disabled"]
     off = client.responses.create(
         model="nano", input="What is 17 + 25?", temperature=0, reasoning={"effort": "none"}
     )
-    thinking = httpx.get(f"{url}/v1/responses/{off.id}").json()["thinking"]
+    thinking = httpx.get(f"{url}/v1/responses/{off.id}").json()["thinking_budget"]
     assert (
         thinking["disabled"] and thinking["max_thinking_tokens"] == 0 and "always thinks" in thinking["note"]
     )
@@ -131,8 +131,8 @@ def test_reasoning_effort_is_the_thinking_budget(client, url):
     low = client.responses.create(
         model="nano", input="What is 17 + 25?", temperature=0, reasoning={"effort": "low"}
     )
-    thinking = httpx.get(f"{url}/v1/responses/{low.id}").json()["thinking"]
-    assert thinking == {"max_thinking_tokens": 6, "disabled": False, "closed_early": True}
+    thinking = httpx.get(f"{url}/v1/responses/{low.id}").json()["thinking_budget"]
+    assert thinking == {"max_thinking_tokens": 6, "disabled": False, "closed_by": "thinking_budget"}
     assert low.status == "completed" and low.output[0].content[0].text.endswith(EARLY_STOP_TEXT)
 
 

@@ -301,7 +301,13 @@ class LLMEngine:
             and (seq.thinking_budget_spent() or seq.thinking_looped)
         )
         if cut:
-            seq.thinking_cut_by = "loop_guard" if seq.thinking_looped else "thinking_budget"
+            seq.thinking_cut_by = (
+                "loop_guard"
+                if seq.thinking_looped
+                else "end_thinking"
+                if seq.end_thinking_now
+                else "thinking_budget"
+            )
             self.loop_guard_total += seq.thinking_looped
             room = min(seq.max_tokens - seq.num_output_tokens, self.max_model_len - len(seq))
             new = self._early_stop_ids(seq)[:room]  # close the thinking; the model writes the answer

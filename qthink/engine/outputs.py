@@ -21,7 +21,9 @@ class CompletionOutput:
     stop_reason: str | int | None = None  # the stop string or token id that ended it
     reasoning_content: str | None = None
     content: str | None = None
-    thinking_cut_by: str | None = None  # "thinking_budget" or "loop_guard": the engine closed the thinking
+    thinking_cut_by: str | None = (
+        None  # "thinking_budget", "end_thinking" or "loop_guard": the engine closed the thinking
+    )
 
     def finished(self) -> bool:
         return self.finish_reason is not None

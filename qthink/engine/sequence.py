@@ -56,7 +56,9 @@ class Sequence:
         guard = LoopGuardConfig.parse(params.loop_guard)
         self.loop_guard = LoopGuard(guard) if guard is not None and self.thinking else None
         self.thinking_looped = False  # the loop guard found the thinking repeating itself
-        self.thinking_cut_by: str | None = None  # "thinking_budget" or "loop_guard" once closed early
+        self.thinking_cut_by: str | None = (
+            None  # "thinking_budget", "end_thinking" or "loop_guard" once closed early
+        )
 
     def __len__(self) -> int:
         return len(self.token_ids)

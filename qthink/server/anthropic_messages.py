@@ -18,6 +18,7 @@ from qthink.server.turn import (
     Text,
     ToolCall,
     Turn,
+    arguments_object,
     blocks,
     check_model,
     start_turn,
@@ -84,7 +85,7 @@ async def create_message(req: MessagesRequest, server, request: Request):
         **_message(message_id, server.model_name, content),
         **_stop(whole.finish, req),
         "usage": _usage(whole.finish),
-        "thinking": turn.chat.plan.metadata(whole.reasoning),
+        "thinking_budget": turn.chat.plan.metadata(whole.finish.thinking_cut_by),
     }
     return request_id_header(body, message_id)
 
@@ -233,7 +234,7 @@ def _thinking_block(text: str) -> dict:
 
 
 def _tool_use_block(call: ToolCall, arguments: str | None = None) -> dict:
-    call_input = json.loads(call.arguments) if arguments is None else {}
+    call_input = arguments_object(call.arguments) if arguments is None else {}
     return {"type": "tool_use", "id": call.id, "name": call.name, "input": call_input}
 
 
@@ -288,6 +289,8 @@ async def stream_message(turn: Turn, req: MessagesRequest, model: str):
             elif step == "delta":
                 if isinstance(event, Reasoning):
                     thinking += event.text
+                if isinstance(event, ToolCall) and not event.arguments:
+                    continue
                 yield _event("content_block_delta", index=index, delta=_delta(event))
             elif step == "stop":
                 if thinking:
@@ -318,4 +321,5 @@ def _delta(event) -> dict:
         return {"type": "thinking_delta", "thinking": event.text}
     if isinstance(event, Text):
         return {"type": "text_delta", "text": event.text}
-    return {"type": "input_json_delta", "partial_json": event.arguments}
+    text = event.arguments if isinstance(event, ToolCall) else event.text
+    return {"type": "input_json_delta", "partial_json": text}

@@ -117,7 +117,7 @@ class ChatView:
             "usage": usage(out, self.format, self.thinking),
         }
         if self.plan.asked:
-            body["thinking"] = self.plan.metadata(out.outputs[0].reasoning_content)
+            body["thinking_budget"] = self.plan.metadata(out.outputs[0].thinking_cut_by)
         return body
 
     def _choice(self, c: CompletionOutput) -> dict:

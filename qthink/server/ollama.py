@@ -14,7 +14,17 @@ from qthink.server.chat import render_prompt
 from qthink.server.errors import APIError
 from qthink.server.protocol import ChatCompletionRequest
 from qthink.server.streaming import event_stream, request_id_header
-from qthink.server.turn import Finish, Reasoning, Text, ToolCall, events, start_turn, whole_turn
+from qthink.server.turn import (
+    Finish,
+    Reasoning,
+    Text,
+    ToolArguments,
+    ToolCall,
+    arguments_object,
+    events,
+    start_turn,
+    whole_turn,
+)
 
 # The Ollama API version whose fields this layer serves (clients compare it to gate features).
 OLLAMA_API_VERSION = "0.12.0"
@@ -78,6 +88,7 @@ class ShowRequest(BaseModel):
 
 def add_ollama_routes(app: FastAPI, server) -> None:
     loaded_at = _now()  # the model's "modified" time: when this server loaded it
+
     @app.post("/api/chat")
     async def chat(req: ChatRequest, request: Request):
         _check_model(server, req.model)
@@ -274,11 +285,9 @@ class _Shape:
 
     def __init__(self, model: str, kind: str, started: float):
         self.model, self.kind, self.started = model, kind, started
-        self.thinking = ""
         self.calls = 0  # tool calls sent so far: each has its index
 
     def chunk(self, text: str, thinking: str | None, calls: list[ToolCall]) -> dict:
-        self.thinking += thinking or ""
         body: dict = {"model": self.model, "created_at": _now()}
         if self.kind == "generate":
             body["response"] = text
@@ -309,21 +318,32 @@ class _Shape:
             "prompt_eval_duration": int((first - arrival) * 1e9),
             "eval_count": u["completion_tokens"],
             "eval_duration": int((now - first) * 1e9),
-            "thinking_budget": turn.chat.plan.metadata(self.thinking) if turn.chat.plan.asked else None,
+            "thinking_budget": turn.chat.plan.metadata(finish.thinking_cut_by)
+            if turn.chat.plan.asked
+            else None,
         }
 
 
 def _ollama_call(call: ToolCall, index: int) -> dict:
     return {
         "id": call.id,
-        "function": {"index": index, "name": call.name, "arguments": json.loads(call.arguments)},
+        "function": {"index": index, "name": call.name, "arguments": arguments_object(call.arguments)},
     }
 
 
 async def _stream(turn, shape: _Shape):
+    call: ToolCall | None = None  # Ollama sends each call whole, with its arguments as an object
     try:
         async for e in events(turn):
-            if isinstance(e, Finish):
+            if isinstance(e, ToolArguments):
+                call.arguments += e.text
+                continue
+            if call is not None:
+                yield json.dumps(shape.chunk("", None, [call])) + "\n"
+                call = None
+            if isinstance(e, ToolCall):
+                call = ToolCall(e.id, e.name, e.arguments)
+            elif isinstance(e, Finish):
                 if e.error:
                     yield json.dumps({"error": e.error}) + "\n"
                     return
@@ -332,7 +352,5 @@ async def _stream(turn, shape: _Shape):
                 yield json.dumps(shape.chunk("", e.text, [])) + "\n"
             elif isinstance(e, Text):
                 yield json.dumps(shape.chunk(e.text, None, [])) + "\n"
-            else:
-                yield json.dumps(shape.chunk("", None, [e])) + "\n"
     except Exception as e:  # an engine fault mid-stream: tell the client, close cleanly
         yield json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n"

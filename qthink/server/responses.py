@@ -365,8 +365,7 @@ class ResponseShape:
             "output_tokens_details": {"reasoning_tokens": u["completion_tokens_details"]["reasoning_tokens"]},
             "total_tokens": u["total_tokens"],
         }
-        reasoning = next((i["content"][0]["text"] for i in self.output if i["type"] == "reasoning"), None)
-        body["thinking"] = turn.chat.plan.metadata(reasoning)
+        body["thinking_budget"] = turn.chat.plan.metadata(finish.thinking_cut_by)
         return body
 
 
@@ -463,8 +462,10 @@ class _OpenItem:
 
     def delta(self, emit, event):
         if self.kind == "call":
-            self.text = event.arguments
-            yield emit("response.function_call_arguments.delta", **self._where(), delta=event.arguments)
+            text = event.arguments if isinstance(event, ToolCall) else event.text
+            self.text += text
+            if text:
+                yield emit("response.function_call_arguments.delta", **self._where(), delta=text)
             return
         self.text += event.text
         if self.kind == "reasoning":

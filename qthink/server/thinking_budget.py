@@ -63,12 +63,12 @@ class ThinkingPlan:
     def asked(self) -> bool:
         return self.disabled or self.max_thinking_tokens is not None
 
-    def metadata(self, reasoning: str | None) -> dict:
+    def metadata(self, cut_by: str | None) -> dict:
         """The response's account of the thinking, so a disabled thinking is never pretended."""
         data = {
             "max_thinking_tokens": self.max_thinking_tokens,
             "disabled": self.disabled,
-            "closed_early": closed_early(reasoning),
+            "closed_by": cut_by,  # thinking_budget, end_thinking, loop_guard; None: the model closed it
         }
         if self.forced_closed:
             data["note"] = (
@@ -76,11 +76,6 @@ class ThinkingPlan:
                 "the thinking at once and the model answered"
             )
         return data
-
-
-def closed_early(reasoning: str | None) -> bool:
-    """True when the thinking ended with the early-stop phrase (a budget or an end-thinking call)."""
-    return bool(reasoning) and reasoning.rstrip().endswith(EARLY_STOP_TEXT)
 
 
 def thinking_plan(req, efforts: EffortBudgets, kwargs: dict) -> tuple[ThinkingPlan, dict]:

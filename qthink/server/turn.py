@@ -1,6 +1,7 @@
 """One assistant turn as protocol-neutral events (thinking, answer text, whole tool calls, finish),
 parsed by the Chat Completions stream parser, for the other wire protocols to translate."""
 
+import json
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -23,9 +24,18 @@ class Text:
 
 @dataclass
 class ToolCall:
+    """A call as soon as its name is known; its arguments (JSON text) may follow as ToolArguments."""
+
     id: str
     name: str
-    arguments: str  # JSON text
+    arguments: str
+
+
+@dataclass
+class ToolArguments:
+    """More argument text of the last ToolCall, as the model writes it."""
+
+    text: str
 
 
 @dataclass
@@ -34,10 +44,11 @@ class Finish:
     stop_reason: str | int | None
     usage: dict  # Chat Completions usage: prompt/completion/reasoning tokens
     error: str | None = None
+    thinking_cut_by: str | None = None  # how the engine closed the thinking, if it did
     timing: dict = field(default_factory=dict)  # the engine's arrival, first_token, now (monotonic)
 
 
-Event = Reasoning | Text | ToolCall | Finish
+Event = Reasoning | Text | ToolCall | ToolArguments | Finish
 
 
 @dataclass
@@ -80,7 +91,6 @@ async def start_turn(req: ChatCompletionRequest, server, request_id: str) -> Tur
 async def events(turn: Turn):
     """The turn's events as they come; the last is a Finish."""
     state = ChoiceStream(turn.view)
-    calls: dict[int, dict] = {}
     last = None
     async for out in turn.outputs:
         last = out
@@ -90,13 +100,16 @@ async def events(turn: Turn):
                 yield Reasoning(delta["reasoning_content"])
             if delta.get("content"):
                 yield Text(delta["content"])
-            for call in _whole_calls(delta.get("tool_calls") or [], calls):
-                yield call
+            for d in delta.get("tool_calls") or []:
+                function = d["function"]
+                if "id" in d:
+                    yield ToolCall(d["id"], function["name"], function.get("arguments") or "")
+                elif function.get("arguments"):
+                    yield ToolArguments(function["arguments"])
     c = last.outputs[0]
     reason = "tool_calls" if state.made_calls else c.finish_reason
-    yield Finish(
-        reason, c.stop_reason, usage(last, turn.chat.format, turn.chat.thinking), last.error, last.metrics
-    )
+    used = usage(last, turn.chat.format, turn.chat.thinking)
+    yield Finish(reason, c.stop_reason, used, last.error, c.thinking_cut_by, last.metrics)
 
 
 async def blocks(turn: Turn):
@@ -109,25 +122,14 @@ async def blocks(turn: Turn):
                 yield "stop", None
             yield "finish", e
             return
-        if kind is not None and (type(e) is not kind or kind is ToolCall):
+        continues = type(e) is kind or (kind is ToolCall and isinstance(e, ToolArguments))
+        if kind is not None and (not continues or isinstance(e, ToolCall)):
             yield "stop", None
             kind = None
         if kind is None:
             yield "start", e
             kind = type(e)
         yield "delta", e
-
-
-def _whole_calls(deltas: list[dict], pending: dict[int, dict]) -> list[ToolCall]:
-    """The stream parser sends a call's id and name, then its arguments whole: one ToolCall."""
-    done = []
-    for d in deltas:
-        if "id" in d:
-            pending[d["index"]] = {"id": d["id"], "name": d["function"]["name"]}
-        else:
-            head = pending.pop(d["index"])
-            done.append(ToolCall(head["id"], head["name"], d["function"]["arguments"]))
-    return done
 
 
 @dataclass
@@ -154,7 +156,18 @@ async def _collect(turn: Turn) -> WholeTurn:
         elif isinstance(e, Text):
             whole.text = (whole.text or "") + e.text
         elif isinstance(e, ToolCall):
-            whole.calls.append(e)
+            whole.calls.append(ToolCall(e.id, e.name, e.arguments))
+        elif isinstance(e, ToolArguments):
+            whole.calls[-1].arguments += e.text
         else:
             whole.finish = e
     return whole
+
+
+def arguments_object(arguments: str) -> dict:
+    """A call's arguments as an object (an announced call whose JSON went bad later gives {})."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
