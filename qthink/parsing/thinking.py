@@ -6,6 +6,12 @@ included. Thinking is open when the prompt ends inside `<think>` (the 2507 templ
 the output starts with `<think>` (hybrid templates). Open thinking without `</think>` is all
 reasoning (it never finished); output whose thinking never opened (thinking disabled) is all
 content. Token ids come from the tokenizer's vocabulary, never from constants.
+
+Two readings of a prompt whose last turn has no thinking marker, after vLLM's reasoning
+parsers: `qwen3` (the default) takes the output as content unless it opens `<think>` itself;
+`deepseek_r1` takes it as thinking until `</think>` (DeepSeek-R1 and its distills write the
+thinking without opening it). A prompt that closed the thinking (`enable_thinking=False`) means
+content under both.
 """
 
 from dataclasses import dataclass
@@ -14,6 +20,8 @@ from typing import Protocol
 from qthink.parsing.text_stream import StrippedStream, partial_suffix
 
 THINK_START, THINK_END = "<think>", "</think>"
+TURN_START = "<|im_start|>"
+REASONING_PARSERS = ("qwen3", "deepseek_r1")
 
 
 class Vocabulary(Protocol):
@@ -28,19 +36,33 @@ class ThinkingFormat:
     end_id: int | None = None
     start: str = THINK_START
     end: str = THINK_END
+    turn_start_id: int | None = None  # where the last turn of a prompt begins
+    opens_by_default: bool = False  # a last turn without markers opens the thinking (deepseek_r1)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Vocabulary) -> "ThinkingFormat":
-        return cls(tokenizer.token_to_id(THINK_START), tokenizer.token_to_id(THINK_END))
+    def from_tokenizer(cls, tokenizer: Vocabulary, reasoning_parser: str = "qwen3") -> "ThinkingFormat":
+        if reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(
+                f"unknown reasoning parser {reasoning_parser!r}; known: {', '.join(REASONING_PARSERS)}"
+            )
+        return cls(
+            tokenizer.token_to_id(THINK_START),
+            tokenizer.token_to_id(THINK_END),
+            turn_start_id=tokenizer.token_to_id(TURN_START),
+            opens_by_default=reasoning_parser == "deepseek_r1",
+        )
 
     def prompt_opens_thinking(self, prompt_ids: list[int]) -> bool:
-        """True when the prompt ends inside an open <think> (the 2507 generation prompt)."""
+        """True when the prompt's last turn ends inside an open <think> (the 2507 generation
+        prompt); for a last turn without markers, what the reasoning parser assumes."""
         for token in reversed(prompt_ids):
             if token == self.end_id:
                 return False
             if token == self.start_id:
                 return True
-        return False
+            if token == self.turn_start_id:
+                break
+        return self.opens_by_default
 
     def split(self, text: str, thinking: bool) -> tuple[str | None, str | None]:
         """(reasoning, content) of generated text; `thinking` says the prompt opened <think>.
