@@ -5,6 +5,7 @@ import re
 import resource
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,17 @@ def test_state_persists_and_stdout_and_last_value_come_back(interpreter):
     assert run(interpreter, "x = 20\nprint('hello')\nx + 1") == "hello\n21"
     assert run(interpreter, "x * 2") == "40"
     assert run(interpreter, "import os; os.getcwd()") == repr(str(interpreter.work_dir))
+
+
+def test_state_persists_across_calls_from_threads_that_have_ended(tmp_path):
+    # The assistant calls tools from a pool whose threads end with each turn; the kernel must not.
+    tool = CodeInterpreter({"work_dir": str(tmp_path), "timeout": 20})
+    try:
+        for code, expected in (("carried = 7", "(no output)"), ("carried * 6", "42")):
+            with ThreadPoolExecutor(max_workers=1) as pool:  # the first call starts the kernel here
+                assert pool.submit(run, tool, code).result() == expected
+    finally:
+        tool.close()
 
 
 def test_endless_loop_is_interrupted_at_the_timeout_and_the_kernel_stays_usable(interpreter):

@@ -98,15 +98,17 @@ class KernelProcess:
                 child_env, cwd = {**jail_env(spec), "HOME": str(self.private)}, str(self.work_dir)
                 for name in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "TMPDIR"):
                     child_env[name] = str(self.private / name.lower())
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(bpf.fileno(),) if self.jailed else (),
-                start_new_session=True,
-                env=child_env,
-                cwd=cwd,
+            proc = _spawner().run(
+                lambda: subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(bpf.fileno(),) if self.jailed else (),
+                    start_new_session=True,
+                    env=child_env,
+                    cwd=cwd,
+                )
             )
         threading.Thread(target=self._keep_tail, args=(proc.stdout,), daemon=True).start()
         return proc
@@ -224,6 +226,37 @@ class KernelProcess:
         if self.cgroup is not None:
             self.cgroup.remove()
         shutil.rmtree(self.private, ignore_errors=True)
+
+
+class _Spawner:
+    """Starts processes from one thread that lives as long as this process. bwrap's
+    --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread* that started it ends, and
+    tools are called from short-lived worker threads: the kernel would die after each turn."""
+
+    def __init__(self):
+        self._jobs: queue.Queue = queue.Queue()
+        threading.Thread(target=self._serve, daemon=True, name="qthink-kernel-spawner").start()
+
+    def _serve(self) -> None:
+        while True:
+            start, answer = self._jobs.get()
+            try:
+                answer.put((True, start()))
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                answer.put((False, exc))
+
+    def run(self, start):
+        answer: queue.Queue = queue.Queue(maxsize=1)
+        self._jobs.put((start, answer))
+        ok, value = answer.get()
+        if not ok:
+            raise value
+        return value
+
+
+@functools.cache
+def _spawner() -> _Spawner:
+    return _Spawner()
 
 
 @functools.cache
