@@ -48,6 +48,10 @@ def test_a_fork_bomb_is_capped_then_killed_with_the_jail(fresh):
     tool = fresh(processes=32)
     before = set(jailed_processes())
     run(tool, "kept = 1")
+    if not tool.kernel.processes_capped:
+        pytest.skip(
+            "run as root where no cgroup can be made: nothing caps processes, a bomb would harm the host"
+        )
     one_kernel = len(set(jailed_processes()) - before)  # bwrap, its init in the jail, the kernel
     started = time.monotonic()
     result = run(

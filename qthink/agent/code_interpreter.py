@@ -68,6 +68,7 @@ class CodeInterpreter(Tool):
         self.max_image_bytes = int(float(self.cfg.get("max_image_mb", 8)) * (1 << 20))
         self._lock = threading.Lock()  # one kernel runs one cell at a time, even for parallel calls
         self.kernel: KernelProcess | None = None
+        self._warned = False
 
     @property
     def network_isolated(self) -> bool:
@@ -128,6 +129,13 @@ class CodeInterpreter(Tool):
         env = {str(k): str(v) for k, v in (self.cfg.get("env") or {}).items()}
         allow_network = bool(self.cfg.get("allow_network"))
         self.kernel = KernelProcess(self.work_dir, self.limits, self.jailed, allow_network, env)
+        if not self.kernel.processes_capped and not self._warned:
+            self._warned = True
+            print(
+                "warning: the code interpreter's processes are not capped: run as root, where no cgroup "
+                "could be made (see qthink agent --check-sandbox)",
+                file=sys.stderr,
+            )
 
     def _restart_after(self, text: str, why: str) -> str:
         self._start()

@@ -179,6 +179,11 @@ class KernelProcess:
     def stderr_tail(self) -> str:
         return self._tail[-2000:].decode(errors="replace").strip()
 
+    @property
+    def processes_capped(self) -> bool:
+        """Whether a fork bomb meets a limit: the kernel exempts host root from RLIMIT_NPROC."""
+        return not self.jailed or self.cgroup is not None or os.geteuid() != 0
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
