@@ -22,6 +22,7 @@ export class Chat {
       if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); this.send(); }
     });
     document.getElementById("stop").addEventListener("click", () => this.controller?.abort());
+    document.getElementById("answer-now").addEventListener("click", () => this.answerNow());
     document.getElementById("new-chat").addEventListener("click", () => this.reset());
   }
 
@@ -111,6 +112,8 @@ export class Chat {
       body: JSON.stringify({ ...request, stream: true, stream_options: { include_usage: true }, logprobs: true, top_logprobs: 5 }),
     });
     if (!response.ok) throw new Error(await errorMessage(response));
+    this.requestId = response.headers.get("x-request-id");
+    document.getElementById("answer-now").hidden = !this.requestId;
     let phase = "thinking";
     for await (const chunk of sseEvents(response)) {
       const now = (performance.now() - started) / 1000;
@@ -119,6 +122,7 @@ export class Chat {
       const choice = chunk.choices?.[0];
       if (!choice) continue;
       phase = record(trace, choice, now, phase);
+      if (phase !== "thinking") document.getElementById("answer-now").hidden = true;
       turn.update();
     }
     trace.timings.end = (performance.now() - started) / 1000;
@@ -127,7 +131,17 @@ export class Chat {
   setBusy(busy) {
     document.getElementById("send").hidden = busy;
     document.getElementById("stop").hidden = !busy;
-    if (!busy) this.controller = null;
+    if (!busy) document.getElementById("answer-now").hidden = true;
+    if (!busy) this.controller = this.requestId = null;
+  }
+
+  // "Answer now": the server closes the running request's thinking at its next step.
+  async answerNow() {
+    document.getElementById("answer-now").hidden = true;
+    if (!this.requestId) return;
+    const url = `/v1/requests/${encodeURIComponent(this.requestId)}/end_thinking`;
+    const response = await fetch(url, { method: "POST", headers: apiHeaders() });
+    if (!response.ok && response.status !== 404) toast(await errorMessage(response), true); // 404: it just finished
   }
 
   // Tool results typed into the cards go back as `tool` messages; the model then continues.
