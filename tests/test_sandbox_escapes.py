@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from qthink.agent.code_interpreter import CodeInterpreter
+from qthink.agent.seccomp_filter import DENIED, MODE_ARGUMENT, NOT_IMPLEMENTED, _libseccomp
 
 
 @pytest.fixture
@@ -364,3 +365,21 @@ def test_a_call_through_the_x32_abi_ends_the_kernel_instead_of_passing_the_filte
     assert "the kernel died" in run(tool, x32_unshare)
     assert time.monotonic() - started < 8  # the whole process, not one thread: no wait for a timeout
     assert run(tool, "1 + 1") == "2"
+
+
+def test_every_call_the_filter_names_exists_here():
+    lib = _libseccomp()
+    names = (*DENIED, *NOT_IMPLEMENTED, *MODE_ARGUMENT, "clone", "ioctl", "socket")
+    unknown = [n for n in names if lib.seccomp_syscall_resolve_name(n.encode()) < 0]
+    port_io = {"iopl", "ioperm"} if platform.machine() != "x86_64" else set()  # x86 only
+    assert set(unknown) <= port_io, unknown
+
+
+def test_the_agent_cli_refuses_without_a_jail_before_asking_the_model():
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    command = [sys.executable, "-m", "qthink", "agent", "--model-server", "http://127.0.0.1:9/v1"]
+    done = subprocess.run(
+        [*command, "--code-interpreter", "-p", "hi"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--unsafe-code-interpreter" in done.stderr and "apt-get install bubblewrap" in done.stderr
