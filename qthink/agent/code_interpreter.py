@@ -113,7 +113,7 @@ class CodeInterpreter(Tool):
                 return self._restart_after(out.text(), "sent a malformed message")
         if interrupted:
             out.add(f"Error: the code ran longer than {self.timeout:g} s and was interrupted.")
-            if kernel.task_count() > tasks_before:
+            if not _settles(kernel, tasks_before):
                 return self._restart_after(
                     out.text(), "kept threads or processes running after the interrupt"
                 )
@@ -168,6 +168,17 @@ class CodeInterpreter(Tool):
                 return "[image dropped: not valid base64]"
             return f"![image]({save_image(self.work_dir, raw)})"
         return str(data.get("text/plain", ""))
+
+
+def _settles(kernel: KernelProcess, tasks: int, wait: float = 1.0) -> bool:
+    """Whether the jail gets back to `tasks` threads and processes within `wait` seconds
+    (an interrupted child may take a moment to exit)."""
+    deadline = time.monotonic() + wait
+    while kernel.task_count() > tasks:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _is_idle(msg: dict, msg_id: str) -> bool:
