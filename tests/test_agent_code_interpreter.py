@@ -149,3 +149,8 @@ def test_assistant_uses_the_code_interpreter_by_name(tmp_path):
     assert tool_messages(response)[0]["content"] == "5050"
     schema = endpoint.requests[0]["tools"][0]["function"]
     assert schema["name"] == "code_interpreter" and schema["parameters"]["required"] == ["code"]
+
+
+def test_an_unknown_setting_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="unknown code_interpreter settings: network_namespace"):
+        CodeInterpreter({"work_dir": str(tmp_path), "network_namespace": False})

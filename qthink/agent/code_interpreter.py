@@ -18,6 +18,16 @@ from qthink.agent.tools import Tool, register_tool
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_TRACEBACK = 3000
 _INTERRUPT_GRACE = 5.0
+CONFIG_KEYS = {
+    "work_dir",
+    "timeout",
+    "allow_network",
+    "allow_unsafe",
+    "env",
+    "max_output_chars",
+    "max_images",
+    "max_image_mb",
+}
 _DIED = "died (a memory, CPU-time, file-size or process limit, or the code ended it)"
 
 
@@ -46,6 +56,8 @@ class CodeInterpreter(Tool):
 
     def __init__(self, cfg: dict | None = None):
         super().__init__(cfg)
+        if unknown := sorted(set(self.cfg) - CONFIG_KEYS - set(KernelLimits.__dataclass_fields__)):
+            raise ValueError(f"unknown code_interpreter settings: {', '.join(unknown)}")
         problem = jail_problem()
         if problem and not self.cfg.get("allow_unsafe"):
             raise SandboxUnavailable(
@@ -69,10 +81,6 @@ class CodeInterpreter(Tool):
         self._lock = threading.Lock()  # one kernel runs one cell at a time, even for parallel calls
         self.kernel: KernelProcess | None = None
         self._warned = False
-
-    @property
-    def network_isolated(self) -> bool:
-        return self.jailed and not self.cfg.get("allow_network")
 
     def call(self, params: dict) -> str:
         with self._lock:
