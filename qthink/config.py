@@ -5,6 +5,8 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from qthink.parsing.thinking import REASONING_PARSERS
+
 SUPPORTED_ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DTYPE_ALIASES = {"half": "float16", "float": "float32"}  # vLLM's spellings
@@ -376,6 +378,21 @@ class EngineConfig:
         "scheduler",
     )
 
+    reasoning_parser: str = knob(
+        "qwen3",
+        "how a prompt without thinking markers in its last turn is read: qwen3, output is content "
+        "unless it opens <think>; deepseek_r1, output is thinking until </think> (both split at the "
+        "first </think>; see docs/compatibility.md)",
+        "parsing",
+        REASONING_PARSERS,
+    )
+    literal_special_tokens: bool = knob(
+        False,
+        "hardening for public endpoints: <|im_start|>, <tool_call> and the like typed into a message "
+        "stay text instead of becoming control tokens (the default, as transformers and vLLM do)",
+        "parsing",
+    )
+
     generation_config: str = knob(
         "auto",
         "sampling defaults: auto (the model's generation_config.json), vllm (none), or a folder holding one",
@@ -411,6 +428,7 @@ class EngineConfig:
         _one_of("dtype", self.dtype, DTYPES)
         _one_of("quantization", self.quantization, QUANTIZATIONS)
         _one_of("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
+        _one_of("reasoning_parser", self.reasoning_parser, REASONING_PARSERS)
         limit = model.max_context
         if self.max_model_len is None:
             self.max_model_len = limit

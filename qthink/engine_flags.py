@@ -14,6 +14,7 @@ GROUP_TITLES = {
     "scheduler": "scheduling",
     "parallel": "parallelism",
     "generation": "sampling defaults",
+    "parsing": "reasoning and special tokens",
 }
 
 

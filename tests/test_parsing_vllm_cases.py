@@ -354,3 +354,24 @@ def test_malformed_blocks_never_fail_the_response(tok, answer):
     assert not any("error" in c for c in chunks)
     content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert content == answer
+
+
+# ---- the flags ----------------------------------------------------------------------------
+
+
+def test_reasoning_parser_and_literal_special_tokens_flags_reach_the_engine(tiny_model_dir):
+    import argparse
+
+    from qthink.engine.engine import LLMEngine
+    from qthink.engine_flags import add_engine_arguments, engine_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    args = parser.parse_args(["--reasoning-parser", "deepseek_r1", "--literal-special-tokens"])
+    config = engine_config_from_args(args, max_model_len=256, dtype="float32")
+    engine = LLMEngine(str(tiny_model_dir), config=config)
+    assert engine.thinking_format.opens_by_default and engine.tokenizer.literal_special_tokens
+    default = engine_config_from_args(parser.parse_args([]))
+    assert (default.reasoning_parser, default.literal_special_tokens) == ("qwen3", False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--reasoning-parser", "granite"])

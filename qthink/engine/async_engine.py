@@ -30,6 +30,7 @@ class AsyncEngine:
             model = str(default_model_path())
         self.engine = LLMEngine(model, **kwargs)
         self.tokenizer = self.engine.tokenizer
+        self.thinking_format = self.engine.thinking_format
         self.model_config = self.engine.model_config
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}

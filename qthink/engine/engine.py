@@ -68,8 +68,10 @@ class LLMEngine:
         if self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
         self.dtype = resolve_dtype(config.dtype, self.model_config)
-        self.tokenizer = Tokenizer.from_pretrained(self.model_dir, chat_template=chat_template)
-        self.thinking_format = ThinkingFormat.from_tokenizer(self.tokenizer)
+        self.tokenizer = Tokenizer.from_pretrained(
+            self.model_dir, chat_template=chat_template, literal_special_tokens=config.literal_special_tokens
+        )
+        self.thinking_format = ThinkingFormat.from_tokenizer(self.tokenizer, config.reasoning_parser)
         self.quantization = config.quantization
         num_blocks = self._plan_kv_blocks(context_is_default)  # max_model_len is final from here on
         quant = (config.quantization, config.quantization_group_size)

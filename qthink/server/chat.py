@@ -66,7 +66,7 @@ async def prepare_chat(req: ChatCompletionRequest, server) -> PreparedChat:
     plan, prompt = await render_prompt(req, server)
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     params = sampling_params(req, logprobs, forced or structured)
-    fmt = ThinkingFormat.from_tokenizer(server.tokenizer)
+    fmt = server.engine.thinking_format
     thinking = fmt.prompt_opens_thinking(prompt)
     if plan.disabled and thinking:  # a model that always thinks: close its thinking at once
         plan.max_thinking_tokens, plan.forced_closed = 0, True

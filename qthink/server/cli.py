@@ -12,7 +12,6 @@ from qthink.server.thinking_budget import EffortBudgets
 
 log = logging.getLogger("qthink")
 
-REASONING_PARSERS = ("qwen3", "deepseek_r1")
 TOOL_CALL_PARSERS = ("hermes",)
 UVICORN_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -58,12 +57,6 @@ def _add_server_arguments(g: argparse._ArgumentGroup) -> None:
 
 
 def _add_chat_arguments(g: argparse._ArgumentGroup) -> None:
-    g.add_argument(
-        "--reasoning-parser",
-        choices=REASONING_PARSERS,
-        default="qwen3",
-        help="both split the reasoning at the first </think> after the prompt (see docs/compatibility.md)",
-    )
     g.add_argument(
         "--tool-call-parser",
         choices=TOOL_CALL_PARSERS,

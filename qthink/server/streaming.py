@@ -6,7 +6,6 @@ import json
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from qthink.errors import RequestError
-from qthink.parsing.thinking import ThinkingFormat
 from qthink.server.errors import APIError, bad_request
 from qthink.server.metrics import RequestTimer
 from qthink.server.request_log import note_output
@@ -40,7 +39,7 @@ async def stream_outputs(
     """Submit the request and wait for its first output, so a refused request (too long,
     bad grammar) is a 400 rather than a broken stream; `prompt_param` names the field the
     prompt came from (`messages` for chat) in that error."""
-    fmt = ThinkingFormat.from_tokenizer(server.tokenizer)
+    fmt = server.engine.thinking_format
     thinking = not isinstance(prompt, str) and fmt.prompt_opens_thinking(prompt)
     timer = RequestTimer(server.metrics, fmt, thinking)
     outputs = server.engine.generate(prompt, params, request_id)

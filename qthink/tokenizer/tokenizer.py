@@ -14,8 +14,12 @@ from qthink.tokenizer.special_tokens import SpecialTokens
 class Tokenizer:
     """The checkpoint's tokenizer and chat template, with transformers' method names and results."""
 
-    def __init__(self, backend: RustTokenizer, config: dict, template: str | None):
+    def __init__(
+        self, backend: RustTokenizer, config: dict, template: str | None, literal_special_tokens: bool = False
+    ):
         self.backend = backend
+        # hardening for public endpoints: control-token text typed into a message stays text
+        self.literal_special_tokens = literal_special_tokens
         self.config = config
         self.chat_template = template
         self.eos_token = _token_text(config.get("eos_token")) or "<|im_end|>"
@@ -26,9 +30,12 @@ class Tokenizer:
         self.special_token_ids = self.special.ids
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, chat_template: str | None = None) -> "Tokenizer":
+    def from_pretrained(
+        cls, model_dir: str | Path, chat_template: str | None = None, literal_special_tokens: bool = False
+    ) -> "Tokenizer":
         """Load tokenizer.json; `chat_template` is a shipped name, a .jinja path or a template string,
-        and defaults to the checkpoint's own (chat_template.jinja, then tokenizer_config.json)."""
+        and defaults to the checkpoint's own (chat_template.jinja, then tokenizer_config.json).
+        `literal_special_tokens`: see apply_chat_template."""
         model_dir = Path(model_dir)
         path = model_dir / "tokenizer.json"
         if not path.is_file():
@@ -39,7 +46,7 @@ class Tokenizer:
             template = templates.resolve_template(chat_template)
         else:
             template = templates.checkpoint_template(model_dir, config)
-        return cls(RustTokenizer.from_file(str(path)), config, template)
+        return cls(RustTokenizer.from_file(str(path)), config, template, literal_special_tokens)
 
     def __len__(self) -> int:
         """Every token id the tokenizer knows, added tokens included (the model's embedding may be larger)."""
@@ -75,13 +82,18 @@ class Tokenizer:
         add_generation_prompt: bool = False,
         continue_final_message: bool | str = False,
         tokenize: bool = True,
-        allow_special_tokens_in_content: bool = False,
+        allow_special_tokens_in_content: bool | None = None,
         **template_kwargs,
     ) -> str | list[int]:
         """Render like transformers' apply_chat_template; ids when tokenize=True.
 
-        Only the template writes control tokens: special-token text inside messages, tools or
-        template arguments is encoded as plain text unless allow_special_tokens_in_content."""
+        By default the ids are transformers' own: `<tool_call>`, `<|im_start|>` and the like typed
+        into a message become those tokens (Qwen-Agent writes its tool protocol that way). With
+        `literal_special_tokens` on the tokenizer, or allow_special_tokens_in_content=False, only
+        the template writes control tokens: their text inside messages, tools or template
+        arguments is encoded as plain text."""
+        if allow_special_tokens_in_content is None:
+            allow_special_tokens_in_content = not self.literal_special_tokens
         if continue_final_message and add_generation_prompt:
             raise ChatTemplateError("continue_final_message and add_generation_prompt exclude each other")
         template = templates.resolve_template(chat_template) if chat_template else self.chat_template
