@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import queue
+import secrets
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,26 +78,13 @@ class KernelProcess:
         tasks = self.limits.processes + 64  # the kernel's own threads count too
         memory = (self.limits.memory_mb + self.limits.tmp_mb + self.limits.shm_mb + 256) << 20
         self.cgroup = make_cgroup(tasks, memory) if self.jailed else None
-        enter = _cgroup_entry(self.cgroup.procs_files) if self.cgroup else []
-        jail_file = self.private / "jail-connection.json"
         with tempfile.TemporaryFile() as bpf:
             if self.jailed:
                 bpf.write(compile_filter(deny_unix_sockets=allow_network))
                 bpf.seek(0)
-                argv = [*enter, *self._jail_argv(bpf.fileno(), allow_network, env)]
-                argv += [
-                    sys.executable,
-                    "-I",
-                    f"{JAIL_DIR}/kernel_launcher.py",
-                    *self._kernel_args(jail_file),
-                ]
-                child_env, cwd = dict(BWRAP_ENV), None
+                argv, child_env, cwd = self._jailed_command(bpf.fileno(), allow_network, env)
             else:
-                argv = [sys.executable, "-I", str(LAUNCHER), *self._kernel_args(jail_file)]
-                spec = JailSpec(self.work_dir, self.private / "ipc", {}, env=env)
-                child_env, cwd = {**jail_env(spec), "HOME": str(self.private)}, str(self.work_dir)
-                for name in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "TMPDIR"):
-                    child_env[name] = str(self.private / name.lower())
+                argv, child_env, cwd = self._unjailed_command(env)
             proc = _spawner().run(
                 lambda: subprocess.Popen(
                     argv,
@@ -113,12 +100,27 @@ class KernelProcess:
         threading.Thread(target=self._keep_tail, args=(proc.stdout,), daemon=True).start()
         return proc
 
+    def _jailed_command(self, seccomp_fd: int, allow_network: bool, env: dict) -> tuple[list, dict, None]:
+        enter = _cgroup_entry(self.cgroup.procs_files) if self.cgroup else []
+        argv = [*enter, *self._jail_argv(seccomp_fd, allow_network, env), sys.executable, "-I"]
+        argv += [f"{JAIL_DIR}/kernel_launcher.py", *self._kernel_args(f"{JAIL_DIR}/connection.json")]
+        return argv, dict(BWRAP_ENV), None
+
+    def _unjailed_command(self, env: dict) -> tuple[list, dict, str]:
+        connection = str(self.private / "jail-connection.json")
+        argv = [sys.executable, "-I", str(LAUNCHER), *self._kernel_args(connection)]
+        spec = JailSpec(self.work_dir, self.private / "ipc", {}, env=env)
+        child_env = {**jail_env(spec), "HOME": str(self.private)}
+        for name in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "TMPDIR"):
+            child_env[name] = str(self.private / name.lower())
+        return argv, child_env, str(self.work_dir)
+
     def _write_connection_files(self, allow_network: bool) -> None:
         """ZMQ over Unix sockets in a fresh directory; over the loopback when the jail shares the
         host's network, where it may make no Unix socket (the host's abstract ones would be in reach)."""
         sockets = self.private / "ipc"
         sockets.mkdir()
-        key = uuid.uuid4().hex.encode()
+        key = secrets.token_hex(32).encode()
         host_file = str(self.private / "connection.json")
         if allow_network and self.jailed:
             _, info = write_connection_file(host_file, ip="127.0.0.1", key=key, transport="tcp")
@@ -152,10 +154,9 @@ class KernelProcess:
         )
         return bwrap_argv(spec, seccomp_fd)
 
-    def _kernel_args(self, jail_file: Path) -> list[str]:
-        connection = f"{JAIL_DIR}/connection.json" if self.jailed else str(jail_file)
+    def _kernel_args(self, connection_file: str) -> list[str]:
         logging = ["--HistoryManager.enabled=False", "--IPKernelApp.log_level=ERROR"]
-        return [*self.limits.launcher_args(), "-f", connection, *logging]
+        return [*self.limits.launcher_args(), "-f", connection_file, *logging]
 
     def _connect(self, timeout: float = 60.0) -> BlockingKernelClient:
         client = BlockingKernelClient(
