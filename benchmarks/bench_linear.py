@@ -55,7 +55,7 @@ def copies(first, nbytes: int, pool_bytes: int) -> list:
 
 def torch_int4_pack(module: Int4Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """The same int4 weights in torch's CPU layout: (q - 8) * scale + zero, zero = offset + 8 * scale."""
-    q = unpack_int4(module.weight).to(torch.int32)
+    q = unpack_int4(module.packed_rows()).to(torch.int32)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
     scale, offset = module.scale.float(), module.offset.float()
     scales_and_zeros = torch.stack((scale, offset + 8 * scale), dim=-1).transpose(0, 1)

@@ -13,11 +13,13 @@ from qthink.model.quant import (
     Bf16Linear,
     Int4Linear,
     Int8Linear,
+    block_int4,
     dequantize_int4,
     dequantize_int8,
     quantize_int4,
     quantize_int8,
     quantize_model,
+    unblock_int4,
 )
 
 # Rows of x around SMALL_M_BF16 and SMALL_M: native GEMV below, GEMMs above.
@@ -72,7 +74,7 @@ def module_reference(module: nn.Module, linear: nn.Linear, x: torch.Tensor) -> t
     if isinstance(module, Int8Linear):
         w = dequantize_int8(module.weight, module.scale, torch.float64)
     elif isinstance(module, Int4Linear):
-        w = dequantize_int4(module.weight, module.scale, module.offset, torch.float64)
+        w = dequantize_int4(module.packed_rows(), module.scale, module.offset, torch.float64)
     else:
         w = linear.weight.double()
     bias = 0 if linear.bias is None else linear.bias.double()
@@ -252,3 +254,18 @@ def test_engine_takes_the_int4_group_size(int4_ready_model):
     assert groups == {64}
     with pytest.raises(ValueError, match="multiple of 64"):
         LLM(model=str(int4_ready_model), quantization="int4", quantization_group_size=100)
+
+
+@pytest.mark.parametrize("rows", [1, 4, 7, 130])
+def test_int4_blocked_layout_round_trip(rows):
+    """The kernels' blocked layout holds the same bytes: rows padded to 4, chunks of 64 bytes
+    of 4 rows side by side, and back."""
+    packed, _, _ = quantize_int4(weight(rows, 256), 128)
+    blocked = block_int4(packed)
+    assert blocked.shape == ((rows + 3) // 4 * 4, 128)
+    flat, chunks = blocked.view(-1), 2  # 128 bytes a row: two chunks of 64
+    for r in range(rows):
+        for c in range(chunks):
+            start = ((r // 4) * chunks + c) * 256 + (r % 4) * 64
+            assert torch.equal(flat[start : start + 64], packed[r, c * 64 : (c + 1) * 64])
+    assert torch.equal(unblock_int4(blocked, rows), packed)

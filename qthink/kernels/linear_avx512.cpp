@@ -11,6 +11,8 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <alloca.h>
+
 #include <cstring>
 #include <vector>
 
@@ -21,6 +23,16 @@ namespace {
 constexpr int64_t kRowsPerTask = 16;
 // int4 rows are short (K/2 bytes) and quick to process: prefetch two blocks ahead, not one.
 constexpr int64_t kInt4PrefetchRows = 8;
+// int4 weights are stored in blocks of 4 rows: the 64 bytes (128 weights) of chunk c of the
+// block's rows 0..3 lie side by side, so a block of rows is one contiguous stream.
+constexpr int64_t kInt4BlockRows = 4;
+constexpr int64_t kInt4ChunkBytes = 64;
+
+// Where row n's chunk c (weights 128c..128c+127) of a blocked int4 matrix of K inputs starts.
+inline const uint8_t* int4_chunk(const uint8_t* w, int64_t K, int64_t n, int64_t c) {
+  return w + ((n / kInt4BlockRows) * (K / 128) + c) * (kInt4BlockRows * kInt4ChunkBytes) +
+         (n % kInt4BlockRows) * kInt4ChunkBytes;
+}
 // Every GEMV loop prefetches the same spot of the next block of rows it will read: the
 // hardware prefetchers ramp up slowly on the many short row streams of a GEMV.
 
@@ -34,6 +46,12 @@ inline float bf16_bits_to_float(uint16_t bits) {
 // 16 bf16 values (raw bits) widened to float32.
 inline __m512 bf16x16_to_floats(const uint16_t* p) {
   const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// The first lanes of 16 bf16 values, as `mask` says, widened to float32 (zeros elsewhere).
+inline __m512 bf16x16_to_floats_masked(const uint16_t* p, __mmask16 mask) {
+  const __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
@@ -186,11 +204,11 @@ struct Int8Kernel : BlockKernel<Int8Kernel> {
 };
 
 // Packing: in each block of 64 weights, byte j holds weight j (low nibble) and weight
-// j + 32 (high nibble). Dequantized weight = q * scale + offset, per row and group.
+// j + 32 (high nibble); rows are blocked as int4_chunk says. Dequantized weight = q * scale + offset, per row and group.
 // Activations are quantized to int8 per group (QuantizedRows), so each 128 weights cost
 // one load, three bit operations and two VNNI dot products (u8 nibbles x s8 activations).
 struct Int4Kernel : BlockKernel<Int4Kernel> {
-  const uint8_t* w;        // [N, K / 2]
+  const uint8_t* w;        // [N rounded up to 4, K / 2], blocked
   const uint16_t* scale;   // [N, K / G] bf16
   const uint16_t* offset;  // [N, K / G] bf16
   const int8_t* xq;        // [M, K], each 128-chunk ordered as its low then high nibbles
@@ -219,28 +237,32 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
         const float* sums = x_sum + (m + i) * groups;
         float* dst = combined + (i * NB + j) * groups;
         __m512 c = _mm512_setzero_ps();
-        float tail = 0.0f;
-        int64_t g = 0;
-        for (; g + 16 <= groups; g += 16) {
-          _mm512_storeu_ps(dst + g, _mm512_mul_ps(bf16x16_to_floats(s + g), _mm512_loadu_ps(xs + g)));
-          c = _mm512_fmadd_ps(bf16x16_to_floats(o + g), _mm512_loadu_ps(sums + g), c);
+        for (int64_t g = 0; g < groups; g += 16) {
+          const __mmask16 mask = groups - g >= 16 ? 0xFFFF : (1u << (groups - g)) - 1;
+          const __m512 s16 = bf16x16_to_floats_masked(s + g, mask);
+          _mm512_mask_storeu_ps(dst + g, mask, _mm512_mul_ps(s16, _mm512_maskz_loadu_ps(mask, xs + g)));
+          c = _mm512_fmadd_ps(bf16x16_to_floats_masked(o + g, mask), _mm512_maskz_loadu_ps(mask, sums + g), c);
         }
-        for (; g < groups; ++g) {
-          dst[g] = bf16_bits_to_float(s[g]) * xs[g];
-          tail += bf16_bits_to_float(o[g]) * sums[g];
-        }
-        constant[i][j] = _mm512_reduce_add_ps(c) + tail;
+        constant[i][j] = _mm512_reduce_add_ps(c);
       }
   }
 
   template <int NB, int MB>
   void block(int64_t n, int64_t m, float (*res)[NB]) const {
     const int64_t groups = K / G;
-    thread_local std::vector<float> combined;
-    combined.resize(MB * NB * groups);
+    // A few KB at most (K / G groups of at most 8 rows), on the stack.
+    float* combined = static_cast<float*>(alloca(MB * NB * groups * sizeof(float)));
     float constant[MB][NB];
-    prepare<NB, MB>(n, m, combined.data(), constant);
+    prepare<NB, MB>(n, m, combined, constant);
     const __m512i nibble = _mm512_set1_epi8(0x0F);
+    // In the blocked layout a row's chunks are a fixed stride apart.
+    constexpr int64_t stride = kInt4BlockRows * kInt4ChunkBytes;
+    const uint8_t* rows[NB];
+    const uint8_t* ahead[NB];
+    for (int j = 0; j < NB; ++j) {
+      rows[j] = int4_chunk(w, K, n + j, 0);
+      ahead[j] = int4_chunk(w, K, n + j + kInt4PrefetchRows, 0);
+    }
     __m512 total[MB][NB];
     set_all(total, _mm512_setzero_ps());
     for (int64_t g = 0; g < groups; ++g) {
@@ -249,8 +271,8 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
       for (int64_t k = g * G; k < (g + 1) * G; k += 128) {
         __m512i lo[NB], hi[NB];
         for (int j = 0; j < NB; ++j) {
-          _mm_prefetch((const char*)(w + (n + j + kInt4PrefetchRows) * (K / 2) + k / 2), _MM_HINT_T0);
-          const __m512i bytes = _mm512_loadu_si512(w + (n + j) * (K / 2) + k / 2);
+          _mm_prefetch((const char*)(ahead[j] + k / 128 * stride), _MM_HINT_T0);
+          const __m512i bytes = _mm512_loadu_si512(rows[j] + k / 128 * stride);
           lo[j] = _mm512_and_si512(bytes, nibble);
           hi[j] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
         }
@@ -454,14 +476,19 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return out;
 }
 
-void check_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset, int64_t K, int64_t G) {
+// Returns N, the number of output rows (the blocked weight has them rounded up to 4).
+int64_t check_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset, int64_t K, int64_t G) {
   TORCH_CHECK(G > 0 && G % 128 == 0 && K % G == 0, "int4 needs group_size a multiple of 128 dividing K; got ", G,
               " and K=", K);
-  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.is_contiguous() && w.size(1) == K / 2,
-              "w must be contiguous uint8 [N, K/2]");
   for (const at::Tensor* t : {&scale, &offset})
-    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->numel() == w.size(0) * (K / G),
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() == 2 && t->size(1) == K / G,
                 "scale and offset must be contiguous bf16 [N, K/group_size]");
+  const int64_t N = scale.size(0);
+  TORCH_CHECK(offset.size(0) == N, "scale and offset must have the same shape");
+  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.is_contiguous() && w.size(1) == K / 2 &&
+                  w.size(0) == (N + kInt4BlockRows - 1) / kInt4BlockRows * kInt4BlockRows,
+              "w must be contiguous uint8 [N rounded up to 4, K/2] in blocks of 4 rows (block_int4)");
+  return N;
 }
 
 at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
@@ -469,9 +496,9 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   TORCH_CHECK(w.dim() == 2, "w must be uint8 [N, K/2]");
   const int64_t K = w.size(1) * 2;
   check_input(x, K);
-  check_int4(w, scale, offset, K, group_size);
+  const int64_t N = check_int4(w, scale, offset, K, group_size);
   const QuantizedRows rows = quantize_rows(x, group_size, true);
-  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  at::Tensor out = at::empty({x.size(0), N}, x.options());
   Int4Kernel kernel;
   kernel.w = w.data_ptr<uint8_t>();
   kernel.scale = bf16_bits(scale);
@@ -483,9 +510,9 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   kernel.G = group_size;
   const Output output = make_output(out, bias);
   if (x.size(0) == 1) {
-    run_blocks<4, 1>(kernel, x.size(0), w.size(0), output);
+    run_blocks<4, 1>(kernel, x.size(0), N, output);
   } else {
-    run_blocks<2, 2>(kernel, x.size(0), w.size(0), output);
+    run_blocks<4, 2>(kernel, x.size(0), N, output);
   }
   return out;
 }
@@ -507,7 +534,7 @@ struct Int4Rows {
       const __m512 o = _mm512_set1_ps(bf16_bits_to_float(offsets[g]));
       for (int half = 0; half < 2; ++half) {
         const __m512i bytes =
-            _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(packed + n * (K / 2) + k / 2 + 16 * half)));
+            _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(int4_chunk(packed, K, n, k / 128) + k % 128 / 2 + 16 * half)));
         const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, low_nibble)), s, o);
         const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), s, o);
         _mm256_storeu_si256((__m256i*)(dst + k + 16 * half), (__m256i)_mm512_cvtneps_pbh(lo));
@@ -577,8 +604,8 @@ at::Tensor tiled_linear(const at::Tensor& x, const Rows& rows, int64_t N, int64_
 
 at::Tensor gemm_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
                      int64_t group_size, const c10::optional<at::Tensor>& bias) {
-  const int64_t N = w.size(0), K = w.size(1) * 2;
-  check_int4(w, scale, offset, K, group_size);
+  const int64_t K = w.size(1) * 2;
+  const int64_t N = check_int4(w, scale, offset, K, group_size);
   const Int4Rows rows{w.data_ptr<uint8_t>(), bf16_bits(scale), bf16_bits(offset), K, group_size};
   return tiled_linear(x, rows, N, K, bias);
 }

@@ -20,6 +20,8 @@ __all__ = [
     "Int8Linear",
     "dequantize_int4",
     "dequantize_int8",
+    "block_int4",
+    "unblock_int4",
     "linear_kernels_available",
     "quantize_int4",
     "quantize_int8",
@@ -32,6 +34,7 @@ SMALL_M = 16
 SMALL_M_BF16 = 4
 INT4_BLOCK = 64  # the packing unit along K: byte j of a block holds weights j and j + 32
 NATIVE_INT4_GROUP = 128  # the native int4 kernels need groups of whole 128-weight chunks
+INT4_BLOCK_ROWS, INT4_CHUNK_BYTES = 4, 64  # the native kernels' int4 layout (block_int4)
 
 
 def native_cpu(x: torch.Tensor) -> bool:
@@ -133,6 +136,23 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((blocks & 0xF, blocks >> 4), dim=2).reshape(n, half_k * 2)
 
 
+def block_int4(packed: torch.Tensor) -> torch.Tensor:
+    """The native kernels' layout of packed int4 rows: blocks of 4 rows (the last padded with
+    zero rows), in which the 64 bytes of each 128-weight chunk of rows 0..3 lie side by side,
+    so that the kernel reads a block of rows as one contiguous stream."""
+    n, half_k = packed.shape
+    padded = torch.cat((packed, packed.new_zeros(-n % INT4_BLOCK_ROWS, half_k)))
+    blocks = padded.view(-1, INT4_BLOCK_ROWS, half_k // INT4_CHUNK_BYTES, INT4_CHUNK_BYTES)
+    return blocks.transpose(1, 2).contiguous().view(-1, half_k)
+
+
+def unblock_int4(blocked: torch.Tensor, rows: int) -> torch.Tensor:
+    """Packed int4 rows [rows, K/2] back from `block_int4`'s layout."""
+    half_k = blocked.shape[1]
+    blocks = blocked.view(-1, half_k // INT4_CHUNK_BYTES, INT4_BLOCK_ROWS, INT4_CHUNK_BYTES)
+    return blocks.transpose(1, 2).reshape(-1, half_k)[:rows].contiguous()
+
+
 def quantize_int4(
     weight: torch.Tensor, group_size: int = 128
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -158,7 +178,8 @@ def dequantize_int4(
 
 
 class Int4Linear(nn.Module):
-    """4-bit weights, packed two per byte, with a bf16 scale and offset per group of inputs."""
+    """4-bit weights, packed two per byte, with a bf16 scale and offset per group of inputs;
+    where the native kernels can take them, in their blocked layout (`block_int4`)."""
 
     def __init__(self, linear: nn.Linear, group_size: int = 128):
         super().__init__()
@@ -166,20 +187,25 @@ class Int4Linear(nn.Module):
         self.group_size = int4_group_size(linear.in_features, group_size)
         self.native = self.group_size % NATIVE_INT4_GROUP == 0
         packed, scale, offset = quantize_int4(linear.weight, self.group_size)
-        self.register_buffer("weight", packed)
+        self.blocked = self.native and linear.weight.device.type == "cpu" and linear_kernels_available()
+        self.register_buffer("weight", block_int4(packed) if self.blocked else packed)
         self.register_buffer("scale", scale)
         self.register_buffer("offset", offset)
         self.register_buffer("bias", _float_bias(linear))
 
+    def packed_rows(self) -> torch.Tensor:
+        """The packed weights row by row, [out_features, in_features / 2] (`quantize_int4`'s layout)."""
+        return unblock_int4(self.weight, self.out_features) if self.blocked else self.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = (self.weight, self.scale, self.offset, self.group_size, self.bias)
-        if self.native and native_cpu(x) and rows_of(x) <= SMALL_M:
+        if self.blocked and native_cpu(x) and rows_of(x) <= SMALL_M:
             out = kernel_ops().linear_int4(_rows(x), *args)
-        elif self.native and native_cpu(x) and x.dtype == torch.bfloat16:
+        elif self.blocked and native_cpu(x) and x.dtype == torch.bfloat16:
             out = kernel_ops().gemm_int4(_rows(x), *args)
         else:
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            w = dequantize_int4(self.weight, self.scale, self.offset, x.dtype)
+            w = dequantize_int4(self.packed_rows(), self.scale, self.offset, x.dtype)
             out = F.linear(_rows(x), w, bias)
         return out.view(*x.shape[:-1], self.out_features)
 
