@@ -13,7 +13,7 @@ import pytest
 
 from tests.server_harness import RunningServer, free_port
 
-FAULTY_SEED = 4242  # the one request the fault hook breaks
+FAULTY_SEED = 4242  # the one request the injected fault breaks
 FAIL_AFTER = 3  # output tokens it produces before its step raises
 
 
@@ -55,7 +55,14 @@ def answer(response: httpx.Response) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     with RunningServer(tiny_model_dir, max_num_seqs=8) as running:
-        running.engine.engine.fault_hook = break_marked_request
+        runner = running.engine.engine.runner
+        run = runner.run
+
+        def run_with_fault(batch):  # the fault is raised inside the engine's model step
+            break_marked_request(batch.seqs)
+            return run(batch)
+
+        runner.run = run_with_fault
         yield running
 
 

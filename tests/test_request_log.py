@@ -35,7 +35,9 @@ def test_one_line_per_request_with_status_tokens_and_time(server, caplog):
     logged = lines(caplog)
     assert len(logged) == 4, logged
     plain, streamed, refused, health = logged
-    pattern = r'127\.0\.0\.1 "POST /v1/chat/completions" 200, (\d+) prompt \+ (\d+) completion tokens, \d+\.\d\d s'
+    pattern = (
+        r'127\.0\.0\.1 "POST /v1/chat/completions" 200, (\d+) prompt \+ (\d+) completion tokens, \d+\.\d\d s'
+    )
     prompt, completion = map(int, re.fullmatch(pattern, plain).groups())
     assert prompt > 5 and completion == 5
     assert re.fullmatch(pattern, streamed).groups() == (str(prompt), "7")

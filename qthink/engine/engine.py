@@ -4,7 +4,6 @@ import atexit
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -12,6 +11,7 @@ import torch
 from qthink.config import ConfigError, EngineConfig, ModelConfig, SpeculativeConfig
 from qthink.engine import tensor_parallel
 from qthink.engine.block_manager import BlockManager
+from qthink.engine.logits_processors import default_pipeline
 from qthink.engine.loop_guard import LoopGuardConfig
 from qthink.engine.output_processor import SequenceOutput
 from qthink.engine.outputs import Logprob, RequestOutput
@@ -48,6 +48,14 @@ class RequestState:
     def finished(self) -> bool:
         return all(o.seq.finished for o in self.outputs)
 
+    def output_of(self, seq: Sequence) -> SequenceOutput:
+        return next(o for o in self.outputs if o.seq is seq)
+
+
+# A step's result: each sequence that sampled, with the tokens it emits (one, or a verified
+# draft and one more) or the error its run raised.
+StepSamples = dict[Sequence, list[SampledToken] | Exception]
+
 
 class LLMEngine:
     def __init__(
@@ -80,7 +88,8 @@ class LLMEngine:
         self.rank_weight_bytes = [sum(p.numel() * p.element_size() for p in self.model.parameters())]
         if tp.size > 1:
             num_blocks, self.rank_weight_bytes = tensor_parallel.handshake(num_blocks, self.model)
-        self.runner = ModelRunner(self.model, self.model_config, config, self.device, num_blocks)
+        pipeline = default_pipeline(self.tokenizer.encode, config.max_model_len)
+        self.runner = ModelRunner(self.model, self.model_config, config, self.device, num_blocks, pipeline)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.grammars = GrammarCompiler(
@@ -89,10 +98,6 @@ class LLMEngine:
         self.requests: dict[str, RequestState] = {}
         self.default_loop_guard = _loop_guard(config.loop_guard)
         self.speculator = self._speculator(config.speculative)
-        self.early_stop_ids: dict[str, list[int]] = {}
-        # Test hook: called with each batch's sequences before the model runs; raising from it is a
-        # fault inside the step, which tests use to show that one bad request fails alone.
-        self.fault_hook: Callable[[list[Sequence]], None] | None = None
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.loop_guard_total = 0  # thinking ended early because it looped
@@ -229,99 +234,78 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        rows = self._run_isolating(batch)
+        samples = self._run_isolating(batch)
         drafts = {seq: (seq.draft_ids, len(seq)) for seq in batch.seqs if seq.draft_ids}
         self.scheduler.advance(batch)
-        touched: dict[str, RequestState] = {}
-        for seq, row in rows.items():
-            seq.draft_ids = []
-            if seq.finished:
-                continue
-            state = self.requests.get(seq.request_id)
-            if state is None:
-                continue
-            if isinstance(row, Exception):
-                self._fail(seq, state, row)
-            else:
-                self._accept_all(seq, state, row)
-            touched[state.request_id] = state
+        outputs = self._postprocess(samples)
         for seq, (drafted, start) in drafts.items():
             self.scheduler.commit_drafts(seq, drafted, start)
-            if not isinstance(rows.get(seq), Exception):
-                self.speculator.record(seq, len(drafted), len(rows[seq]) - 1)
-        return [self._request_output(s) for s in touched.values()]
+            if not isinstance(samples.get(seq), Exception):
+                self.speculator.record(seq, len(drafted), len(samples[seq]) - 1)
+        return outputs
 
-    def _run_isolating(self, batch: ScheduledBatch) -> dict:
+    def _run_isolating(self, batch: ScheduledBatch) -> StepSamples:
         """Run the batch; if it raises, run each sequence alone so one bad request fails alone.
         Re-running is safe: a step writes K/V to fixed slots and commits nothing before success."""
         try:
-            return self._run(batch)
+            return self.runner.run(batch)
         except Exception as batch_error:
             if len(batch.seqs) == 1:
                 return {batch.seqs[0]: batch_error}
-        rows = {}
+        samples: StepSamples = {}
         for seq, n in zip(batch.seqs, batch.num_tokens):
-            single = ScheduledBatch([seq], [n])
             try:
-                rows.update(self._run(single))
+                samples.update(self.runner.run(ScheduledBatch([seq], [n])))
             except Exception as e:
-                rows[seq] = e
-        return rows
+                samples[seq] = e
+        return samples
 
-    def _run(self, batch: ScheduledBatch) -> dict:
-        if self.fault_hook is not None:
-            self.fault_hook(batch.seqs)
-        return self.runner.run(batch)
+    def _postprocess(self, samples: StepSamples) -> list[RequestOutput]:
+        """Append each sequence's tokens (or fail its request), finish the sequences that are
+        done, and make the outputs of every request that changed."""
+        touched: dict[str, RequestState] = {}
+        for seq, sampled in samples.items():
+            seq.draft_ids = []
+            state = self.requests.get(seq.request_id)
+            if seq.finished or state is None:
+                continue
+            if isinstance(sampled, Exception):
+                self._fail(state, sampled)
+            else:
+                self._append_all(seq, state, sampled)
+            touched[state.request_id] = state
+        return [self._request_output(s) for s in touched.values()]
 
-    def _accept_all(self, seq: Sequence, state: RequestState, samples: list[SampledToken]) -> None:
-        """Take a step's tokens in order, until one ends the sequence or closes its thinking
-        (what the model computed after that point no longer follows the text)."""
+    def _append_all(self, seq: Sequence, state: RequestState, samples: list[SampledToken]) -> None:
+        """Take a step's tokens in order, until one ends the sequence or its thinking must close
+        (what the model computed after that point no longer follows the text; the logits
+        pipeline forces the closing phrase next step)."""
+        out = state.output_of(seq)
         for sampled in samples:
-            if self._accept(seq, state, *sampled) or seq.finished:
+            matched = self._append(seq, state, out, sampled)
+            self._finish_if_done(seq, out, sampled.token, matched)
+            if seq.finished or seq.thinking_must_close():
                 return
 
-    def _accept(
-        self,
-        seq: Sequence,
-        state: RequestState,
-        token: int,
-        logprob: float,
-        rank: int,
-        top_ids: list[int],
-        top_lps: list[float],
-    ) -> bool:
-        """Append one sampled token (or the early-stop phrase in its place: then True)."""
+    def _append(
+        self, seq: Sequence, state: RequestState, out: SequenceOutput, sampled: SampledToken
+    ) -> str | None:
+        """Append one sampled token and the rest of a forced span it starts; returns the stop
+        string the text now ends with, if any."""
         if state.first_token is None:
             state.first_token = time.monotonic()
-        out = next(o for o in state.outputs if o.seq is seq)
-        new = [token]
-        lp = self._logprob_dict(seq, token, logprob, rank, top_ids, top_lps)
-        new_lps = [lp] if lp is not None else None
-        cut = (
-            seq.thinking
-            and token != self.thinking_format.end_id
-            and (seq.thinking_budget_spent() or seq.thinking_looped)
-        )
-        if cut:
-            seq.thinking_cut_by = (
-                "loop_guard"
-                if seq.thinking_looped
-                else "end_thinking"
-                if seq.end_thinking_now
-                else "thinking_budget"
-            )
-            self.loop_guard_total += seq.thinking_looped
-            room = min(seq.max_tokens - seq.num_output_tokens, self.max_model_len - len(seq))
-            new = self._early_stop_ids(seq)[:room]  # close the thinking; the model writes the answer
-            new_lps = [{t: Logprob(0.0, None, self.tokenizer.decode([t]))} for t in new] if lp else None
+        lp = self._logprob_dict(seq, sampled)
+        if seq.forced_tokens[:1] == [sampled.token] and seq.thinking_cut_by == "loop_guard":
+            self.loop_guard_total += 1
+        forced = seq.take_forced(sampled.token)
+        new = [sampled.token, *forced]
+        new_lps = [lp, *({t: Logprob(0.0, None, self.tokenizer.decode([t]))} for t in forced)] if lp else None
         for t in new:
             seq.append(t)
         self.generation_tokens_total += len(new)
-        matched = out.add_tokens(new, new_lps)
-        self._check_finish(seq, out, token, matched)
-        return cut
+        return out.add_tokens(new, new_lps)
 
-    def _check_finish(self, seq: Sequence, out: SequenceOutput, token: int, matched: str | None) -> None:
+    def _finish_if_done(self, seq: Sequence, out: SequenceOutput, token: int, matched: str | None) -> None:
         if matched is not None:
             self.scheduler.finish(seq, "stop", matched)
         elif token in seq.params.stop_token_ids:
@@ -333,24 +317,19 @@ class LLMEngine:
         if seq.finished:
             out.flush()
 
-    def _early_stop_ids(self, seq: Sequence) -> list[int]:
-        phrase = seq.params.thinking_early_stop
-        if phrase not in self.early_stop_ids:
-            self.early_stop_ids[phrase] = self.tokenizer.encode(phrase)
-        return self.early_stop_ids[phrase]
-
-    def _logprob_dict(self, seq, token, logprob, rank, top_ids, top_lps) -> dict | None:
+    def _logprob_dict(self, seq: Sequence, sampled: SampledToken) -> dict[int, Logprob] | None:
         k = seq.params.logprobs
         if k is None:
             return None
         decode = self.tokenizer.decode
-        entries = {token: Logprob(logprob, rank, decode([token]))}
-        for r, (t, lp) in enumerate(zip(top_ids[:k], top_lps[:k]), start=1):
-            entries.setdefault(t, Logprob(lp, r, decode([t])))
+        entries = {sampled.token: Logprob(sampled.logprob, sampled.rank, decode([sampled.token]))}
+        for r, (t, lp) in enumerate(zip(sampled.top_ids[:k], sampled.top_logprobs[:k]), start=1):
+            if lp != float("-inf"):  # a token the constraints ruled out is no alternative
+                entries.setdefault(t, Logprob(lp, r, decode([t])))
         return entries
 
-    def _fail(self, seq: Sequence, state: RequestState, error: Exception) -> None:
-        log.exception("request %s failed inside the engine", seq.request_id, exc_info=error)
+    def _fail(self, state: RequestState, error: Exception) -> None:
+        log.exception("request %s failed inside the engine", state.request_id, exc_info=error)
         state.error = f"{type(error).__name__}: {error}"
         for out in state.outputs:
             self.scheduler.finish(out.seq, "error")

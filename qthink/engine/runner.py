@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 
 from qthink.config import EngineConfig, ModelConfig
+from qthink.engine.logits_processors import LogitsPipeline, StepLogits
 from qthink.engine.sampler import SampledToken, SamplingBatch, sample, token_rows
 from qthink.engine.scheduler import ScheduledBatch
 from qthink.engine.sequence import Sequence
@@ -21,6 +22,7 @@ class ModelRunner:
         config: EngineConfig,
         device: torch.device,
         num_blocks: int,
+        logits_pipeline: LogitsPipeline | None = None,
     ):
         self.model = model
         self.model_config = model_config
@@ -37,6 +39,7 @@ class ModelRunner:
             for _ in range(model_config.num_hidden_layers)
         ]
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.logits_pipeline = logits_pipeline or LogitsPipeline([])  # ranks > 0 never sample
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> dict[Sequence, list[SampledToken]]:
@@ -65,10 +68,7 @@ class ModelRunner:
         return out
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[list[SampledToken]]:
-        """One token per sequence from its row of float32 logits."""
-        for row, seq in enumerate(seqs):
-            if seq.grammar is not None and seq.grammar.active:
-                seq.grammar.mask(logits[row])
+        """One token per sequence from its row of float32 logits, shaped by the logits pipeline."""
         params = [s.params for s in seqs]
         prompts = [s.token_ids[: s.num_prompt_tokens] for s in seqs]
         outputs = [s.output_ids for s in seqs]
@@ -82,7 +82,8 @@ class ModelRunner:
             eos_ids=[s.eos_ids for s in seqs],
             global_generator=self.generator,
         )
-        return [[row] for row in token_rows(sample(logits, sampling))]
+        constrained, processed = self.logits_pipeline(logits, StepLogits(seqs, sampling))
+        return [[row] for row in token_rows(sample(constrained, sampling, processed))]
 
     @torch.inference_mode()
     def forward(self, input_ids, positions, meta, logits_indices) -> torch.Tensor | None:

@@ -253,10 +253,13 @@ def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter_(-1, ids, values)
 
 
-def sample(logits: torch.Tensor, batch: SamplingBatch) -> SampleResult:
+def sample(logits: torch.Tensor, batch: SamplingBatch, processed: torch.Tensor | None = None) -> SampleResult:
     """Pick one token per row of float32 [B, V] logits. Greedy rows take the argmax; seeded
-    rows draw only from their own generator, so their samples do not depend on the batch."""
-    processed = apply_penalties(logits, batch)
+    rows draw only from their own generator, so their samples do not depend on the batch.
+    `processed`: the logits after the reweighting logits processors (by default, the
+    penalties applied here); logprobs are always those of `logits`."""
+    if processed is None:
+        processed = apply_penalties(logits, batch)
     if batch.all_greedy and processed is logits:  # the raw argmax: rank 1 by definition
         best, tokens = logits.max(-1)  # max(dim) is several times faster than argmax on CPU
         ranks = torch.ones_like(tokens)

@@ -56,9 +56,8 @@ class Sequence:
         guard = LoopGuardConfig.parse(params.loop_guard)
         self.loop_guard = LoopGuard(guard) if guard is not None and self.thinking else None
         self.thinking_looped = False  # the loop guard found the thinking repeating itself
-        self.thinking_cut_by: str | None = (
-            None  # "thinking_budget", "end_thinking" or "loop_guard" once closed early
-        )
+        self.thinking_cut_by: str | None = None  # "thinking_budget", "end_thinking" or "loop_guard"
+        self.forced_tokens: list[int] = []  # a span the logits processors force, first token next
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -99,6 +98,17 @@ class Sequence:
                 self.grammar.active = True  # the answer after </think> is constrained
         if self.loop_guard is not None and was_thinking and self.thinking:
             self.thinking_looped = self.thinking_looped or self.loop_guard.observe(token_id)
+
+    def take_forced(self, token: int) -> list[int]:
+        """The rest of the forced span once its first token is sampled: no model run could
+        change them, so they are appended with it."""
+        rest = self.forced_tokens[1:] if self.forced_tokens[:1] == [token] else []
+        self.forced_tokens = []
+        return rest
+
+    def thinking_must_close(self) -> bool:
+        """The thinking has to be closed now: its budget is spent or it loops."""
+        return self.thinking and (self.thinking_budget_spent() or self.thinking_looped)
 
     def thinking_budget_spent(self) -> bool:
         if not self.thinking:

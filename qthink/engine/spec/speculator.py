@@ -54,6 +54,8 @@ class Speculator:
 
     def _room(self, seq: Sequence) -> int:
         """Drafts that could still be emitted, leaving a slot for the token after them."""
+        if seq.forced_tokens or seq.thinking_must_close():
+            return 0  # the logits pipeline forces the next tokens: nothing to guess
         left = min(seq.max_tokens - seq.num_output_tokens, self.max_model_len - len(seq))
         return min(self.config.num_speculative_tokens, left - 1)
 
