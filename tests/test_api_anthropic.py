@@ -127,6 +127,24 @@ def test_stop_sequences_and_disabled_thinking(client, url):
     assert off.json()["content"][0]["thinking"] == EARLY_STOP_TEXT
 
 
+def test_what_claude_code_sends(url):
+    """A max_tokens past the context is a cap; system turns among the messages; a context edit
+    that keeps everything."""
+    body = {
+        "model": "nano",
+        "max_tokens": 32000,
+        "messages": ASK + [{"role": "system", "content": "Answer briefly."}],
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+        "thinking": {"type": "adaptive"},
+        "temperature": 0,
+    }
+    r = httpx.post(url + "/v1/messages?beta=true", json=body, headers={"x-api-key": KEY}, timeout=120)
+    assert r.status_code == 200 and r.json()["stop_reason"] in ("end_turn", "max_tokens")
+    body["context_management"] = {"edits": [{"type": "clear_tool_uses_20250919"}]}
+    r = httpx.post(url + "/v1/messages", json=body, headers={"x-api-key": KEY})
+    assert r.status_code == 400 and "context_management.edits.0" in r.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(
     "body, status, kind, words",
     [

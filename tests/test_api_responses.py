@@ -157,6 +157,7 @@ def test_text_format_json_schema_constrains_the_answer(client):
     [
         ({"input": "hi", "frobnicate": 1}, "frobnicate"),
         ({"input": "hi", "tools": [{"type": "web_search"}]}, "function tools"),
+        ({"input": "hi", "tools": [{"type": "namespace", "name": "x", "tools": []}]}, "function tools"),
         ({"input": "hi", "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
         ({"input": [{"type": "input_image", "image_url": "x"}]}, "input_image"),
         ({"input": "hi", "previous_response_id": "resp_nope"}, "no stored response"),

@@ -28,7 +28,7 @@ from qthink.server.turn import (
 
 class AnthropicMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]  # Claude Code sends system turns among the messages
     content: str | list[dict]
 
 
@@ -42,6 +42,7 @@ class CountTokensRequest(BaseModel):
     tools: list[dict] | None = None
     tool_choice: dict | None = None
     thinking: dict | None = None
+    context_management: dict | None = None  # only edits that keep everything: nothing is cleared here
 
 
 class MessagesRequest(CountTokensRequest):
@@ -71,7 +72,9 @@ def add_messages_routes(app: FastAPI, server) -> None:
 
 async def create_message(req: MessagesRequest, server, request: Request):
     message_id = f"msg_{uuid.uuid4().hex}"
-    turn = await start_turn(chat_request(req, server.efforts), server, message_id)
+    # Anthropic's clients ask for their model's largest output (Claude Code: 32,000); here
+    # max_tokens is a cap, lowered to what the context leaves, and stop_reason says max_tokens.
+    turn = await start_turn(chat_request(req, server.efforts), server, message_id, fit_max_tokens=True)
     if req.stream:
         return event_stream(stream_message(turn, req, server.model_name), message_id)
     whole = await whole_turn(turn, request)
@@ -94,6 +97,7 @@ async def create_message(req: MessagesRequest, server, request: Request):
 
 
 def chat_request(req: CountTokensRequest, efforts=None) -> ChatCompletionRequest:
+    _check_context_management(req.context_management)
     messages = [{"role": "system", "content": _text(req.system, "system")}] if req.system else []
     for i, m in enumerate(req.messages):
         messages += _chat_messages(m, f"messages.{i}.content")
@@ -150,14 +154,24 @@ def _chat_messages(m: AnthropicMessage, where: str) -> list[dict]:
             continue  # never produced here; nothing readable to give the model
         else:
             raise APIError(400, f"{where}.{j}: a {kind!r} block in a {m.role} message is not supported")
-    if m.role == "user":
-        return out + ([{"role": "user", "content": "".join(texts)}] if texts else [])
+    if m.role != "assistant":
+        return out + ([{"role": m.role, "content": "".join(texts)}] if texts else [])
     message: dict = {"role": "assistant", "content": "".join(texts) or None}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
     if calls:
         message["tool_calls"] = calls
     return [message]
+
+
+def _check_context_management(management: dict | None) -> None:
+    """qthink keeps the whole conversation it is sent; an edit that keeps all of it is a no-op,
+    any other edit (clearing tool results or thinking) is refused rather than ignored."""
+    for i, edit in enumerate((management or {}).get("edits") or []):
+        if not (str(edit.get("type", "")).startswith("clear_thinking") and edit.get("keep") == "all"):
+            raise APIError(
+                400, f"context_management.edits.{i}: only clear_thinking with keep=all is supported"
+            )
 
 
 def _text(content: str | list[dict], where: str) -> str:

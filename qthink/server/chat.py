@@ -56,9 +56,10 @@ async def render_prompt(req: ChatCompletionRequest, server) -> tuple[ThinkingPla
     return plan, prompt
 
 
-async def prepare_chat(req: ChatCompletionRequest, server) -> PreparedChat:
+async def prepare_chat(req: ChatCompletionRequest, server, fit_max_tokens: bool = False) -> PreparedChat:
     """The one path from a chat request to a prompt and SamplingParams; every API's
-    request is translated into a ChatCompletionRequest and comes through here."""
+    request is translated into a ChatCompletionRequest and comes through here.
+    `fit_max_tokens`: a max_tokens past the context is a cap, lowered to what fits."""
     parse_tools, forced = tool_choice_spec(req)
     structured = structured_output(req)
     if forced and structured:
@@ -71,6 +72,9 @@ async def prepare_chat(req: ChatCompletionRequest, server) -> PreparedChat:
     if plan.disabled and thinking:  # a model that always thinks: close its thinking at once
         plan.max_thinking_tokens, plan.forced_closed = 0, True
     params.max_thinking_tokens = plan.max_thinking_tokens
+    room = server.engine.max_model_len - len(prompt)
+    if fit_max_tokens and params.max_tokens is not None and params.max_tokens > room > 0:
+        params.max_tokens = room
     return PreparedChat(prompt, params, parse_tools, fmt, thinking, plan)
 
 

@@ -54,6 +54,7 @@ class ResponsesRequest(BaseModel):
     prompt_cache_key: str | None = None
     service_tier: str | None = None
     stream_options: dict | None = None
+    client_metadata: dict | None = None  # Codex CLI's session ids: metadata, not instructions
     max_thinking_tokens: int | None = Field(None, ge=0)  # qthink: the thinking budget in tokens
 
 

@@ -72,10 +72,12 @@ def check_model(server, model: str | None) -> None:
         )
 
 
-async def start_turn(req: ChatCompletionRequest, server, request_id: str) -> Turn:
+async def start_turn(
+    req: ChatCompletionRequest, server, request_id: str, fit_max_tokens: bool = False
+) -> Turn:
     if req.n != 1:
         raise APIError(400, "only one answer per request (n=1) is supported here", param="n")
-    chat = await prepare_chat(req, server)
+    chat = await prepare_chat(req, server, fit_max_tokens)
     view = ChatView(
         req.model_copy(update={"include_reasoning": True, "logprobs": False}),
         server.model_name,
