@@ -98,3 +98,16 @@ def test_default_model_is_named_and_its_loading_bar_completes():
     assert r.returncode == 0, r.stderr
     assert "qthink chat — qthink-nano." in r.stdout
     assert "loading weights: 100%" in r.stderr and "loading weights:   0%" not in r.stderr.splitlines()[-1]
+
+
+def test_loading_a_model_does_not_pull_in_the_compiler_stack(model):
+    """Building the model on the meta device must not route RoPE through torch's reference ops,
+    which import torch._dynamo and sympy: a second of start-up for every command."""
+    code = (
+        "import sys; from pathlib import Path; from qthink.loader import load_model; "
+        f"load_model(Path({str(model)!r}), 'float32'); "
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

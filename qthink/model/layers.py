@@ -44,7 +44,7 @@ class RotaryEmbedding(nn.Module):
 
 def rope_inv_freq(head_dim: int, rope: RopeParameters) -> tuple[torch.Tensor, float]:
     """Inverse frequencies [head_dim / 2] and the cos/sin scale, as transformers computes them."""
-    pos_freqs = rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+    pos_freqs = rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim)
     if rope.type == "linear":
         return 1.0 / pos_freqs / rope.factor, 1.0
     if rope.type == "yarn":
@@ -66,7 +66,7 @@ def _yarn(head_dim: int, rope: RopeParameters, pos_freqs: torch.Tensor) -> tuple
     low, high = max(low, 0), min(high, head_dim - 1)
     if low == high:
         high += 0.001
-    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32, device="cpu") - low) / (high - low)).clamp(0, 1)
     keep = 1 - ramp  # 1: extrapolate (keep the frequency), 0: interpolate
     inv_freq = 1.0 / (rope.factor * pos_freqs) * (1 - keep) + 1.0 / pos_freqs * keep
     return inv_freq, _yarn_attention_factor(rope)
