@@ -5,7 +5,7 @@ import json
 import httpx
 import pytest
 
-from qthink.server.thinking_budget import EARLY_STOP_TEXT
+from qthink.server.thinking_budget import EARLY_STOP_TEXT, EffortBudgets
 from tests.server_harness import RunningServer
 
 
@@ -103,3 +103,12 @@ def test_metrics_under_vllms_names_and_thinking_metrics(server):
     assert _value(text, "qthink:thinking_budget_hits_total") >= 1
     assert _value(text, "qthink:request_reasoning_tokens_count") >= 1
     assert _value(text, "qthink:time_to_answer_seconds_count") >= 1
+
+
+def test_effort_budgets_parse_the_server_flag():
+    table = EffortBudgets.parse("low=10, high=unlimited,ultra=99").table()
+    assert table["none"] == 0 and table["low"] == 10 and table["high"] is None and table["ultra"] == 99
+    assert table["medium"] == 8192  # the defaults stay for levels not given
+    for bad in ("low", "low=many", "none=5", "=3"):
+        with pytest.raises(ValueError, match="LEVEL=TOKENS"):
+            EffortBudgets.parse(bad)

@@ -102,6 +102,10 @@ def run(args) -> int:
         )
     if args.trust_remote_code:
         log.info("--trust-remote-code: accepted; qthink runs no code from model folders (none is needed)")
+    try:
+        efforts = EffortBudgets.parse(args.reasoning_effort_budgets)
+    except ValueError as e:
+        raise SystemExit(f"qthink serve: error: --reasoning-effort-budgets: {e}") from None
     model, kwargs = model_and_engine_kwargs(args, args.model_path)
     engine = AsyncEngine(model, **kwargs)
     names = served_names(args, model)
@@ -112,7 +116,7 @@ def run(args) -> int:
         metrics_public=args.metrics_public,
         allowed_origins=args.allowed_origins,
         web_ui=not args.no_web_ui,
-        efforts=EffortBudgets.parse(args.reasoning_effort_budgets),
+        efforts=efforts,
         default_template_kwargs=args.default_chat_template_kwargs,
     )
     _log_ready(engine, model, names, args)

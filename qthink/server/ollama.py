@@ -149,7 +149,8 @@ def _tag(server) -> str:
 
 
 def _check_model(server, model: str | None) -> None:
-    if model not in (server.model_name, _tag(server)):
+    names = server.served_names or (server.model_name,)
+    if model not in names and (model or "").removesuffix(":latest") not in names:
         raise APIError(
             404, f"model {model!r} not found; this server serves {_tag(server)!r}", code="model_not_found"
         )
