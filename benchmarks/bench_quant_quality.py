@@ -25,8 +25,8 @@ NANO_SEED = 2_000_003
 
 
 def nano_prompts(count: int) -> list[list[int]]:
-    from qthink.checkpoint import tokenizer_files_dir
     from qthink.nano.data import conversation, render
+    from qthink.random_checkpoint import tokenizer_files_dir
     from qthink.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained(tokenizer_files_dir(), chat_template="thinking-2507")

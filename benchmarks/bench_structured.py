@@ -13,7 +13,7 @@ import time
 import torch
 
 from qthink import LLM, SamplingParams
-from qthink.checkpoint import tiny_config, write_random_checkpoint
+from qthink.random_checkpoint import tiny_config, write_random_checkpoint
 
 
 def timed(llm: LLM, prompts, params) -> tuple[float, int]:

@@ -13,7 +13,7 @@ import time
 import torch
 
 from qthink import LLM, SamplingParams
-from qthink.checkpoint import write_small_checkpoint
+from qthink.random_checkpoint import write_small_checkpoint
 
 
 def run(model: str, tp: int, prompts, params) -> tuple[float, list[list[int]]]:

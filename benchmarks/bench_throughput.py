@@ -12,7 +12,7 @@ import time
 import torch
 
 from qthink import LLM, SamplingParams
-from qthink.checkpoint import write_small_checkpoint
+from qthink.random_checkpoint import write_small_checkpoint
 
 
 def timed_generate(llm: LLM, prompts, params) -> tuple[float, int]:

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from qthink.checkpoint import tiny_config, write_random_checkpoint
 from qthink.engine.async_engine import AsyncEngine
+from qthink.random_checkpoint import tiny_config, write_random_checkpoint
 from qthink.server.app import build_app
 
 PROMPT_WORDS = (1, 6, 24, 96)  # mixed prompt lengths, in words

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from qthink.checkpoint import QWEN3_4B_CONFIG, random_state_dict, write_checkpoint
+from qthink.random_checkpoint import QWEN3_4B_CONFIG, random_state_dict, write_checkpoint
 
 
 def main(path: Path) -> None:

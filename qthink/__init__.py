@@ -5,7 +5,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "LLM": "qthink.engine.llm",
+    "LLM": "qthink.engine.offline",
     "SamplingParams": "qthink.engine.sampling_params",
     "RequestOutput": "qthink.engine.outputs",
     "CompletionOutput": "qthink.engine.outputs",

@@ -4,7 +4,7 @@ import logging
 import os
 from pathlib import Path
 
-from qthink.checkpoint import tiny_config, write_random_checkpoint
+from qthink.random_checkpoint import tiny_config, write_random_checkpoint
 
 log = logging.getLogger("qthink")
 

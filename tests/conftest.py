@@ -2,7 +2,7 @@
 
 import pytest
 
-from qthink.checkpoint import tiny_config, tokenizer_files_dir, write_random_checkpoint
+from qthink.random_checkpoint import tiny_config, tokenizer_files_dir, write_random_checkpoint
 
 
 @pytest.fixture(scope="session")

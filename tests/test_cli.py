@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from qthink.checkpoint import QWEN3_4B_CONFIG, write_checkpoint
+from qthink.random_checkpoint import QWEN3_4B_CONFIG, write_checkpoint
 
 
 def qthink(*args, stdin: str | None = None, timeout: int = 120) -> subprocess.CompletedProcess:

@@ -54,7 +54,7 @@ def test_engine_closes_looping_thinking_and_marks_it(tiny_model_dir):
     """The tiny random model writes one token forever: the guard ends the thinking with the
     early-stop phrase, the answer follows, and the output and metrics say why; the same
     text comes out with n-gram speculation verifying the loop several tokens at a time."""
-    from qthink.engine.llm import LLM
+    from qthink.engine.offline import LLM
     from qthink.engine.sampling_params import THINKING_EARLY_STOP, SamplingParams
     from qthink.tokenizer import Tokenizer
 

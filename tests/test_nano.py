@@ -30,7 +30,7 @@ def test_loss_mask_covers_exactly_the_last_assistant_turn(tok):
 def test_transcripts_render_as_transformers_renders_the_2507_template(tok, tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from qthink.checkpoint import TEMPLATES_DIR
+    from qthink.random_checkpoint import TEMPLATES_DIR
 
     reference = AutoTokenizer.from_pretrained(tokenizer_dir)
     template = (TEMPLATES_DIR / "thinking-2507.jinja").read_text()

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from qthink.config import ConfigError, SpeculativeConfig
-from qthink.engine.llm import LLM
+from qthink.engine.offline import LLM
 from qthink.engine.sampling_params import SamplingParams
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3}

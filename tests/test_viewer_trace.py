@@ -119,7 +119,7 @@ def test_cli_rejects_a_bad_trace(tmp_path):
 
 
 def test_trace_from_an_engine_output(tiny_model_dir, tmp_path):
-    from qthink.engine.llm import LLM
+    from qthink.engine.offline import LLM
     from qthink.engine.sampling_params import SamplingParams
 
     llm = LLM(model=str(tiny_model_dir))

@@ -4,7 +4,7 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from qthink.agent.llm import make_chat_model
+from qthink.agent.model_client import make_chat_model
 from qthink.agent.tools import TOOL_REGISTRY, Tool, function_tool, run_tool
 
 log = logging.getLogger("qthink.agent")

@@ -13,13 +13,13 @@ from qthink.engine import tensor_parallel
 from qthink.engine.block_manager import BlockManager
 from qthink.engine.logits_processors import default_pipeline
 from qthink.engine.loop_guard import LoopGuardConfig
-from qthink.engine.output_processor import SequenceOutput
 from qthink.engine.outputs import Logprob, RequestOutput
 from qthink.engine.runner import ModelRunner, default_threads
 from qthink.engine.sampler import SampledToken
 from qthink.engine.sampling_params import SamplingParams
 from qthink.engine.scheduler import ScheduledBatch, Scheduler
 from qthink.engine.sequence import Sequence
+from qthink.engine.sequence_output import SequenceOutput
 from qthink.engine.spec.speculator import Speculator
 from qthink.engine.structured import GrammarCompiler
 from qthink.errors import RequestError

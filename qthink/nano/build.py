@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from qthink.checkpoint import tokenizer_files_dir, write_checkpoint
 from qthink.nano.train import CONSTANT, TrainConfig, model_config, train
+from qthink.random_checkpoint import tokenizer_files_dir, write_checkpoint
 
 ARTIFACT = Path(__file__).parent / "nano.safetensors"
 FULL_VOCAB = 151_936

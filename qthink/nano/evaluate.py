@@ -4,7 +4,7 @@ import json
 import random
 import re
 
-from qthink.engine.llm import LLM
+from qthink.engine.offline import LLM
 from qthink.engine.sampling_params import SamplingParams
 from qthink.nano.data import TOOLS, arithmetic, multiple_choice, tool_use
 from qthink.parsing.tool_calls import parse_tool_calls

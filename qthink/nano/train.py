@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from qthink.checkpoint import QWEN3_4B_CONFIG
 from qthink.config import ModelConfig
 from qthink.model.layers import RotaryEmbedding
 from qthink.model.qwen3 import Qwen3ForCausalLM
 from qthink.nano.data import MIX, conversation, render
+from qthink.random_checkpoint import QWEN3_4B_CONFIG
 
 Row = tuple[list[int], list[int]]  # token ids and loss mask of one rendered conversation
 CONSTANT = 0.1  # hidden dimension 0 carries this value unchanged through the residual stream

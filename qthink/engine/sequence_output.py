@@ -1,4 +1,4 @@
-"""Per-sequence output state: incremental text, stop strings, logprobs, reasoning split."""
+"""SequenceOutput: one sequence's output so far — incremental text, stop strings, logprobs."""
 
 from qthink.engine.outputs import CompletionOutput, Logprob
 from qthink.engine.sequence import Sequence

@@ -83,10 +83,10 @@ class OpenAIChat:
 
 
 class LocalChat:
-    """`qthink.engine.llm.LLM` in this process: whole answers, tool calls parsed from the content."""
+    """`qthink.engine.offline.LLM` in this process: whole answers, tool calls parsed from the content."""
 
     def __init__(self, llm_cfg: dict):
-        from qthink.engine.llm import LLM
+        from qthink.engine.offline import LLM
         from qthink.engine.sampling_params import SamplingParams
 
         self.llm = LLM(model=llm_cfg.get("model") or None)
