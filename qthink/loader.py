@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from qthink.config import DTYPES, ConfigError, ModelConfig
 from qthink.model.huge_pages import move_to_huge_pages
 from qthink.model.layers import RotaryEmbedding
-from qthink.model.parallel import SINGLE, TensorParallel
+from qthink.model.parallel import SINGLE, TensorParallel, apply_tp
 from qthink.model.quant import quantize_model
 from qthink.model.qwen3 import Qwen3ForCausalLM
 
@@ -95,7 +95,8 @@ def load_model(
     config = ModelConfig.from_pretrained(model_dir)
     torch_dtype = resolve_dtype(dtype, config)
     with torch.device("meta"):
-        model = Qwen3ForCausalLM(config, tp)
+        model = Qwen3ForCausalLM(config)
+        apply_tp(model, tp)
     params = dict(model.named_parameters())
     ignored = set(IGNORED_TENSORS)
     if config.tie_word_embeddings:
@@ -103,7 +104,7 @@ def load_model(
         ignored.add("lm_head.weight")  # some tied checkpoints store a copy anyway
     loaded = set()
     for file in tqdm(weight_files(model_dir), desc="loading weights", unit="file"):
-        for name, tensor in _read_tensors(file, params, ignored, tp):
+        for name, tensor in _read_tensors(file, params, ignored, tp, model.tp_split_dims):
             _check_shape(name, tensor, params[name])
             _assign(model, name, tensor.to(device=device, dtype=torch_dtype))
             loaded.add(name)
@@ -119,14 +120,14 @@ def load_model(
     return model
 
 
-def _read_tensors(file: Path, wanted: dict, ignored: set[str], tp: TensorParallel):
+def _read_tensors(file: Path, wanted: dict, ignored: set[str], tp: TensorParallel, dims: dict[str, int]):
     """(name, tensor) for the wanted names in `file`; a tensor the model has no place for (a bias
     config.json does not announce, say) is an error, not silently dropped."""
     try:
         with safe_open(file, framework="pt") as f:
             for name in f.keys():
                 if name in wanted:
-                    yield name, tp.shard(name, f.get_slice(name))
+                    yield name, tp.shard(f.get_slice(name), dims.get(name))
                 elif not name.endswith(tuple(ignored)):
                     raise LoadError(
                         f"{file.name}: tensor {name} is not part of the model config.json describes; "

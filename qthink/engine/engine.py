@@ -25,8 +25,7 @@ from qthink.engine.structured import GrammarCompiler
 from qthink.errors import RequestError
 from qthink.loader import load_model, resolve_dtype, resolve_model
 from qthink.memory import KV_BYTES, available_memory, plan_kv_cache
-from qthink.model.parallel import SINGLE
-from qthink.model.qwen3 import check_divisible
+from qthink.model.parallel import SINGLE, check_divisible
 from qthink.parsing.thinking import ThinkingFormat
 from qthink.tokenizer import Tokenizer
 
@@ -86,8 +85,11 @@ class LLMEngine:
         self.tp_workers, tp = self._start_tensor_parallel(config.tensor_parallel_size, quant)
         self.model = load_model(self.model_dir, self.dtype, self.device, tp, *quant)
         self.rank_weight_bytes = [sum(p.numel() * p.element_size() for p in self.model.parameters())]
+        self.rank_threads = [torch.get_num_threads()]
         if tp.size > 1:
-            num_blocks, self.rank_weight_bytes = tensor_parallel.handshake(num_blocks, self.model)
+            num_blocks, self.rank_weight_bytes, self.rank_threads = tensor_parallel.handshake(
+                num_blocks, self.model
+            )
         pipeline = default_pipeline(self.tokenizer.encode, config.max_model_len)
         self.runner = ModelRunner(self.model, self.model_config, config, self.device, num_blocks, pipeline)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)

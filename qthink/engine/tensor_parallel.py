@@ -52,14 +52,15 @@ def start_workers(
     return workers
 
 
-def handshake(num_blocks: int | None, model: torch.nn.Module) -> tuple[int, list[int]]:
-    """Rank 0 announces the KV block count; every rank reports the bytes of weights it holds."""
+def handshake(num_blocks: int | None, model: torch.nn.Module) -> tuple[int, list[int], list[int]]:
+    """Rank 0 announces the KV block count; every rank reports the bytes of weights it holds
+    and its CPU thread count."""
     box = [num_blocks]
     dist.broadcast_object_list(box, src=0)
     held = sum(p.numel() * p.element_size() for p in model.parameters())
-    sizes = [None] * dist.get_world_size()
-    dist.all_gather_object(sizes, held)
-    return box[0], sizes
+    reports = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, (held, torch.get_num_threads()))
+    return box[0], [r[0] for r in reports], [r[1] for r in reports]
 
 
 def stop_workers(workers: list[mp.Process]) -> None:
@@ -89,7 +90,7 @@ def worker_main(
         torch.set_num_threads(config.num_threads)  # as many as rank 0: the slowest rank sets the pace
     tp = init_group(rank, size, port, dev)
     model = load_model(Path(model_dir), dtype, dev, tp, *quant)
-    num_blocks, _ = handshake(None, model)
+    num_blocks, _, _ = handshake(None, model)
     runner = ModelRunner(model, ModelConfig.from_pretrained(model_dir), config, dev, num_blocks)
     while True:
         box = [None]

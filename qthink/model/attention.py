@@ -8,7 +8,6 @@ from torch import nn
 
 from qthink.kernels import kernel_ops, linear_kernels_available
 from qthink.model.layers import RMSNorm, apply_rotary
-from qthink.model.parallel import SINGLE, TensorParallel
 
 
 @dataclass
@@ -90,11 +89,8 @@ class Attention(nn.Module):
         bias: bool,
         qk_norm: bool,
         eps: float,
-        tp: TensorParallel = SINGLE,
     ):
         super().__init__()
-        heads, kv_heads = heads // tp.size, kv_heads // tp.size  # this rank's share
-        self.tp = tp
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.q_proj = nn.Linear(hidden, heads * head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, kv_heads * head_dim, bias=bias)
@@ -117,7 +113,7 @@ class Attention(nn.Module):
         else:
             cache.write(meta.slot_mapping, k, v)
             out = self._decode(q, meta, cache) if meta.is_decode else self._prefill(q, meta, cache)
-        return self.tp.all_reduce(self.o_proj(out.reshape(*shape, self.heads * self.head_dim)))
+        return self.o_proj(out.reshape(*shape, self.heads * self.head_dim))
 
     def _causal(self, q, k, v):
         """Whole sequences without a cache, [B, T, heads, dim] (training, reference checks)."""

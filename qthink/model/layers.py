@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from qthink.config import RopeParameters
-from qthink.model.parallel import SINGLE, TensorParallel
 
 
 class RMSNorm(nn.Module):
@@ -92,14 +91,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
-class MLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, tp: TensorParallel = SINGLE):
+class Embedding(nn.Module):
+    """Token embeddings: one row per vocabulary entry (left uninitialised: they are loaded)."""
+
+    def __init__(self, vocab_size: int, hidden: int):
         super().__init__()
-        self.tp = tp
-        intermediate //= tp.size
+        self.weight = nn.Parameter(torch.empty(vocab_size, hidden))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

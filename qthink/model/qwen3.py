@@ -5,12 +5,12 @@ from torch import nn
 
 from qthink.config import ModelConfig
 from qthink.model.attention import Attention, AttentionMetadata, KVCache
-from qthink.model.layers import MLP, RMSNorm, RotaryEmbedding
-from qthink.model.parallel import SINGLE, TensorParallel, VocabParallelEmbedding
+from qthink.model.layers import MLP, Embedding, RMSNorm, RotaryEmbedding
+from qthink.model.parallel import SINGLE
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: TensorParallel):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = Attention(
             cfg.hidden_size,
@@ -20,9 +20,8 @@ class DecoderLayer(nn.Module):
             cfg.attention_bias,
             cfg.qk_norm,
             cfg.rms_norm_eps,
-            tp,
         )
-        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size, tp)
+        self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -32,10 +31,10 @@ class DecoderLayer(nn.Module):
 
 
 class Qwen3Model(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: TensorParallel):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, tp) for _ in range(cfg.num_hidden_layers))
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope)
 
@@ -43,16 +42,14 @@ class Qwen3Model(nn.Module):
 class Qwen3ForCausalLM(nn.Module):
     """`forward(input_ids, positions)` runs whole sequences ([B, T], causal, no cache) or,
     with `meta` and `caches`, one engine step over a flattened [T] batch of many sequences.
-    Under tensor parallelism (`tp.size` > 1) each rank holds its share of heads, MLP columns
-    and vocabulary rows, and every rank returns the full logits."""
+    Tensor parallelism is applied from outside (`qthink.model.parallel.apply_tp`)."""
 
-    def __init__(self, cfg: ModelConfig, tp: TensorParallel = SINGLE):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        check_divisible(cfg, tp.size)
         self.config = cfg
-        self.tp = tp
-        self.model = Qwen3Model(cfg, tp)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size // tp.size, bias=False)
+        self.tp = SINGLE  # apply_tp sets this rank's group
+        self.model = Qwen3Model(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -82,17 +79,4 @@ class Qwen3ForCausalLM(nn.Module):
         h = self.hidden_states(input_ids, positions, meta, caches)
         if logits_indices is not None:
             h = h[logits_indices]
-        return self.tp.all_gather_last(self.lm_head(h))
-
-
-def check_divisible(cfg: ModelConfig, size: int) -> None:
-    """Tensor parallelism splits heads, KV heads, MLP columns and vocabulary evenly."""
-    counts = {
-        "num_attention_heads": cfg.num_attention_heads,
-        "num_key_value_heads": cfg.num_key_value_heads,
-        "intermediate_size": cfg.intermediate_size,
-        "vocab_size": cfg.vocab_size,
-    }
-    for name, value in counts.items():
-        if value % size:
-            raise ValueError(f"tensor_parallel_size={size} does not divide {name}={value}")
+        return self.lm_head(h)
