@@ -100,6 +100,8 @@ def test_metrics_under_vllms_names_and_thinking_metrics(server):
         ):
             assert _value(text, prefix + histogram + "_count") >= 1
         assert _value(text, prefix + "request_generation_tokens_count") >= 1
+    assert _value(text, "vllm:gpu_cache_usage_perc") == _value(text, "vllm:kv_cache_usage_perc")
+    assert _value(text, "vllm:time_per_output_token_seconds_count") >= 1
     assert _value(text, "qthink:thinking_budget_hits_total") >= 1
     assert _value(text, "qthink:request_reasoning_tokens_count") >= 1
     assert _value(text, "qthink:time_to_answer_seconds_count") >= 1

@@ -37,6 +37,14 @@ class EngineCollector:
                 yield self._family(GaugeMetricFamily, prefix + name, doc, value)
             for name, (doc, value) in counters.items():
                 yield self._family(CounterMetricFamily, prefix + name, doc, value)
+        # vLLM's earlier names, still read by older dashboards and gateways
+        doc = "KV cache usage (1 = 100%), vLLM's earlier name"
+        yield self._family(GaugeMetricFamily, "vllm:gpu_cache_usage_perc", doc, s["kv_usage"])
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info", "KV cache configuration", labels=["num_gpu_blocks"]
+        )
+        info.add_metric([str(s["kv_blocks_total"])], 1)
+        yield info
         hit_rate = s["prefix_cache_hits"] / max(1, s["prefix_cache_queries"])
         yield self._family(
             GaugeMetricFamily, "qthink:prefix_cache_hit_rate", "Prefix cache hit rate", hit_rate
@@ -57,6 +65,9 @@ class Metrics:
         self.model_name = model_name
         self.ttft = self._both("time_to_first_token_seconds", "Time to first token")
         self.itl = self._both("inter_token_latency_seconds", "Time between output tokens")
+        self.itl.metrics.append(  # vLLM's earlier name for the same histogram
+            self._histogram("vllm:time_per_output_token_seconds", "Time per output token")
+        )
         self.e2e = self._both("e2e_request_latency_seconds", "Request latency, end to end")
         self.prompt_tokens = self._both("request_prompt_tokens", "Prompt tokens per request", TOKEN_BUCKETS)
         self.generation_tokens = self._both(
