@@ -83,3 +83,44 @@ def test_malformed_json_says_what_and_where(server, body, reason, line, column):
     assert message.startswith("the request body is not valid JSON: " + reason), message
     assert f"line {line}, column {column}" in message, message
     assert "JSON decode error" not in message
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("logit_bias", {"9707": 100}),
+        ("best_of", 3),
+        ("use_beam_search", True),
+        ("prompt_logprobs", 1),
+        ("continue_final_message", True),
+        ("functions", [{"name": "f"}]),
+        ("cache_salt", "tenant-a"),
+    ],
+)
+def test_fields_that_would_change_the_answer_are_refused_by_name(server, field, value):
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        body = {
+            "messages": [{"role": "user", "content": "hi"}],
+            "prompt": "hi",
+            "max_tokens": 2,
+            field: value,
+        }
+        r = httpx.post(server.url + path, json=body, timeout=30)
+        assert r.status_code == 400, (path, r.text)
+        error = r.json()["error"]
+        assert error["param"] == field and error["message"].startswith(f"{field} is not supported: ")
+
+
+def test_fields_left_off_or_without_effect_are_accepted(server):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    body |= {"logit_bias": None, "best_of": 1, "use_beam_search": False, "echo": False}
+    body |= {"user": "u1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto"}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_stream_options_it_does_not_know_are_refused(server):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True}
+    body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options.continuous_usage_stats"

@@ -44,6 +44,8 @@ def validation_message(errors: list[dict], body=None) -> tuple[str, str | None]:
     first = errors[0]
     if first.get("type") == "json_invalid":
         return json_message(first, body), None
+    if first.get("type") == "unsupported_field":
+        return first["msg"], first["ctx"]["field"]
     loc = [str(p) for p in first.get("loc", []) if p != "body"]
     param = ".".join(loc) or None
     return (f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid")), param

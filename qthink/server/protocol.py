@@ -2,7 +2,56 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+# Request fields of vLLM or OpenAI that would change the answer and that qthink does not implement:
+# refused by name when set, never ignored. (value(s) that mean "off", why it is refused)
+UNSUPPORTED_FIELDS = {
+    "logit_bias": ((None, {}), "token biases are not implemented"),
+    "bad_words": ((None, []), "banned words are not implemented; use stop or a grammar"),
+    "allowed_token_ids": (
+        (None, []),
+        "token allow-lists are not implemented; use a grammar",
+    ),
+    "best_of": ((None, 1), "best_of is not implemented; ask for n answers"),
+    "use_beam_search": ((None, False), "beam search is not implemented"),
+    "length_penalty": ((None, 1, 1.0), "length_penalty belongs to beam search, which is not implemented"),
+    "prompt_logprobs": ((None,), "prompt logprobs are not implemented"),
+    "truncate_prompt_tokens": ((None,), "prompts are never truncated; shorten the prompt"),
+    "echo": ((None, False), "echo is not implemented for chat"),
+    "continue_final_message": ((None, False), "continuing the last message is not implemented"),
+    "documents": ((None, []), "documents are not implemented; put them in a message"),
+    "chat_template": ((None,), "the chat template is set when the server starts (--chat-template)"),
+    "functions": ((None, []), "the legacy functions field is not implemented; send tools"),
+    "function_call": ((None,), "the legacy function_call field is not implemented; send tool_choice"),
+    "structured_outputs": ((None,), "send response_format or guided_json/guided_regex/guided_choice"),
+    "guided_whitespace_pattern": ((None,), "a whitespace pattern for guided JSON is not implemented"),
+    "logits_processors": ((None, []), "per-request logits processors are not implemented"),
+    "return_tokens_as_token_ids": ((None, False), "token ids in place of token text are not implemented"),
+    "mm_processor_kwargs": ((None, {}), "qthink serves text-only models"),
+    "modalities": ((None, ["text"]), "qthink answers in text only"),
+    "audio": ((None,), "qthink answers in text only"),
+    "prediction": ((None,), "predicted outputs are not implemented"),
+    "web_search_options": ((None,), "qthink has no web search"),
+    "verbosity": ((None,), "verbosity is not implemented"),
+    "cache_salt": (
+        (None,),
+        "per-salt prefix-cache isolation is not implemented (see --no-enable-prefix-caching)",
+    ),
+    "kv_transfer_params": ((None,), "KV transfer between servers is not implemented"),
+    "vllm_xargs": ((None, {}), "vllm_xargs is vLLM's own extension point"),
+}
+
+
+def refuse_unsupported(extra: dict | None) -> None:
+    """A 400 naming the first unsupported field that a request turns on."""
+    for name, value in (extra or {}).items():
+        off, why = UNSUPPORTED_FIELDS.get(name, ((value,), ""))
+        if value not in off:
+            raise PydanticCustomError(
+                "unsupported_field", "{field} is not supported: {why}", {"field": name, "why": why}
+            )
 
 
 class Message(BaseModel):
@@ -24,6 +73,7 @@ class Message(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # continuous_usage_stats is not implemented
     include_usage: bool = False
 
 
@@ -59,6 +109,11 @@ class SamplingFields(BaseModel):
     guided_regex: str | None = None
     guided_grammar: str | None = None
     user: str | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self):
+        refuse_unsupported(self.model_extra)
+        return self
 
 
 class ChatCompletionRequest(SamplingFields):
