@@ -1,0 +1,198 @@
+"""Speculative decoding: n-gram speedup on qthink-nano, verify-step cost on the 4B shape, projection.
+
+    python benchmarks/bench_speculative.py [--checkpoint /work/bench-data/qwen3-4b-random] [--rounds 3]
+
+1. qthink-nano, held-out arithmetic tasks, greedy, one request at a time: decode tok/s with and
+   without n-gram speculation (same outputs required), interleaved rounds; acceptance rate and
+   mean accepted length.
+2. 4B shape (random weights; benchmarks/make_4b_checkpoint.py writes it), bf16 and int4, batch 1:
+   time of one verification step over k + 1 tokens against a one-token decode step, k = 2..8.
+3. A projection (not a measurement) of the 4B speedup at nano's measured draft statistics.
+4. qthink-nano at batch 16: speculation on (the automatic batch switch-off) against off.
+Ratios within one run are what counts: the machine's bandwidth swings over minutes.
+"""
+
+import argparse
+import gc
+import random
+import statistics
+import time
+from pathlib import Path
+
+from qthink.demo import default_model_path
+from qthink.engine.engine import LLMEngine
+from qthink.engine.sampling_params import SamplingParams
+from qthink.engine.scheduler import ScheduledBatch
+from qthink.nano.data import arithmetic
+from qthink.nano.evaluate import HELD_OUT_SEED
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
+NANO = {"max_model_len": 1024, "kv_cache_memory": 64 << 20, "max_num_seqs": 16}
+GREEDY = SamplingParams(temperature=0, max_tokens=300)
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().strip()
+
+
+def nano_prompts(engine: LLMEngine, n: int) -> list[list[int]]:
+    rng = random.Random(HELD_OUT_SEED)
+    tok = engine.tokenizer
+    return [
+        tok.apply_chat_template(arithmetic(rng)[:-1], add_generation_prompt=True, tokenize=True)
+        for _ in range(n)
+    ]
+
+
+def run_all(
+    engine: LLMEngine, prompts: list[list[int]], concurrent: bool
+) -> tuple[float, list[list[int]], int]:
+    """Decode tok/s over the prompts (one at a time, or all at once), outputs, engine steps."""
+    outputs, tokens, steps, elapsed = [], 0, 0, 0.0
+    groups = [prompts] if concurrent else [[p] for p in prompts]
+    for group in groups:
+        ids = [engine.add_request(p, GREEDY).request_id for p in group]
+        done = {}
+        start = time.perf_counter()
+        while engine.has_unfinished():
+            steps += 1
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out.outputs[0].token_ids
+        elapsed += time.perf_counter() - start
+        outputs += [done[i] for i in ids]
+        tokens += sum(len(done[i]) for i in ids)
+    return tokens / elapsed, outputs, steps
+
+
+def nano_speedup(rounds: int, n: int) -> dict:
+    model = str(default_model_path())
+    plain = LLMEngine(model, **NANO)
+    spec = LLMEngine(model, **NANO, speculative_config=NGRAM)
+    prompts = nano_prompts(plain, n)
+    run_all(plain, prompts[:2], False)  # warm-up
+    run_all(spec, prompts[:2], False)
+    spec.speculator.__init__(spec.speculator.config, spec.max_model_len)  # statistics of the timed runs only
+    on, off, steps_on = [], [], 0
+    for _ in range(rounds):
+        rate_off, out_off, _ = run_all(plain, prompts, False)
+        rate_on, out_on, steps = run_all(spec, prompts, False)
+        if out_on != out_off:
+            raise SystemExit("speculation changed greedy output: the benchmark is void")
+        off.append(rate_off)
+        on.append(rate_on)
+        steps_on += steps
+    stats = spec.stats()
+    print(f"## qthink-nano, {n} held-out arithmetic tasks, greedy, batch 1, n-gram k=4 ({rounds} rounds)")
+    print(f"  off  {statistics.median(off):8.1f} tok/s   runs {', '.join(f'{r:.1f}' for r in off)}")
+    print(f"  on   {statistics.median(on):8.1f} tok/s   runs {', '.join(f'{r:.1f}' for r in on)}")
+    ratio = statistics.median(on) / statistics.median(off)
+    print(f"  speedup {ratio:.2f}x (target >= 2.0x: {'met' if ratio >= 2 else 'NOT met'}); outputs identical")
+    print(
+        f"  acceptance rate {stats['spec_decode_acceptance_rate']:.2f}, mean accepted length "
+        f"{stats['spec_decode_mean_accepted_length']:.2f}, drafts in "
+        f"{stats['spec_decode_num_drafts']} of {steps_on} steps"
+    )
+    return {**stats, "steps": steps_on, "tokens": sum(len(o) for o in out_on) * rounds}
+
+
+def verify_costs(checkpoint: str, quantization: str | None, ks: list[int], rounds: int) -> dict[int, float]:
+    """Median time of a k + 1 token verification step over a one-token decode step, batch 1,
+    512 tokens of context."""
+    engine = LLMEngine(
+        checkpoint,
+        dtype="bfloat16",
+        quantization=quantization,
+        max_model_len=1024,
+        kv_cache_memory=512 << 20,
+        enable_prefix_caching=False,
+    )
+    prompt = [random.Random(0).randrange(1000, 100000) for _ in range(512)]
+    state = engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=16))
+    while state.outputs[0].seq.num_output_tokens == 0:
+        engine.step()
+    seq = state.outputs[0].seq
+    engine.blocks.grow(seq, 1 + max(ks))
+
+    def step_time(k: int) -> float:
+        seq.draft_ids = [prompt[i] for i in range(k)]
+        batch = ScheduledBatch([seq], [1 + k])
+        start = time.perf_counter()
+        engine.runner.run(batch)
+        return time.perf_counter() - start
+
+    times = {k: [] for k in [0, *ks]}
+    for k in times:
+        step_time(k)  # warm-up (oneDNN primitives per shape)
+    for _ in range(rounds):
+        for k in times:  # interleaved, so a bandwidth swing hits every k alike
+            times[k].append(step_time(k))
+    seq.draft_ids = []
+    base = statistics.median(times[0])
+    name = quantization or "bf16"
+    print(f"## 4B shape, {name}, batch 1, 512-token context: one-token decode {base * 1000:.0f} ms")
+    ratios = {}
+    for k in ks:
+        ratios[k] = statistics.median(times[k]) / base
+        mark = f" (target <= 1.25x: {'met' if ratios[k] <= 1.25 else 'NOT met'})" if k == 4 else ""
+        print(f"  k={k}: verify {statistics.median(times[k]) * 1000:7.0f} ms = {ratios[k]:.2f}x decode{mark}")
+    return ratios
+
+
+def projection(nano: dict, ratios: dict[int, float], name: str) -> None:
+    """Steps with a draft cost a k=4 verify step, the others a decode step; tokens as on nano."""
+    spec_steps = nano["spec_decode_num_drafts"]
+    plain_steps = nano["steps"] - spec_steps
+    cost = plain_steps + spec_steps * ratios[NGRAM["num_speculative_tokens"]]
+    print(
+        f"  PROJECTION ({name}, not a measurement): {nano['tokens'] / cost:.2f}x decode speed "
+        "at nano's draft statistics"
+    )
+
+
+def batch16(rounds: int) -> None:
+    model = str(default_model_path())
+    plain = LLMEngine(model, **NANO)
+    auto = LLMEngine(model, **NANO, speculative_config=NGRAM)
+    prompts = nano_prompts(plain, 16)
+    run_all(plain, prompts, True)
+    run_all(auto, prompts, True)
+    off, on = [], []
+    for _ in range(rounds):
+        off.append(run_all(plain, prompts, True)[0])
+        on.append(run_all(auto, prompts, True)[0])
+    ratio = statistics.median(on) / statistics.median(off)
+    print(
+        f"## qthink-nano, batch 16 ({rounds} rounds): "
+        f"off {statistics.median(off):.1f} tok/s, on {statistics.median(on):.1f}"
+    )
+    print(
+        f"  on/off {ratio:.2f}x (speculation switches off above "
+        f"{auto.speculator.config.disable_by_batch_size} decoding sequences)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="/work/bench-data/qwen3-4b-random")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tasks", type=int, default=20, help="nano held-out tasks per round")
+    ap.add_argument("--skip-4b", action="store_true")
+    args = ap.parse_args()
+    print(f"/proc/loadavg at start: {loadavg()}")
+    nano = nano_speedup(args.rounds, args.tasks)
+    if not args.skip_4b:
+        if not Path(args.checkpoint, "config.json").is_file():
+            raise SystemExit(
+                f"{args.checkpoint} missing: run benchmarks/make_4b_checkpoint.py {args.checkpoint}"
+            )
+        for quant in (None, "int4"):
+            ratios = verify_costs(args.checkpoint, quant, list(range(2, 9)), args.rounds * 2)
+            gc.collect()  # the previous engine's weights go before the next loads
+            projection(nano, ratios, quant or "bf16")
+    batch16(args.rounds)
+    print(f"/proc/loadavg at end: {loadavg()}")
+
+
+if __name__ == "__main__":
+    main()
