@@ -39,13 +39,20 @@ def _takes_name(mod) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from qthink.extras import MissingExtra
+
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(argv)
+    try:
+        parser = build_parser(argv)
+    except MissingExtra as e:
+        sys.exit(f"qthink: {e}")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         _refuse_unknown(getattr(parser, "command_parser", parser), unknown)
     try:
         code = args._run(args)
+    except MissingExtra as e:
+        sys.exit(f"qthink {args.command}: {e}")
     except Exception as e:
         if not _is_setting_error(e):
             raise

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install qthink in it; `--test` adds what the test suite needs.
+# Create .venv and install qthink with every optional part ([all]); `--test` adds what the test suite needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -8,10 +8,10 @@ python -m pip install -q --upgrade pip
 # The CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 python -m pip install -q torch==2.13.0
 if [ "${1:-}" = "--test" ]; then
-  python -m pip install -q -e '.[test]'
+  python -m pip install -q -e '.[all,test]'
   if [ -x scripts/setup-test-extras.sh ]; then bash scripts/setup-test-extras.sh; fi
 else
-  python -m pip install -q -e .
+  python -m pip install -q -e '.[all]'
 fi
 if ! command -v bwrap >/dev/null 2>&1; then
   echo "note: the agent's code interpreter runs model-written code in a bubblewrap jail and refuses to" >&2

@@ -1,1 +1,5 @@
 """OpenAI-compatible HTTP server."""
+
+from qthink.extras import require
+
+require("serve")
