@@ -4,7 +4,7 @@ import argparse
 
 from rich.console import Console
 
-from qthink.demo import model_display_name
+from qthink.demo import model_display_name, model_or_default
 from qthink.engine.engine import LLMEngine
 from qthink.engine.sampling_params import SamplingParams
 from qthink.engine_flags import add_engine_arguments, engine_config_from_args
@@ -40,10 +40,7 @@ def model_and_engine_kwargs(args, model: str | None = None, **changes) -> tuple[
     """The model to load (the offline demo model when none is named) and the engine's
     arguments: its EngineConfig from the flags (with `changes`) and the chat template."""
     model = model or args.model
-    if model is None:
-        from qthink.demo import default_model_path
-
-        model = str(default_model_path())
+    model = model_or_default(model)
     return model, {"config": engine_config_from_args(args, **changes), "chat_template": args.chat_template}
 
 

@@ -1,23 +1,23 @@
-"""The offline default model: qthink-nano when it can be built, else a labelled random-weight one."""
+"""The offline default model of the command line: qthink-nano when it can be built, else a
+labelled random-weight one. The one place that resolves a model nobody named."""
 
 import logging
-import os
 from pathlib import Path
 
+from qthink.cache import cache_dir
+from qthink.nano.build import ARTIFACT, ensure_nano
 from qthink.random_checkpoint import tiny_config, write_random_checkpoint
 
 log = logging.getLogger("qthink")
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("QTHINK_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "qthink"
-    return Path(root).expanduser()
+def model_or_default(model: str | None) -> str:
+    """The model a command names, else the offline default."""
+    return model or str(default_model_path())
 
 
 def default_model_path() -> Path:
     """The checkpoint used when no model is named: it works offline, with nothing downloaded."""
-    from qthink.nano.build import ARTIFACT, ensure_nano
-
     return ensure_nano() if ARTIFACT.is_file() else random_demo_path()
 
 

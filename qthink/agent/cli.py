@@ -9,6 +9,7 @@ import openai
 
 from qthink.agent.assistant import Assistant
 from qthink.agent.jail import SandboxUnavailable
+from qthink.demo import model_or_default
 
 STYLES = {"thinking": "2", "answer": "0", "call": "36", "result": "33", "error": "31"}
 
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 def llm_config(args: argparse.Namespace) -> dict:
     return {
-        "model": args.model,
+        "model": model_or_default(args.model) if args.model_server == "local" else args.model,
         "model_server": args.model_server,
         "api_key": args.api_key,
         "generate_cfg": json.loads(args.generate_cfg),

@@ -89,7 +89,9 @@ class LocalChat:
         from qthink.engine.offline import LLM
         from qthink.engine.sampling_params import SamplingParams
 
-        self.llm = LLM(model=llm_cfg.get("model") or None)
+        if not llm_cfg.get("model"):
+            raise ValueError("model_server 'local' needs a model: a checkpoint folder or hub id")
+        self.llm = LLM(model=llm_cfg["model"])
         cfg = dict(LOCAL_DEFAULTS, **(llm_cfg.get("generate_cfg") or {}))
         known = {f.name for f in fields(SamplingParams)}
         self.params = SamplingParams(**{k: v for k, v in cfg.items() if k in known})

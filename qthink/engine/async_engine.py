@@ -23,11 +23,7 @@ class AsyncEngine:
     """All engine state is touched by one thread only; callers talk to it through a command
     queue, so a long step never blocks the event loop and no lock guards the hot path."""
 
-    def __init__(self, model: str | None = None, **kwargs):
-        if model is None:
-            from qthink.demo import default_model_path
-
-            model = str(default_model_path())
+    def __init__(self, model: str, **kwargs):
         self.engine = LLMEngine(model, **kwargs)
         self.tokenizer = self.engine.tokenizer
         self.thinking_format = self.engine.thinking_format

@@ -13,11 +13,7 @@ class LLM:
     """`LLM(model=..., dtype=..., max_model_len=..., quantization=..., seed=...)`; engine knobs
     (max_num_seqs, max_num_batched_tokens, kv_cache_memory, block_size, ...) pass through."""
 
-    def __init__(self, model: str | None = None, **kwargs):
-        if model is None:
-            from qthink.demo import default_model_path
-
-            model = str(default_model_path())
+    def __init__(self, model: str, **kwargs):
         self.engine = LLMEngine(model, **kwargs)
 
     def get_tokenizer(self):

@@ -6,7 +6,7 @@ import json
 import pickle
 import zlib
 
-from qthink.eval.tasks import Task, TaskError
+from qthink.eval.task import Task, TaskError
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CODE_INSTRUCTION = (

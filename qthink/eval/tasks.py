@@ -31,14 +31,16 @@ Hugging Face dataset, online; see qthink.eval.hub).
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from qthink.eval import bfcl
 from qthink.eval.code_exec import Limits, run_tests
 from qthink.eval.extract import choice_letter, math_answer, program
 from qthink.eval.function_score import calls_error
+from qthink.eval.hub import load_hub
 from qthink.eval.math_score import math_equal
+from qthink.eval.task import Task, TaskError
 
 DATA = Path(__file__).parent / "data"
 KINDS = ("math", "choice", "function", "code")
@@ -51,12 +53,6 @@ LONG_OUTPUT_KINDS = ("math", "code")
 
 
 @dataclass
-class Task:
-    name: str
-    items: list[dict] = field(default_factory=list)
-
-
-@dataclass
 class Reply:
     """What the endpoint returned for one sample."""
 
@@ -64,10 +60,6 @@ class Reply:
     reasoning: str | None
     tool_calls: list[dict]  # [{"name": str, "arguments": dict}]
     finish_reason: str | None = None
-
-
-class TaskError(ValueError):
-    """A task source that cannot be read or an item that breaks the schema."""
 
 
 def examples() -> list[str]:
@@ -106,8 +98,6 @@ def load_task(source: str) -> Task:
         category = source.split(":", 1)[1]
         return Task(f"bfcl_{category}", bfcl.load_category(category))
     if source.startswith("hf:"):
-        from qthink.eval.hub import load_hub
-
         return load_hub(source.split(":", 1)[1])
     path = Path(source)
     if not path.is_file() and (DATA / f"{source}.jsonl").is_file():

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from qthink.cache import cache_dir
 from qthink.nano.train import CONSTANT, TrainConfig, model_config, train
 from qthink.random_checkpoint import tokenizer_files_dir, write_checkpoint
 
@@ -49,8 +50,6 @@ def digest(path: Path) -> str:
 
 def ensure_nano(rebuild: bool = False) -> Path:
     """The qthink-nano checkpoint folder, built once into the cache (seconds, no training)."""
-    from qthink.demo import cache_dir
-
     if rebuild:
         retrain(ARTIFACT)
     out = cache_dir() / "nano" / digest(ARTIFACT)
