@@ -74,14 +74,20 @@ class ModelConfig:
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: str | Path, generation_config: str = "auto", override: dict | None = None
+        cls,
+        model_dir: str | Path,
+        generation_config: str = "auto",
+        override: dict | None = None,
+        hf_overrides: dict | None = None,
     ) -> "ModelConfig":
-        """config.json of `model_dir`; sampling defaults from `generation_config` (auto: the
-        model's generation_config.json, vllm: none, or a folder holding one) under `override`."""
+        """config.json of `model_dir` under `hf_overrides`; sampling defaults from
+        `generation_config` (auto: the model's generation_config.json, vllm: none, or a folder
+        holding one) under `override`."""
         model_dir = Path(model_dir)
         raw = _read_json(
             model_dir / "config.json", f"{model_dir} has no config.json: not a Hugging Face model folder"
         )
+        raw = apply_overrides(raw, hf_overrides)
         generation = _read_json(model_dir / "generation_config.json")
         config = cls.from_dict(raw, generation)
         defaults = _generation_defaults(config.generation_defaults, generation_config, override)
@@ -145,7 +151,12 @@ class RopeParameters:
             raise ConfigError("rope_parameters per layer type is not supported: qthink needs one RoPE")
         kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
         params.pop("type", None)
-        theta = params.pop("rope_theta", None) or raw.get("rope_theta") or 10000.0
+        theta = (
+            params.pop("rope_theta", None)
+            or raw.get("rope_theta")
+            or (raw.get("rope_parameters") or {}).get("rope_theta")
+            or 10000.0
+        )
         partial = params.pop("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0))
         if partial not in (None, 1, 1.0):
             raise ConfigError(
@@ -182,6 +193,19 @@ class RopeParameters:
             mscale_all_dim=params.get("mscale_all_dim"),
             truncate=bool(params.get("truncate", True)),
         )
+
+
+def apply_overrides(raw: dict, overrides: dict | None) -> dict:
+    """config.json with `overrides` (vLLM's --hf-overrides) on top. A `rope_scaling` override of a
+    transformers 5 config replaces its `rope_parameters` and keeps the theta they held."""
+    raw = dict(raw)
+    for key, value in (overrides or {}).items():
+        if key == "rope_scaling" and isinstance(raw.get("rope_parameters"), dict) and isinstance(value, dict):
+            value = {"rope_theta": raw["rope_parameters"].get("rope_theta"), **value}
+            key = "rope_parameters"
+            raw.pop("rope_scaling", None)
+        raw[key] = value
+    return raw
 
 
 def refuse_unsupported_math(raw: dict, qwen3: bool) -> None:
@@ -393,6 +417,15 @@ class EngineConfig:
         "parsing",
     )
 
+    hf_overrides: dict | None = knob(
+        None, "JSON merged over the model's config.json, as vLLM's --hf-overrides", "model"
+    )
+    rope_scaling: dict | None = knob(
+        None,
+        'RoPE scaling over config.json\'s, e.g. {"rope_type": "yarn", "factor": 4.0, '
+        '"original_max_position_embeddings": 32768}',
+        "model",
+    )
     generation_config: str = knob(
         "auto",
         "sampling defaults: auto (the model's generation_config.json), vllm (none), or a folder holding one",
@@ -414,6 +447,13 @@ class EngineConfig:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"unknown engine setting {key!r}{hint}")
         return cls(**kwargs)
+
+    def model_overrides(self) -> dict:
+        """--hf-overrides with --rope-scaling folded in: what changes the model's config.json."""
+        overrides = dict(self.hf_overrides or {})
+        if self.rope_scaling is not None:
+            overrides["rope_scaling"] = self.rope_scaling
+        return overrides
 
     @property
     def speculative(self) -> SpeculativeConfig | None:

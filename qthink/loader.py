@@ -87,12 +87,13 @@ def load_model(
     tp: TensorParallel = SINGLE,
     quantization: str | None = None,
     group_size: int = 128,
+    config: ModelConfig | None = None,
 ) -> Qwen3ForCausalLM:
     """Build the module without initialising it, then fill every parameter from the files;
     under tensor parallelism a rank reads only its own slice of each tensor. `quantization`
     (int8, int4 with `group_size` inputs per scale) then replaces the decoder's linear weights;
-    bf16 weights get the fast matmul."""
-    config = ModelConfig.from_pretrained(model_dir)
+    bf16 weights get the fast matmul. `config`: the model's, when overridden (default: config.json)."""
+    config = config or ModelConfig.from_pretrained(model_dir)
     torch_dtype = resolve_dtype(dtype, config)
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import torch
 
-from qthink.config import DTYPE_ALIASES, KV_DTYPE_ALIASES, ConfigError, ModelConfig
+from qthink.config import (
+    DTYPE_ALIASES,
+    KV_DTYPE_ALIASES,
+    ConfigError,
+    EngineConfig,
+    ModelConfig,
+    apply_overrides,
+)
 from qthink.engine_flags import add_engine_arguments
 from qthink.known_models import known_config, known_names
 from qthink.memory import available_memory, kv_bytes_per_token, weight_bytes
@@ -21,7 +28,16 @@ FORMATS = [(None, "bfloat16"), ("int8", "bfloat16"), (None, "int8"), ("int8", "i
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model folder or Hugging Face id (only config.json is read)")
     add_engine_arguments(
-        p, only=("dtype", "quantization", "quantization_group_size", "kv_cache_dtype", "max_model_len")
+        p,
+        only=(
+            "dtype",
+            "quantization",
+            "quantization_group_size",
+            "kv_cache_dtype",
+            "max_model_len",
+            "hf_overrides",
+            "rope_scaling",
+        ),
     )
     p.add_argument("--max-num-seqs", type=int, default=1, help="sequences at full context (default: 1)")
     p.add_argument(
@@ -59,26 +75,31 @@ def largest_context(cfg: ModelConfig, max_num_seqs: int, fmt: Format, memory: fl
     return min(tokens // 256 * 256, cfg.max_context)
 
 
-def read_config(model: str) -> tuple[ModelConfig, str]:
-    """The model's config and where it came from: a folder, the Hugging Face cache, the configs
-    shipped with qthink, or the hub; nothing else is downloaded."""
+def read_config(model: str, overrides: dict | None = None) -> tuple[ModelConfig, str]:
+    """The model's config (under `overrides`) and where it came from: a folder, the Hugging
+    Face cache, the configs shipped with qthink, or the hub; nothing else is downloaded."""
     path = Path(model).expanduser()
     if path.is_dir():
-        return ModelConfig.from_pretrained(path), f"{path}/config.json"
+        return ModelConfig.from_pretrained(path, hf_overrides=overrides), f"{path}/config.json"
     if model.count("/") != 1 or model.startswith((".", "/", "~")):
         raise ConfigError(f"{model!r} is not a model folder nor a Hugging Face id (org/name)")
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     cached = try_to_load_from_cache(model, "config.json")
     if isinstance(cached, str):
-        return ModelConfig.from_pretrained(Path(cached).parent), "the Hugging Face cache"
+        return ModelConfig.from_pretrained(
+            Path(cached).parent, hf_overrides=overrides
+        ), "the Hugging Face cache"
     shipped = known_config(model)
     if shipped is not None:
-        return ModelConfig.from_dict(shipped), "the published config shipped with qthink"
+        return ModelConfig.from_dict(
+            apply_overrides(shipped, overrides)
+        ), "the published config shipped with qthink"
     why = "HF_HUB_OFFLINE is set"
     if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false"):
         try:
-            return ModelConfig.from_pretrained(Path(hf_hub_download(model, "config.json")).parent), "the hub"
+            folder = Path(hf_hub_download(model, "config.json")).parent
+            return ModelConfig.from_pretrained(folder, hf_overrides=overrides), "the hub"
         except Exception as e:  # offline, unknown repo, gated: all one answer
             why = type(e).__name__
     raise ConfigError(
@@ -88,7 +109,10 @@ def read_config(model: str) -> tuple[ModelConfig, str]:
 
 
 def run(args) -> int:
-    cfg, source = read_config(args.model)
+    overrides = EngineConfig(
+        hf_overrides=getattr(args, "hf_overrides", None), rope_scaling=getattr(args, "rope_scaling", None)
+    ).model_overrides()
+    cfg, source = read_config(args.model, overrides)
     dtype = getattr(args, "dtype", "auto")
     dtype = cfg.torch_dtype if dtype == "auto" else DTYPE_ALIASES.get(dtype, dtype)
     kv_dtype = getattr(args, "kv_cache_dtype", "auto")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from qthink.config import ConfigError, ModelConfig
+from qthink.config import ConfigError, EngineConfig, ModelConfig
 from qthink.loader import LoadError, load_model
 
 KNOWN = Path(__file__).parent.parent / "qthink" / "known_models"
@@ -226,3 +226,31 @@ def test_unannounced_tensor_is_refused(saved, tmp_path):
         LoadError, match="tensor model.layers.0.self_attn.o_proj.bias is not part of the model"
     ):
         load_model(tmp_path, "float32")
+
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+
+
+@pytest.mark.parametrize("folder", [KNOWN, CORPUS / "transformers5"])
+def test_rope_scaling_override_keeps_the_theta_of_either_format(folder, tmp_path):
+    (tmp_path / "config.json").write_text((folder / "Qwen3-4B-Thinking-2507.json").read_text())
+    for overrides in ({"rope_scaling": YARN}, {"rope_scaling": dict(YARN, rope_type=None, type="yarn")}):
+        cfg = ModelConfig.from_pretrained(tmp_path, hf_overrides=overrides)
+        assert (cfg.rope.type, cfg.rope_theta, cfg.max_context) == ("yarn", 5e6, 131072)
+
+
+def test_rope_scaling_override_matches_transformers(saved):
+    """--rope-scaling on a checkpoint without it gives transformers' logits for the YaRN config."""
+    folder, ref, old = saved
+    if old.get("rope_scaling") or old["model_type"] != "qwen3":
+        pytest.skip("one plain Qwen3 model is enough")
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    cfg = ModelConfig.from_pretrained(folder, hf_overrides=EngineConfig(rope_scaling=yarn).model_overrides())
+    ours = load_model(folder, "float32", config=cfg)
+    scaled = AutoModelForCausalLM.from_config(AutoConfig.for_model(**dict(old, rope_scaling=yarn)))
+    scaled.load_state_dict(ref.state_dict())
+    ids = torch.randint(0, 512, (1, 64), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a = torch.log_softmax(ours(ids, torch.arange(64)[None]), -1)
+        b = torch.log_softmax(scaled.float().eval()(ids).logits, -1)
+    assert (a - b).abs().max().item() < 1e-4

@@ -114,6 +114,9 @@ def test_a_vllm_command_line_runs_unchanged(tiny_model_dir, tmp_path):
     command += ["--seed", "1", "--chat-template", "qwen3", "--trust-remote-code"]
     command += ["--generation-config", str(tmp_path), "--override-generation-config", '{"temperature": 0}']
     command += ["--default-chat-template-kwargs", '{"enable_thinking": false}']
+    command += ["--enable-reasoning", "--enable-chunked-prefill", "--enforce-eager"]  # Qwen's model cards
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024}
+    command += ["--rope-scaling", json.dumps(yarn)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--api-key", "k3y", "--uvicorn-log-level", "info"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -66,7 +66,10 @@ class LLMEngine:
         self.config = config = config or EngineConfig.from_kwargs(**settings)
         self.model_dir = resolve_model(model)
         self.model_config = ModelConfig.from_pretrained(
-            self.model_dir, config.generation_config, config.override_generation_config
+            self.model_dir,
+            config.generation_config,
+            config.override_generation_config,
+            config.model_overrides(),
         )
         context_is_default = config.max_model_len is None
         config.validate(self.model_config)
@@ -83,7 +86,7 @@ class LLMEngine:
         num_blocks = self._plan_kv_blocks(context_is_default)  # max_model_len is final from here on
         quant = (config.quantization, config.quantization_group_size)
         self.tp_workers, tp = self._start_tensor_parallel(config.tensor_parallel_size, quant)
-        self.model = load_model(self.model_dir, self.dtype, self.device, tp, *quant)
+        self.model = load_model(self.model_dir, self.dtype, self.device, tp, *quant, self.model_config)
         self.rank_weight_bytes = [sum(p.numel() * p.element_size() for p in self.model.parameters())]
         self.rank_threads = [torch.get_num_threads()]
         if tp.size > 1:

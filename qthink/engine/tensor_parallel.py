@@ -89,9 +89,10 @@ def worker_main(
     if dev.type == "cpu":
         torch.set_num_threads(config.num_threads)  # as many as rank 0: the slowest rank sets the pace
     tp = init_group(rank, size, port, dev)
-    model = load_model(Path(model_dir), dtype, dev, tp, *quant)
+    model_config = ModelConfig.from_pretrained(model_dir, hf_overrides=config.model_overrides())
+    model = load_model(Path(model_dir), dtype, dev, tp, *quant, model_config)
     num_blocks, _, _ = handshake(None, model)
-    runner = ModelRunner(model, ModelConfig.from_pretrained(model_dir), config, dev, num_blocks)
+    runner = ModelRunner(model, model_config, config, dev, num_blocks)
     while True:
         box = [None]
         dist.broadcast_object_list(box, src=0)

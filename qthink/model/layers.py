@@ -43,7 +43,8 @@ class RotaryEmbedding(nn.Module):
 
 def rope_inv_freq(head_dim: int, rope: RopeParameters) -> tuple[torch.Tensor, float]:
     """Inverse frequencies [head_dim / 2] and the cos/sin scale, as transformers computes them."""
-    pos_freqs = rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim)
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+    pos_freqs = rope.theta**exponents
     if rope.type == "linear":
         return 1.0 / pos_freqs / rope.factor, 1.0
     if rope.type == "yarn":

@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     _add_server_arguments(p.add_argument_group("server"))
     _add_chat_arguments(p.add_argument_group("chat, reasoning and tools"))
+    _add_accepted_arguments(p.add_argument_group("accepted for vLLM command lines (what qthink always does)"))
 
 
 def _add_server_arguments(g: argparse._ArgumentGroup) -> None:
@@ -49,11 +50,6 @@ def _add_server_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--uvicorn-log-level", default="warning", choices=UVICORN_LOG_LEVELS, help="(default: warning)"
     )
-    g.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="accepted for vLLM command lines; qthink runs no code from model folders",
-    )
 
 
 def _add_chat_arguments(g: argparse._ArgumentGroup) -> None:
@@ -62,11 +58,6 @@ def _add_chat_arguments(g: argparse._ArgumentGroup) -> None:
         choices=TOOL_CALL_PARSERS,
         default="hermes",
         help="<tool_call> JSON blocks, the Qwen3 format (the only one; default: hermes)",
-    )
-    g.add_argument(
-        "--enable-auto-tool-choice",
-        action="store_true",
-        help="accepted for vLLM command lines; tool_choice auto is always on",
     )
     g.add_argument(
         "--default-chat-template-kwargs",
@@ -79,6 +70,17 @@ def _add_chat_arguments(g: argparse._ArgumentGroup) -> None:
         help="thinking tokens per reasoning effort level, e.g. low=1024,medium=8192,high=unlimited "
         "(defaults: minimal=256, low=1024, medium=8192, high and xhigh unlimited; none is always 0)",
     )
+
+
+def _add_accepted_arguments(g: argparse._ArgumentGroup) -> None:
+    """Flags from Qwen's model cards and vLLM's docs that ask for what qthink does anyway."""
+    g.add_argument("--trust-remote-code", action="store_true", help="qthink runs no code from model folders")
+    g.add_argument("--enable-auto-tool-choice", action="store_true", help="tool_choice auto is always on")
+    g.add_argument(
+        "--enable-reasoning", action="store_true", help="reasoning is always separated (older vLLM)"
+    )
+    g.add_argument("--enable-chunked-prefill", action="store_true", help="long prompts are always chunked")
+    g.add_argument("--enforce-eager", action="store_true", help="qthink captures no CUDA graphs")
 
 
 def served_names(args, model: str) -> list[str]:
