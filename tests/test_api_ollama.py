@@ -108,6 +108,12 @@ def test_format_and_options(client):
     assert fits.done_reason == "length" and fits.prompt_eval_count + fits.eval_count == 30
 
 
+def test_an_empty_request_loads_the_model(ports):
+    for route, body in (("/api/chat", {"messages": []}), ("/api/generate", {"prompt": ""})):
+        r = httpx.post(ports[1] + route, json={"model": "nano", **body})
+        assert r.status_code == 200 and r.json()["done_reason"] == "load"
+
+
 @pytest.mark.parametrize(
     "body, status, words",
     [
@@ -115,6 +121,7 @@ def test_format_and_options(client):
         ({"model": "nano", "messages": ASK, "options": {"mirostat": 1}}, 400, "mirostat"),
         ({"model": "nano", "messages": ASK, "think": "max"}, 400, "think"),
         ({"model": "nano", "messages": ASK, "options": {"num_ctx": 5}}, 400, "num_ctx"),
+        ({"model": "nano", "messages": ASK, "options": {"temperature": 50}}, 400, "temperature"),
     ],
 )
 def test_errors_have_ollamas_shape(ports, body, status, words):

@@ -20,8 +20,10 @@ from qthink.server.turn import (
     Turn,
     arguments_object,
     blocks,
+    chat_completion_request,
     check_model,
     start_turn,
+    translation,
     whole_turn,
 )
 
@@ -96,6 +98,7 @@ async def create_message(req: MessagesRequest, server, request: Request):
 # ---- request translation ------------------------------------------------------------------
 
 
+@translation
 def chat_request(req: CountTokensRequest, efforts=None) -> ChatCompletionRequest:
     _check_context_management(req.context_management)
     messages = [{"role": "system", "content": _text(req.system, "system")}] if req.system else []
@@ -120,7 +123,7 @@ def chat_request(req: CountTokensRequest, efforts=None) -> ChatCompletionRequest
             "top_p": req.top_p,
             "top_k": req.top_k,
         }
-    return ChatCompletionRequest(
+    return chat_completion_request(
         messages=messages,
         tools=_tools(req.tools),
         tool_choice=choice,

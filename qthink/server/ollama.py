@@ -21,8 +21,10 @@ from qthink.server.turn import (
     ToolArguments,
     ToolCall,
     arguments_object,
+    chat_completion_request,
     events,
     start_turn,
+    translation,
     whole_turn,
 )
 
@@ -92,6 +94,8 @@ def add_ollama_routes(app: FastAPI, server) -> None:
     @app.post("/api/chat")
     async def chat(req: ChatRequest, request: Request):
         _check_model(server, req.model)
+        if not req.messages:  # Ollama's "load the model": it is loaded already
+            return _loaded(req.model, {"message": {"role": "assistant", "content": ""}})
         messages = [_chat_message(m, i) for i, m in enumerate(req.messages)]
         return await _respond(req, server, request, messages, req.tools, "chat")
 
@@ -100,6 +104,8 @@ def add_ollama_routes(app: FastAPI, server) -> None:
         _check_model(server, req.model)
         if req.raw or req.images:
             raise APIError(400, "raw prompts and images are not supported here; use /api/chat")
+        if not req.prompt:  # Ollama's "load the model": it is loaded already
+            return _loaded(req.model, {"response": ""})
         messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
             {"role": "user", "content": req.prompt}
         ]
@@ -141,6 +147,10 @@ def add_ollama_routes(app: FastAPI, server) -> None:
             "capabilities": ["completion", "tools", "thinking"],
             "modified_at": loaded_at,
         }
+
+
+def _loaded(model: str, body: dict) -> dict:
+    return {"model": model, "created_at": _now(), **body, "done": True, "done_reason": "load"}
 
 
 def _tag(server) -> str:
@@ -185,6 +195,7 @@ def _now() -> str:
 # ---- request translation ------------------------------------------------------------------
 
 
+@translation
 def _chat_message(m: OllamaMessage, i: int) -> dict:
     if m.images:
         raise APIError(400, f"messages[{i}].images: images are not supported by this model")
@@ -212,6 +223,7 @@ def _history_call(call: dict) -> dict:
     }
 
 
+@translation
 def chat_request(
     req: GenerateFields, messages: list[dict], tools: list[dict] | None, efforts
 ) -> ChatCompletionRequest:
@@ -223,7 +235,7 @@ def chat_request(
         if req.think not in THINK_LEVELS:
             raise APIError(400, f"think must be true, false, low, medium or high, got {req.think!r}")
         budget = efforts.tokens(req.think, "think")
-    return ChatCompletionRequest(
+    return chat_completion_request(
         messages=messages,
         tools=tools,
         response_format=_format(req.format),

@@ -19,8 +19,10 @@ from qthink.server.turn import (
     ToolCall,
     Turn,
     blocks,
+    chat_completion_request,
     check_model,
     start_turn,
+    translation,
     whole_turn,
 )
 
@@ -125,6 +127,7 @@ async def create_response(req: ResponsesRequest, server, request: Request):
 # ---- request translation ------------------------------------------------------------------
 
 
+@translation
 def input_messages(value: str | list[dict]) -> list[dict]:
     """Responses input items as chat messages: a reasoning item goes with the assistant turn
     after it; consecutive function calls are one assistant turn's tool calls."""
@@ -192,6 +195,7 @@ def _text(content, where: str) -> str | None:
     return "".join(texts)
 
 
+@translation
 def chat_request(req: ResponsesRequest, messages: list[dict], efforts) -> ChatCompletionRequest:
     if req.instructions:
         messages = [{"role": "system", "content": req.instructions}] + messages
@@ -204,7 +208,7 @@ def chat_request(req: ResponsesRequest, messages: list[dict], efforts) -> ChatCo
         kwargs = {"enable_thinking": False}
     elif effort is not None and budget is None:
         budget = efforts.tokens(effort, "reasoning.effort")
-    return ChatCompletionRequest(
+    return chat_completion_request(
         messages=messages,
         tools=_tools(req.tools),
         tool_choice=_tool_choice(req.tool_choice),

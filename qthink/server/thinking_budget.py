@@ -15,6 +15,7 @@ DEFAULT_EFFORT_BUDGETS: dict[str, int | None] = {
     "xhigh": None,
     "max": None,
 }
+# The early-stop phrase as a closed thinking ends with it (what clients see last in the thinking).
 EARLY_STOP_TEXT = THINKING_EARLY_STOP.split("</think>")[0].strip()
 
 

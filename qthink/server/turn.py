@@ -1,13 +1,15 @@
 """One assistant turn as protocol-neutral events (thinking, answer text, whole tool calls, finish),
 parsed by the Chat Completions stream parser, for the other wire protocols to translate."""
 
+import functools
 import json
 from dataclasses import dataclass, field
 
 from fastapi import Request
+from pydantic import ValidationError
 
 from qthink.server.chat import ChatView, ChoiceStream, PreparedChat, prepare_chat, usage
-from qthink.server.errors import APIError
+from qthink.server.errors import APIError, validation_message
 from qthink.server.protocol import ChatCompletionRequest
 from qthink.server.streaming import OutputStream, stream_outputs, unless_disconnected
 
@@ -48,9 +50,6 @@ class Finish:
     timing: dict = field(default_factory=dict)  # the engine's arrival, first_token, now (monotonic)
 
 
-Event = Reasoning | Text | ToolCall | ToolArguments | Finish
-
-
 @dataclass
 class Turn:
     """A submitted request: its id (the engine's, for end_thinking), what was asked, its outputs."""
@@ -59,6 +58,28 @@ class Turn:
     chat: PreparedChat
     outputs: OutputStream
     view: ChatView
+
+
+def translation(fn):
+    """Marks a protocol's request translation: a value of the wrong shape deep in the body (a
+    number where an object belongs, say) is the client's 400, never a server error."""
+
+    @functools.wraps(fn)
+    def translate(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (AttributeError, TypeError, KeyError) as e:
+            raise APIError(400, f"a value in the request has the wrong type or shape ({e})") from None
+
+    return translate
+
+
+def chat_completion_request(**fields) -> ChatCompletionRequest:
+    """The translated request; a value the chat request refuses (out of range, say) is a 400."""
+    try:
+        return ChatCompletionRequest(**fields)
+    except ValidationError as e:
+        raise APIError(400, validation_message(e.errors())[0]) from None
 
 
 def check_model(server, model: str | None) -> None:
