@@ -459,13 +459,20 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const int64_t G = K % 128 == 0 ? 128 : 64;
   const QuantizedRows rows = quantize_rows(x, G, false);
   // 128 x sum over groups of (group scale x sum of the group's int8 activations), per row.
-  const at::Tensor correction = (rows.scales * rows.int_sums.to(at::kFloat)).sum(1).mul_(128.0f).contiguous();
+  const int64_t M = x.size(0), groups = K / G;
+  std::vector<float> correction(M, 0.0f);
+  const float* scales = rows.scales.data_ptr<float>();
+  const int32_t* int_sums = rows.int_sums.data_ptr<int32_t>();
+  for (int64_t r = 0; r < M; ++r) {
+    for (int64_t g = 0; g < groups; ++g) correction[r] += scales[r * groups + g] * int_sums[r * groups + g];
+    correction[r] *= 128.0f;
+  }
   Int8VnniKernel kernel;
   kernel.w = w.data_ptr<int8_t>();
   kernel.scale = bf16_bits(scale);
   kernel.xq = rows.values.data_ptr<int8_t>();
   kernel.x_scale = rows.scales.data_ptr<float>();
-  kernel.x_correction = correction.data_ptr<float>();
+  kernel.x_correction = correction.data();
   kernel.K = K;
   kernel.G = G;
   if (x.size(0) == 1) {
