@@ -1,5 +1,6 @@
 """The batched sampler against per-row numpy reference computations."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -323,3 +324,20 @@ def test_on_cuda_seeded_rows_hold_and_greedy_matches_cpu():
     assert busy.token_ids[0].item() == on_cuda(rows[:1], 1).token_ids[0].item()
     assert busy.token_ids[2].item() == logits[2].argmax().item()
     assert busy.top_ids.device.type == "cuda" and busy.top_ids.shape == (4, 3)
+
+
+def test_no_logprobs_unless_asked_and_the_same_tokens():
+    """Without a row asking for logprobs the sampler skips them (greedy is one argmax pass);
+    the tokens are the ones it picks when logprobs are asked for."""
+    logits = random_logits(6, seed=10)
+    rows = [params(temperature=0.0), params(top_k=5), params(top_p=0.8), params(min_p=0.1)] + [params()] * 2
+    generators = [torch.Generator().manual_seed(100 + r) for r in range(6)]
+    for kind in ("greedy", "mixed"):
+        chosen = rows[:1] * 6 if kind == "greedy" else rows
+        asked = [dataclasses.replace(p, logprobs=0) for p in chosen]
+        gens = lambda: [torch.Generator().manual_seed(g.initial_seed()) for g in generators]
+        plain = sample(logits, build(chosen, generators=gens()))
+        with_logprobs = sample(logits, build(asked, generators=gens()))
+        assert plain.logprobs is None and plain.ranks is None
+        assert with_logprobs.logprobs is not None
+        assert plain.token_ids.tolist() == with_logprobs.token_ids.tolist()

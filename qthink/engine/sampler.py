@@ -15,8 +15,10 @@ SAMPLING_EPS = 1e-5  # a temperature below this is greedy, as in vLLM
 @dataclass
 class SampleResult:
     token_ids: torch.Tensor  # [B] long
-    logprobs: torch.Tensor  # [B] logprob of the sampled token under the raw model distribution
-    ranks: torch.Tensor  # [B] 1-based rank of the sampled token in that distribution
+    # [B] logprob of the sampled token under the raw model distribution, and its 1-based rank
+    # there; None when no row of the batch asks for logprobs (they cost passes over the vocabulary)
+    logprobs: torch.Tensor | None = None
+    ranks: torch.Tensor | None = None
     top_ids: torch.Tensor | None = None  # [B, K] when some row asks for top-K logprobs
     top_logprobs: torch.Tensor | None = None
 
@@ -25,8 +27,8 @@ class SampledToken(NamedTuple):
     """One emitted token with its logprob and rank under the raw distribution, and the top-K."""
 
     token: int
-    logprob: float
-    rank: int
+    logprob: float | None  # None when the request asked for no logprobs
+    rank: int | None
     top_ids: list[int]
     top_logprobs: list[float]
 
@@ -35,16 +37,19 @@ def token_rows(result: SampleResult) -> list[SampledToken]:
     """A SampleResult as one SampledToken per row."""
     top_ids = result.top_ids.tolist() if result.top_ids is not None else None
     top_lps = result.top_logprobs.tolist() if result.top_logprobs is not None else None
+    tokens = result.token_ids.tolist()
+    logprobs = result.logprobs.tolist() if result.logprobs is not None else [None] * len(tokens)
+    ranks = result.ranks.tolist() if result.ranks is not None else [None] * len(tokens)
     return [
         SampledToken(t, lp, r, top_ids[i] if top_ids else [], top_lps[i] if top_lps else [])
-        for i, (t, lp, r) in enumerate(
-            zip(result.token_ids.tolist(), result.logprobs.tolist(), result.ranks.tolist())
-        )
+        for i, (t, lp, r) in enumerate(zip(tokens, logprobs, ranks))
     ]
 
 
 def sampled_tokens(logits: torch.Tensor, tokens: torch.Tensor, num_logprobs: int) -> list[SampledToken]:
     """SampledTokens for tokens chosen elsewhere (speculative verification), one per row."""
+    if num_logprobs < 0:
+        return token_rows(SampleResult(tokens))
     chosen = logits.gather(1, tokens[:, None])
     ranks = (logits > chosen).sum(-1, dtype=torch.int32).long() + 1
     return token_rows(_with_logprobs(logits, tokens, chosen, ranks, num_logprobs))
@@ -257,11 +262,14 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, processed: torch.Tensor |
     """Pick one token per row of float32 [B, V] logits. Greedy rows take the argmax; seeded
     rows draw only from their own generator, so their samples do not depend on the batch.
     `processed`: the logits after the reweighting logits processors (by default, the
-    penalties applied here); logprobs are always those of `logits`."""
+    penalties applied here); logprobs are always those of `logits`, and computed only when a
+    row asks for them: greedy decoding without logprobs is one argmax pass."""
     if processed is None:
         processed = apply_penalties(logits, batch)
     if batch.all_greedy and processed is logits:  # the raw argmax: rank 1 by definition
         best, tokens = logits.max(-1)  # max(dim) is several times faster than argmax on CPU
+        if batch.num_logprobs < 0:
+            return SampleResult(tokens)
         ranks = torch.ones_like(tokens)
         return _with_logprobs(logits, tokens, best[:, None], ranks, batch.num_logprobs)
     if batch.all_greedy:
@@ -270,6 +278,8 @@ def sample(logits: torch.Tensor, batch: SamplingBatch, processed: torch.Tensor |
         tokens = _random_tokens(processed, batch)
         if batch.greedy is not None:
             tokens = torch.where(batch.greedy, processed.max(-1).indices, tokens)
+    if batch.num_logprobs < 0:
+        return SampleResult(tokens)
     chosen = logits.gather(1, tokens[:, None])
     ranks = (logits > chosen).sum(-1, dtype=torch.int32).long() + 1  # int32: a faster sum
     return _with_logprobs(logits, tokens, chosen, ranks, batch.num_logprobs)
