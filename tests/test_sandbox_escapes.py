@@ -383,3 +383,28 @@ def test_the_agent_cli_refuses_without_a_jail_before_asking_the_model():
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--unsafe-code-interpreter" in done.stderr and "apt-get install bubblewrap" in done.stderr
+
+
+# Every file under /proc that opens for writing (nothing is written). Sysctls check only the
+# owner, and a jail started by root is root on the host: core_pattern would run a command there.
+PROC_WRITABLE = """
+import os
+found = []
+for root, dirs, files in os.walk('/proc'):
+    dirs[:] = [d for d in dirs if d != 'fd']  # the jail's own open files, reopened
+    for name in files:
+        try:
+            os.close(os.open(os.path.join(root, name), os.O_WRONLY | os.O_NONBLOCK))
+            found.append(os.path.join(root, name))
+        except OSError:
+            pass
+found
+"""
+
+
+def test_nothing_under_proc_is_writable_and_no_host_keys_are_readable(fresh):
+    tool = fresh()
+    assert run(tool, PROC_WRITABLE) == "[]"
+    assert "Read-only file system" in run(tool, "open('/proc/sys/kernel/core_pattern', 'w')")
+    assert "FileNotFoundError" in run(tool, "import os; os.listdir('/etc/ssl/private')")
+    assert run(tool, "import os; os.path.isdir('/etc/ssl/certs')") == "True"

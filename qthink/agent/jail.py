@@ -26,7 +26,8 @@ ETC_FILES = (
     "ld.so.conf.d",
     "localtime",
     "fonts",
-    "ssl",
+    "ssl/certs",  # never ssl/private: a jail run by root could read the host's TLS keys
+    "ssl/openssl.cnf",
     "ca-certificates",
     "mime.types",
     "services",
@@ -110,8 +111,10 @@ def bwrap_argv(spec: JailSpec, seccomp_fd: int) -> list[str]:
             argv += ["--ro-bind", d, d]
     for name, value in jail_env(spec).items():
         argv += ["--setenv", name, value]
-    # The root itself (a tmpfs holding the mount points) is not a place to write either.
-    return [*argv, "--remount-ro", "/", "--chdir", str(spec.work_dir), "--"]
+    # The root itself (a tmpfs holding the mount points) is not a place to write either; nor
+    # /proc, whose sysctls (core_pattern: a command the host runs) only check the file owner,
+    # and a jail started by root is, on the host, root.
+    return [*argv, "--remount-ro", "/", "--remount-ro", "/proc", "--chdir", str(spec.work_dir), "--"]
 
 
 def _system_binds(allow_network: bool) -> list[str]:
