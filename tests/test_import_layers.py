@@ -3,8 +3,8 @@ functions alike): no cycle, and no edge that points up the layers below.
 
 Layers, lowest first; a module may import its own layer and the ones below it:
 
-0. foundations with no qthink dependency: errors, the cache folder, the thinking and
-   tool-call parsers (pure functions of text), the native kernels
+0. foundations with no qthink dependency: errors, the cache folder, optional-package
+   messages, the thinking and tool-call parsers (pure functions of text), the native kernels
 1. configuration and text: config, the tokenizer, the known-model table
 2. the model: its layers, loading, memory planning, random checkpoints
 3. the engine: scheduler, runner, sampler, logits processors, the offline LLM and AsyncEngine
@@ -21,7 +21,7 @@ import qthink
 PACKAGE = Path(qthink.__file__).parent
 
 LAYERS = [
-    ["qthink", "qthink.errors", "qthink.cache", "qthink.parsing", "qthink.kernels"],
+    ["qthink", "qthink.errors", "qthink.cache", "qthink.extras", "qthink.parsing", "qthink.kernels"],
     ["qthink.config", "qthink.tokenizer", "qthink.known_models"],
     ["qthink.memory", "qthink.model", "qthink.loader", "qthink.random_checkpoint"],
     ["qthink.engine"],
@@ -68,7 +68,7 @@ def layer(module: str) -> int:
         (len(prefix), i)
         for i, prefixes in enumerate(LAYERS)
         for prefix in prefixes
-        if module == prefix or module.startswith(prefix + ".")
+        if module == prefix or (prefix != "qthink" and module.startswith(prefix + "."))
     ]
     assert matches, f"{module} has no layer: add it to LAYERS in {__file__}"
     return max(matches)[1]
