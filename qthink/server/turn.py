@@ -1,5 +1,6 @@
-"""One assistant turn as protocol-neutral events (thinking, answer text, whole tool calls, finish),
-parsed by the Chat Completions stream parser, for the other wire protocols to translate."""
+"""One assistant turn as protocol-neutral events (thinking, answer text, tool calls and their
+arguments as written, finish), parsed by the Chat Completions stream parser, for the other wire
+protocols to translate."""
 
 import functools
 import json
