@@ -2,12 +2,26 @@
 
 import pytest
 
+from qthink.parsing.thinking import ThinkingFormat
 from qthink.random_checkpoint import tiny_config, tokenizer_files_dir, write_random_checkpoint
+from qthink.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="session")
 def tokenizer_dir():
     return tokenizer_files_dir()
+
+
+@pytest.fixture(scope="session")
+def tok(tokenizer_dir):
+    """The real Qwen3 tokenizer with its own (hybrid Qwen3) chat template."""
+    return Tokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def fmt(tok):
+    """The thinking format read from that tokenizer's vocabulary."""
+    return ThinkingFormat.from_tokenizer(tok)
 
 
 @pytest.fixture(scope="session")

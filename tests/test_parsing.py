@@ -6,7 +6,7 @@ import pytest
 
 from qthink.parsing.thinking import ThinkingFormat
 from qthink.parsing.tool_calls import ToolCallStreamParser, parse_tool_calls
-from qthink.tokenizer import IncrementalDetokenizer, Tokenizer
+from qthink.tokenizer import IncrementalDetokenizer
 
 TOOLS = [
     {
@@ -18,16 +18,6 @@ TOOLS = [
     },
     {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}},
 ]
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir):
-    return Tokenizer.from_pretrained(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def fmt(tok):
-    return ThinkingFormat.from_tokenizer(tok)
 
 
 def split_ids(tok, ids, thinking=True):

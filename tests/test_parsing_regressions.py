@@ -13,7 +13,7 @@ from qthink.parsing.tool_calls import (
     parse_tool_calls,
     tool_names,
 )
-from qthink.tokenizer import IncrementalDetokenizer, Tokenizer
+from qthink.tokenizer import IncrementalDetokenizer
 
 TOOLS = [
     {
@@ -29,11 +29,6 @@ TOOLS = [
     {"type": "function", "function": {"name": "current_time", "parameters": {"type": "object"}}},
     {"type": "function", "function": {"name": "list_files"}},
 ]
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir):
-    return Tokenizer.from_pretrained(tokenizer_dir)
 
 
 def token_deltas(tok, text):

@@ -13,7 +13,7 @@ from qthink.server.chat import ChatView
 from qthink.server.errors import APIError
 from qthink.server.protocol import ChatCompletionRequest
 from qthink.server.streaming import last_output
-from qthink.tokenizer import IncrementalDetokenizer, Tokenizer
+from qthink.tokenizer import IncrementalDetokenizer
 
 TOOLS = [
     {
@@ -30,11 +30,6 @@ CALLS = (
     '<tool_call>\n{"name": "get_time", "arguments": {"city": "東京"}}\n</tool_call>\n'
     '<tool_call>\n{"name": "ping"}\n</tool_call>'
 )
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir):
-    return Tokenizer.from_pretrained(tokenizer_dir)
 
 
 def engine_outputs(tok, text: str, finish_reason: str) -> list[RequestOutput]:

@@ -3,17 +3,7 @@
 import pytest
 
 from qthink.parsing.thinking import ThinkingFormat
-from qthink.tokenizer import IncrementalDetokenizer, Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir):
-    return Tokenizer.from_pretrained(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def fmt(tok):
-    return ThinkingFormat.from_tokenizer(tok)
+from qthink.tokenizer import IncrementalDetokenizer
 
 
 def token_deltas(tok, ids):
