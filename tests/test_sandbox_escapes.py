@@ -298,6 +298,7 @@ def test_check_sandbox_reports_each_part():
     for part in ("user", "mnt", "pid", "ipc", "uts", "net"):
         assert f"{part} namespace: yes" in done.stdout
     assert "seccomp filter: yes" in done.stdout and "verdict: the code interpreter runs jailed" in done.stdout
+    assert "read-only root: yes" in done.stdout and "read-only /proc: yes" in done.stdout
 
 
 def test_no_setuid_files_or_fifos_are_left_for_the_host(fresh, tmp_path):

@@ -7,7 +7,7 @@ import sys
 
 from qthink.agent.cgroup import make_cgroup
 from qthink.agent.jail import bwrap_path, jail_problem, run_in_jail
-from qthink.agent.seccomp_filter import DENIED
+from qthink.agent.seccomp_filter import DENIED, NOT_IMPLEMENTED
 
 NAMESPACES = ("user", "mnt", "pid", "ipc", "uts", "net", "cgroup")
 # Runs inside a probe jail: what it sees of itself, as JSON.
@@ -17,7 +17,8 @@ status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlin
 ns = {n: os.readlink("/proc/self/ns/" + n) for n in %r}
 print(json.dumps({"ns": ns, "seccomp": status["Seccomp"].strip(), "cap_eff": status["CapEff"].strip(),
                   "uid": os.getuid(), "interfaces": [n for _, n in socket.if_nameindex()],
-                  "writable_root": os.access("/usr", os.W_OK)}))
+                  "writable_root": os.access("/usr", os.W_OK),
+                  "writable_proc": os.access("/proc/sys/kernel/core_pattern", os.W_OK)}))
 """
 
 
@@ -34,6 +35,7 @@ def check() -> dict:
         report["no capabilities"] = int(seen["cap_eff"], 16) == 0
         report["no network interfaces but loopback"] = seen["interfaces"] in ([], ["lo"])
         report["read-only root"] = not seen["writable_root"]
+        report["read-only /proc"] = not seen["writable_proc"]
     report["rlimits (address space, file size, open files, CPU time)"] = True
     # The kernel exempts processes of host root from RLIMIT_NPROC.
     root = "no (run as root: the kernel exempts root's processes; the cgroup caps them)"
@@ -53,7 +55,12 @@ def print_report(report: dict) -> int:
             continue
         print(f"{key}: {'yes' if value is True else value or 'no'}")
     if report["jail"]:
-        print(f"seccomp denies: {', '.join(DENIED)}, clone3, clone with namespace flags, TIOCSTI/TIOCLINUX")
+        print(
+            f"seccomp denies: {', '.join(DENIED)}; {', '.join(NOT_IMPLEMENTED)} (ENOSYS); clone with namespace"
+        )
+        print(
+            "flags; setuid/setgid modes in chmod/open/creat; TIOCSTI/TIOCLINUX; other ABIs kill the process"
+        )
         print("verdict: the code interpreter runs jailed")
         return 0
     print(f"verdict: the code interpreter refuses to start here: {report['problem']}")
