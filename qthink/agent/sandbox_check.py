@@ -55,12 +55,9 @@ def print_report(report: dict) -> int:
             continue
         print(f"{key}: {'yes' if value is True else value or 'no'}")
     if report["jail"]:
-        print(
-            f"seccomp denies: {', '.join(DENIED)}; {', '.join(NOT_IMPLEMENTED)} (ENOSYS); clone with namespace"
-        )
-        print(
-            "flags; setuid/setgid modes in chmod/open/creat; TIOCSTI/TIOCLINUX; other ABIs kill the process"
-        )
+        denied = ", ".join(DENIED)
+        print(f"seccomp denies: {denied}; {', '.join(NOT_IMPLEMENTED)} (ENOSYS); clone with namespace flags;")
+        print("setuid/setgid modes in chmod/open/creat; TIOCSTI/TIOCLINUX; other ABIs kill the process")
         print("verdict: the code interpreter runs jailed")
         return 0
     print(f"verdict: the code interpreter refuses to start here: {report['problem']}")
