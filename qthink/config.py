@@ -11,7 +11,8 @@ SUPPORTED_ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwe
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 DTYPE_ALIASES = {"half": "float16", "float": "float32"}  # vLLM's spellings
 QUANTIZATIONS = (None, "int8", "int4")
-KV_CACHE_DTYPES = ("auto", "int8", "fp8", "bfloat16", "float16", "float32")
+KV_CACHE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "int8": 1, "fp8": 1}  # per value
+KV_CACHE_DTYPES = ("auto", *KV_CACHE_BYTES)
 KV_DTYPE_ALIASES = {"fp8_e4m3": "fp8"}
 
 
@@ -99,9 +100,11 @@ class ModelConfig:
 
     @property
     def max_context(self) -> int:
-        """The longest context the model supports: YaRN stretches the pretrained one by its factor."""
+        """The longest context the model supports: YaRN stretches the pretrained one by its factor
+        (as vLLM derives it), unless config.json already names a longer one."""
         if self.rope.type == "yarn":
-            return int(self.rope.original_max_position_embeddings * self.rope.factor)
+            stretched = int(self.rope.original_max_position_embeddings * self.rope.factor)
+            return max(stretched, self.max_position_embeddings)
         return self.max_position_embeddings
 
     def __post_init__(self) -> None:

@@ -4,10 +4,10 @@ from dataclasses import dataclass
 
 import torch
 
-from qthink.config import ConfigError, EngineConfig, ModelConfig
+from qthink.config import KV_CACHE_BYTES, ConfigError, EngineConfig, ModelConfig
 
 WEIGHT_BYTES = {"bfloat16": 2.0, "float16": 2.0, "float32": 4.0, "int8": 1.0, "int4": 0.5}
-KV_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "int8": 1, "fp8": 1}
+KV_BYTES = KV_CACHE_BYTES
 
 
 def parameter_counts(cfg: ModelConfig) -> tuple[int, int, int]:

@@ -13,6 +13,11 @@ CONFIGS = {
     "qwen2": dict(
         model_type="qwen2", num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False
     ),
+    # YaRN over a pretrained context of 16: the paged engine runs far past it (prompt 14 + 64).
+    "yarn": dict(
+        tie_word_embeddings=False,
+        rope_scaling={"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 16},
+    ),
 }
 
 
