@@ -21,7 +21,7 @@ def require(extra: str) -> None:
     missing = [m for m in modules if not _importable(m)]
     if missing:
         raise MissingExtra(
-            f"{part} needs qthink's [{extra}] extra (missing: {', '.join(missing)}): "
+            f"qthink's [{extra}] extra (missing: {', '.join(missing)}) is needed for {part}: "
             f"pip install 'qthink[{extra}]', or 'qthink[all]' for every part",
             name=missing[0],
         )
