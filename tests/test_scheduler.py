@@ -105,3 +105,52 @@ def test_random_operations_leave_every_block_free():
     assert all(b.ref_count == 0 for b in bm.blocks)
     assert not sched.running and not sched.waiting
     assert all(s.status is Status.FINISHED for s in live)
+
+
+def test_random_operations_with_speculation_leave_every_block_free():
+    """Decoding sequences draft up to 4 tokens; a random prefix of each draft is accepted and
+    the rest rolled back. Blocks never leak, and every keyed block holds committed tokens."""
+    rng = random.Random(1)
+    bm = BlockManager(num_blocks=40, block_size=4)
+    sched = Scheduler(bm, max_num_seqs=6, max_num_batched_tokens=24)
+    live: list[Sequence] = []
+    prefixes = [[rng.randrange(50) for _ in range(rng.randrange(1, 30))] for _ in range(5)]
+    for op in range(3000):
+        r = rng.random()
+        if r < 0.15:
+            tokens = rng.choice(prefixes) + [rng.randrange(50) for _ in range(rng.randrange(1, 12))]
+            seq = make_seq(tokens, max_tokens=rng.randrange(1, 30), rid=str(op))
+            sched.add(seq)
+            live.append(seq)
+        elif r < 0.22 and live:
+            sched.finish(live.pop(rng.randrange(len(live))), "abort")
+        else:
+            for seq in sched.running:
+                if seq.num_pending_tokens == 1:
+                    seq.draft_ids = [rng.randrange(50) for _ in range(rng.randrange(5))]
+            batch = sched.schedule()
+            drafts = {s: (s.draft_ids, len(s)) for s in batch.seqs if s.draft_ids}
+            sched.advance(batch)
+            for seq in batch.seqs:
+                if seq.num_computed_tokens == len(seq):
+                    drafted = drafts.get(seq, ([], 0))[0]
+                    accepted = drafted[: rng.randrange(len(drafted) + 1)]
+                    for t in accepted + [rng.randrange(50)]:
+                        seq.append(t)
+                seq.draft_ids = []
+            for seq, (drafted, start) in drafts.items():
+                sched.commit_drafts(seq, drafted, start)
+            for seq in [s for s in live if s.num_output_tokens >= s.max_tokens]:
+                sched.finish(seq, "length")
+                live.remove(seq)
+        for seq in sched.running:
+            assert seq.num_computed_tokens <= len(seq)
+            assert len(seq.block_table) == -(-seq.num_computed_tokens // 4)  # rejected slots freed
+            for i, block_id in enumerate(seq.block_table[: seq.num_computed_tokens // 4]):
+                block = bm.blocks[block_id]
+                assert block.hash is None or block.token_ids == tuple(seq.token_ids[i * 4 : (i + 1) * 4])
+        assert bm.num_free_blocks + len({b.block_id for b in bm.blocks if b.ref_count}) == 40
+    for seq in live:
+        sched.finish(seq, "abort")
+    assert bm.num_free_blocks == 40
+    assert all(b.ref_count == 0 for b in bm.blocks)

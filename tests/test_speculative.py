@@ -132,3 +132,43 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="only by, method draft_model"):
         SpeculativeConfig.from_dict({"method": "draft_model"})
     assert SpeculativeConfig.from_dict({"model": "/x", "num_speculative_tokens": 3}).method == "draft_model"
+
+
+def test_nano_chat_identical_with_stops_budget_grammar_and_logprobs():
+    """qthink-nano's real text, batched: stop strings, a thinking budget (the early-stop phrase
+    forced after the drafts), a grammar-constrained answer and logprobs come out the same."""
+    from qthink.demo import default_model_path
+    from qthink.nano.data import arithmetic
+    from qthink.nano.evaluate import HELD_OUT_SEED
+
+    rng = random.Random(HELD_OUT_SEED)
+    convs = [arithmetic(rng)[:-1] for _ in range(4)]
+    params = [
+        SamplingParams(temperature=0, max_tokens=200, logprobs=1),
+        SamplingParams(temperature=0, max_tokens=200, stop=["carry 1"]),
+        SamplingParams(temperature=0, max_tokens=200, max_thinking_tokens=12),
+        SamplingParams(temperature=0, max_tokens=200, structured_output={"regex": "The answer is [0-9]+\\."}),
+    ]
+    results = []
+    for spec in (None, {**NGRAM, "disable_by_batch_size": 8, "min_acceptance_rate": 0.0}):
+        llm = LLM(
+            str(default_model_path()), max_model_len=1024, kv_cache_memory=16 << 20, speculative_config=spec
+        )
+        outs = [o.outputs[0] for o in llm.chat(convs, params)]
+        results.append(outs)
+        stats = llm.engine.stats()
+        assert stats["kv_blocks_free"] == stats["kv_blocks_total"]
+    plain, fast = results
+    assert stats["spec_decode_num_accepted_tokens"] > 0
+    for a, b in zip(plain, fast):
+        assert (a.token_ids, a.text, a.finish_reason, a.stop_reason) == (
+            b.token_ids,
+            b.text,
+            b.finish_reason,
+            b.stop_reason,
+        )
+        assert a.thinking_cut_by == b.thinking_cut_by
+    assert plain[1].stop_reason == "carry 1" and plain[2].thinking_cut_by == "thinking_budget"
+    for da, db in zip(plain[0].logprobs, fast[0].logprobs):
+        assert da.keys() == db.keys()
+        assert all(da[t].logprob == pytest.approx(db[t].logprob, abs=1e-3) for t in da)

@@ -61,7 +61,8 @@ class ModelRunner:
         spec = [i for i, c in enumerate(counts) if c > 1]
         spec_rows = [r for i in spec for r in range(starts[i], starts[i] + counts[i])]
         spec_seqs = [seqs[i] for i in spec]
-        out = dict(zip(spec_seqs, verify_drafts(logits[spec_rows], spec_seqs, self.generator)))
+        verified = verify_drafts(logits[spec_rows], spec_seqs, self.logits_pipeline, self.generator)
+        out = dict(zip(spec_seqs, verified))
         if plain:
             plain_seqs = [seqs[i] for i in plain]
             out.update(zip(plain_seqs, self._sample(logits[[starts[i] for i in plain]], plain_seqs)))

@@ -7,6 +7,13 @@ from qthink.engine.sequence import Sequence
 from qthink.engine.spec.ngram import NgramDrafter
 
 
+def _may_draft(seq: Sequence) -> bool:
+    """Drafts skip sequences whose logits processors change state token by token: a grammar
+    (its matcher walks the answer), a forced span, or thinking that must close now (the
+    early-stop phrase is forced next). Their text is exactly that of plain decoding."""
+    return seq.grammar is None and not seq.forced_tokens and not seq.thinking_must_close()
+
+
 class SequenceSpecState:
     """One sequence's drafter and its recent acceptance rate (an exponential average)."""
 
@@ -44,7 +51,7 @@ class Speculator:
         for seq in decoding:
             state = self.states.setdefault(seq, SequenceSpecState(self.config))
             k = self._room(seq)
-            if k > 0 and self.step >= state.paused_until:
+            if k > 0 and self.step >= state.paused_until and _may_draft(seq):
                 wanted[seq] = k
         if self.draft_model is not None:
             self.draft_model.propose(wanted, running)
