@@ -140,7 +140,7 @@ def _check_answers_under_each_name(client: openai.OpenAI) -> None:
         r = client.chat.completions.create(
             model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=8, seed=seed
         )
-        assert r.model == "Qwen/Qwen3-4B-Thinking-2507" and r.usage.completion_tokens >= 1
+        assert r.model == name and r.usage.completion_tokens >= 1  # answered under the name asked for
         texts.append(r.choices[0].message.content)
     assert texts[0] == texts[1]  # temperature 0 from --override-generation-config: seeds do not matter
     with pytest.raises(openai.BadRequestError, match="is not served here"):

@@ -56,6 +56,10 @@ class Server:
     def tokenizer(self):
         return self.engine.tokenizer
 
+    def reported_name(self, requested: str | None) -> str:
+        """The name a response carries: the one the request used, as vLLM answers, else the first."""
+        return requested if requested in self.served_names else self.model_name
+
 
 def build_app(
     engine: AsyncEngine,

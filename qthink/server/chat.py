@@ -80,7 +80,9 @@ async def prepare_chat(req: ChatCompletionRequest, server, fit_max_tokens: bool 
 
 async def create_chat_completion(req: ChatCompletionRequest, server, request: Request):
     chat = await prepare_chat(req, server)
-    view = ChatView(req, server.model_name, chat.format, chat.thinking, chat.parse_tools, chat.plan)
+    view = ChatView(
+        req, server.reported_name(req.model), chat.format, chat.thinking, chat.parse_tools, chat.plan
+    )
     outputs = await stream_outputs(
         server, chat.prompt, chat.params, request_id=view.id, prompt_param="messages"
     )

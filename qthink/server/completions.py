@@ -35,7 +35,12 @@ async def create_completion(req: CompletionRequest, server, request: Request):
             await stream.aclose()  # leaving a stream aborts its request
         raise
     rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    head = {"id": rid, "object": "text_completion", "created": created, "model": server.model_name}
+    head = {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": server.reported_name(req.model),
+    }
     prefixes = [_echo(p, ids, server.tokenizer) if req.echo else "" for p, ids in zip(raw, prompts)]
     if req.stream:
         events = _stream(merged(streams), head, prefixes, req)
