@@ -36,7 +36,7 @@ def _add_server_arguments(g: argparse._ArgumentGroup) -> None:
         "--served-model-name",
         nargs="+",
         metavar="NAME",
-        help="the names clients may send as `model` (the first is reported; default: MODEL)",
+        help="the names clients may send as `model` (default: MODEL)",
     )
     g.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every route but /health")
     g.add_argument("--metrics-public", action="store_true", help="serve /metrics without the API key")
