@@ -72,7 +72,7 @@ def nano_speedup(rounds: int, n: int) -> dict:
     prompts = nano_prompts(plain, n)
     run_all(plain, prompts[:2], False)  # warm-up
     run_all(spec, prompts[:2], False)
-    spec.speculator.__init__(spec.speculator.config, spec.max_model_len)  # statistics of the timed runs only
+    spec.speculator.reset_stats()  # statistics of the timed runs only
     on, off, steps_on = [], [], 0
     for _ in range(rounds):
         rate_off, out_off, _ = run_all(plain, prompts, False)

@@ -34,7 +34,9 @@ def measure(engine: LLMEngine, prompt_len: int, output_len: int, batch: int, see
             prefill_done = time.perf_counter()
     end = time.perf_counter()
     decode_tokens = batch * (output_len - 1)
+    spec = engine.speculator.stats() if engine.speculator is not None else {}
     return {
+        **spec,
         "batch": batch,
         "prefill_tok_s": batch * prompt_len / (prefill_done - start),
         "decode_tok_s": decode_tokens / (end - prefill_done),
@@ -59,8 +61,22 @@ def run(args) -> int:
         f"{engine.model_dir.name}: dtype {engine.dtype}, quantization {engine.quantization or 'none'}, "
         f"{torch.get_num_threads()} threads, prompt {args.prompt_len}, output {args.output_len}"
     )
-    print(f"{'batch':>5} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    spec = engine.speculator
+    print(
+        f"{'batch':>5} {'prefill tok/s':>14} {'decode tok/s':>13}"
+        + ("  speculative decoding" if spec else "")
+    )
     for b in args.batch:
+        if spec is not None:
+            spec.reset_stats()
         r = measure(engine, args.prompt_len, args.output_len, b)
-        print(f"{b:>5} {r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.2f}")
+        line = f"{b:>5} {r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.2f}"
+        if spec is not None:
+            line += (
+                f"  drafted {r['spec_decode_num_draft_tokens']},"
+                f" accepted {r['spec_decode_num_accepted_tokens']}"
+                f" ({r['spec_decode_acceptance_rate']:.0%}), mean accepted length"
+                f" {r['spec_decode_mean_accepted_length']:.2f}"
+            )
+        print(line)
     return 0

@@ -397,11 +397,15 @@ class EngineConfig:
     enable_prefix_caching: bool = knob(True, "reuse the KV blocks of prompts' shared prefixes", "scheduler")
     seed: int = knob(0, "seed of the sampler for requests without their own seed", "scheduler")
     speculative_config: dict | None = knob(
-        None, 'speculative decoding, JSON: {"method": "ngram", "num_speculative_tokens": 4}', "scheduler"
+        None,
+        'speculative decoding, JSON: {"method": "ngram", "num_speculative_tokens": 4} '
+        'or {"model": DRAFT_CHECKPOINT, "num_speculative_tokens": 4}',
+        "scheduler",
     )
     loop_guard: bool | dict | None = knob(
         None,
-        'requests\' default: end looping thinking; true or JSON {"window": 64, "count": 4}',
+        "requests' default: end thinking that repeats one span (64 tokens seen 4 times) with the "
+        "early-stop phrase",
         "scheduler",
     )
 

@@ -49,8 +49,28 @@ class EngineCollector:
         yield self._family(
             GaugeMetricFamily, "qthink:prefix_cache_hit_rate", "Prefix cache hit rate", hit_rate
         )
+        yield from self._speculation(s)
         doc = "Thinking closed by the loop guard"
         yield self._family(CounterMetricFamily, "qthink:thinking_loop_guard_hits", doc, s["loop_guard_total"])
+
+    def _speculation(self, s: dict):
+        """Speculative decoding's counters under both prefixes, when the engine speculates."""
+        if "spec_decode_num_drafts" not in s:
+            return
+        counters = {
+            "spec_decode_num_drafts": "Verification steps of a sequence with drafted tokens",
+            "spec_decode_num_draft_tokens": "Tokens drafted",
+            "spec_decode_num_accepted_tokens": "Drafted tokens accepted",
+        }
+        for prefix in PREFIXES:
+            for name, doc in counters.items():
+                yield self._family(CounterMetricFamily, prefix + name, doc, s[name])
+        gauges = {
+            "spec_decode_acceptance_rate": "Drafted tokens accepted per drafted token",
+            "spec_decode_mean_accepted_length": "Tokens emitted per verification step (accepted + 1)",
+        }
+        for name, doc in gauges.items():
+            yield self._family(GaugeMetricFamily, "qthink:" + name, doc, s[name])
 
     def _family(self, kind, name: str, doc: str, value: float):
         family = kind(name, doc, labels=["model_name"])

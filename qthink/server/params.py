@@ -32,6 +32,7 @@ def sampling_params(req: SamplingFields, logprobs: int | None, structured: dict 
         if req.max_thinking_tokens is not None
         else req.thinking_token_budget,
         structured_output=structured,
+        loop_guard=req.loop_guard,
     )
 
 

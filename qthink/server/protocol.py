@@ -103,6 +103,7 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     max_thinking_tokens: int | None = Field(None, ge=0)
     thinking_token_budget: int | None = Field(None, ge=0)
+    loop_guard: bool | dict | None = None  # end looping thinking: true, false or {"window", "count"}
     response_format: dict | None = None
     guided_json: dict | str | None = None
     guided_choice: list[str] | None = None

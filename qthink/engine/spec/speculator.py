@@ -34,10 +34,13 @@ class Speculator:
         self.draft_model = draft_model  # a DraftModelProposer for method draft_model
         self.states: WeakKeyDictionary[Sequence, SequenceSpecState] = WeakKeyDictionary()
         self.step = 0
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
         self.num_drafts = 0  # sequence-steps that verified a draft
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
-        self.accepted_per_position = [0] * config.num_speculative_tokens
+        self.accepted_per_position = [0] * self.config.num_speculative_tokens
 
     def propose(self, running: list[Sequence]) -> None:
         """Set `draft_ids` on the decoding sequences that speculate this step (others: [])."""
