@@ -177,3 +177,20 @@ def test_failed_build_falls_back_with_one_warning(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == "False False", result.stderr
     assert lines[1].startswith("1 qthink: the AVX-512 kernels could not be built")
+
+
+@needs_kernels
+def test_torch_ops_on_one_thread_keeps_the_kernels_threads():
+    """Inside the block torch runs on one thread and the kernels on torch's count before it;
+    both come back after, and the kernels' results do not change."""
+    from qthink.kernels.threads import torch_ops_on_one_thread
+
+    before = torch.get_num_threads()
+    w, x = bf16_values(300, 256, seed=1).bfloat16(), bf16_values(1, 256, seed=2)
+    expected = kernel_ops().linear_bf16(x, w, None)
+    with torch_ops_on_one_thread():
+        assert torch.get_num_threads() == 1
+        assert kernel_ops().get_num_threads() == before
+        assert torch.equal(kernel_ops().linear_bf16(x, w, None), expected)
+    assert torch.get_num_threads() == before
+    assert kernel_ops().get_num_threads() == before

@@ -11,7 +11,9 @@ from qthink.engine.sampler import SampledToken, SamplingBatch, sample, token_row
 from qthink.engine.scheduler import ScheduledBatch
 from qthink.engine.sequence import Sequence
 from qthink.engine.spec.verify import verify_drafts
+from qthink.kernels.threads import torch_ops_on_one_thread
 from qthink.model.attention import AttentionMetadata, KVCache
+from qthink.model.quant import SMALL_M_BF16
 
 
 class ModelRunner:
@@ -45,6 +47,13 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch) -> dict[Sequence, list[SampledToken]]:
         """One forward over the batch; the tokens each sequence that samples now emits: one, or
         for a sequence with drafts, the verified drafts and one more."""
+        # A few sequences decoding one token each: every matmul is a native kernel, and torch's
+        # ops are small enough for one thread.
+        small_decode = len(batch.seqs) <= SMALL_M_BF16 and all(n == 1 for n in batch.num_tokens)
+        with torch_ops_on_one_thread(small_decode and self.device.type == "cpu"):
+            return self._run(batch)
+
+    def _run(self, batch: ScheduledBatch) -> dict[Sequence, list[SampledToken]]:
         input_ids, positions, meta, sampled = self._prepare(batch)
         if not sampled:
             self.forward(input_ids, positions, meta, None)

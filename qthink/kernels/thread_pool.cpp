@@ -14,6 +14,7 @@
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sys/syscall.h>
+#include <torch/library.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -148,6 +149,7 @@ class Pool {
 };
 
 std::mutex pool_mutex;
+std::atomic<int64_t> configured_threads{0};
 Pool* pool = nullptr;  // left to the OS at exit: joining threads during static destruction can hang
 
 // A forked child has none of the parent's workers: it starts a pool of its own when it needs one.
@@ -158,10 +160,17 @@ const int forget_pool_in_child = pthread_atfork(nullptr, nullptr, [] {
 
 }  // namespace
 
+void set_pool_threads(int64_t threads) { configured_threads.store(std::max<int64_t>(0, threads)); }
+
+int64_t pool_threads() {
+  const int64_t configured = configured_threads.load();
+  return configured > 0 ? configured : std::max(1, at::get_num_threads());
+}
+
 void run_chunks(int64_t tasks, int64_t grain, ChunkFn fn, const void* context) {
   if (tasks <= 0) return;
   grain = std::max<int64_t>(1, std::max(grain, (tasks + UINT32_MAX - 1) / UINT32_MAX));
-  const int threads = std::max(1, at::get_num_threads());
+  const int threads = static_cast<int>(pool_threads());
   // One job at a time; a call from another thread (or from inside a job) while the pool is busy,
   // or a call with one chunk or one thread, runs on the calling thread alone.
   std::unique_lock<std::mutex> lock(pool_mutex, std::try_to_lock);
@@ -177,3 +186,8 @@ void run_chunks(int64_t tasks, int64_t grain, ChunkFn fn, const void* context) {
 }
 
 }  // namespace qthink
+
+TORCH_LIBRARY_FRAGMENT(qthink_kernels, m) {
+  m.def("set_num_threads(int threads) -> ()", &qthink::set_pool_threads);
+  m.def("get_num_threads() -> int", &qthink::pool_threads);
+}

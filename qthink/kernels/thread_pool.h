@@ -13,8 +13,13 @@ namespace qthink {
 using ChunkFn = void (*)(const void* context, int64_t begin, int64_t end);
 
 // Runs fn(context, begin, end) over [0, tasks) in chunks of at most `grain` tasks, on the
-// calling thread and at::get_num_threads() - 1 workers; returns when every chunk is done.
+// calling thread and pool_threads() - 1 workers; returns when every chunk is done.
 void run_chunks(int64_t tasks, int64_t grain, ChunkFn fn, const void* context);
+
+// The kernels' thread count: set_pool_threads(n) for n > 0, else torch's (at::get_num_threads()).
+// Separate from torch's, so torch's own ops can run on one thread while the kernels use all.
+void set_pool_threads(int64_t threads);
+int64_t pool_threads();
 
 // f(begin, end) over [0, tasks) in chunks of at most `grain`, as run_chunks.
 template <typename F>
