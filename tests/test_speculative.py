@@ -172,3 +172,37 @@ def test_nano_chat_identical_with_stops_budget_grammar_and_logprobs():
     for da, db in zip(plain[0].logprobs, fast[0].logprobs):
         assert da.keys() == db.keys()
         assert all(da[t].logprob == pytest.approx(db[t].logprob, abs=1e-3) for t in da)
+
+
+@pytest.mark.parametrize("same_weights", [True, False])
+def test_draft_model_greedy_identical_batched(varied_model, make_checkpoint, same_weights):
+    """A tiny random draft with the target's tokenizer: the target's own weights (every draft
+    accepted) or other weights (most rejected); the text is the target's either way, and the
+    draft's cache is freed with its sequences."""
+    draft = varied_model if same_weights else make_checkpoint(seed=7, initializer_range=0.4)
+    prompts = _prompts(4)
+    params = [SamplingParams(temperature=0, max_tokens=12 + 5 * i, ignore_eos=True) for i in range(4)]
+    _, plain = _generate(varied_model, prompts, params)
+    config = {
+        "model": str(draft),
+        "num_speculative_tokens": 3,
+        "disable_by_batch_size": 8,
+        "min_acceptance_rate": 0,
+    }
+    llm, fast = _generate(varied_model, prompts, params, speculative_config=config)
+    assert [c.token_ids for c in fast] == [c.token_ids for c in plain]
+    stats = llm.engine.stats()
+    assert stats["kv_blocks_free"] == stats["kv_blocks_total"]
+    rate = stats["spec_decode_acceptance_rate"]
+    assert rate > 0.95 if same_weights else rate < 0.5
+    llm.engine.speculator.propose([])  # the next step lets go of finished sequences' shadows
+    draft_blocks = llm.engine.speculator.draft_model.blocks
+    assert draft_blocks.num_free_blocks == draft_blocks.num_blocks
+
+
+def test_draft_model_must_share_the_vocabulary(varied_model, make_checkpoint):
+    from qthink.config import ConfigError
+
+    other = make_checkpoint(seed=1, vocab_size=1000)
+    with pytest.raises(ConfigError, match="share the target's tokenizer"):
+        LLM(str(varied_model), **ENGINE, speculative_config={"model": str(other)})

@@ -20,6 +20,7 @@ from qthink.engine.sampling_params import SamplingParams
 from qthink.engine.scheduler import ScheduledBatch, Scheduler
 from qthink.engine.sequence import Sequence
 from qthink.engine.sequence_output import SequenceOutput
+from qthink.engine.spec.draft_model import DraftModelProposer
 from qthink.engine.spec.speculator import Speculator
 from qthink.engine.structured import GrammarCompiler
 from qthink.errors import RequestError
@@ -112,7 +113,11 @@ class LLMEngine:
             return None
         if self.tp_workers:
             raise ConfigError("speculative decoding does not run with tensor parallelism yet")
-        return Speculator(config, self.max_model_len)
+        draft = None
+        if config.method == "draft_model":
+            args = (self.model_config, self.config, self.dtype, self.device, self.runner.num_blocks)
+            draft = DraftModelProposer(config.model, *args)
+        return Speculator(config, self.max_model_len, draft)
 
     def _start_tensor_parallel(self, size: int, quant: tuple[str | None, int]):
         if size == 1:
