@@ -1,6 +1,7 @@
 """qthink eval: answer extraction and scoring for math, choices, function calls and code."""
 
 import json
+import socket
 
 import pytest
 
@@ -11,6 +12,7 @@ from qthink.eval.function_score import calls_error, standardize
 from qthink.eval.math_score import math_equal
 from qthink.eval.metrics import bootstrap, majority, pass_at_k, wilson
 from qthink.eval.tasks import Reply, TaskError, examples, gold, load_task, messages, score, tools
+from qthink.sandbox.jail import jail_problem
 
 
 def test_boxed_keeps_nested_braces_whole():
@@ -254,9 +256,33 @@ def test_code_passes_and_fails_for_the_right_reasons():
 
 
 def test_code_runs_in_an_empty_folder_with_a_bare_environment():
-    # Python itself may add LC_CTYPE (locale coercion); nothing of the caller's environment leaks
-    source = "import os\nprint(os.listdir('.'), set(os.environ) <= {'PATH', 'PYTHONHASHSEED', 'LC_CTYPE'})"
+    # Python may add LC_CTYPE (locale coercion), the jail PWD; nothing of the caller's environment leaks
+    allowed = {"PATH", "PYTHONHASHSEED", "LC_CTYPE", "PWD"}
+    source = f"import os\nprint(os.listdir('.'), set(os.environ) <= {allowed!r})"
     assert run_tests(source, [{"input": "", "output": "['main.py'] True"}]).passed
+
+
+def test_programs_run_in_the_jail(tmp_path):
+    if jail_problem():
+        pytest.skip(jail_problem())
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    outside = tmp_path / "planted.txt"
+    source = (
+        "import socket\n"
+        f"try:\n    open({str(outside)!r}, 'w').write('x')\n"
+        "except OSError as e:\n    print(type(e).__name__)\n"
+        f"try:\n    socket.create_connection(('127.0.0.1', {listener.getsockname()[1]}), timeout=2)\n"
+        "except OSError as e:\n    print(type(e).__name__)"
+    )
+    try:
+        result = run_tests(source, [{"input": "", "output": "FileNotFoundError\nConnectionRefusedError"}])
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+    assert result.passed, result.reason
+    assert not outside.exists()
 
 
 def test_functional_code_calls_the_solution_method():

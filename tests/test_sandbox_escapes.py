@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from qthink.agent.code_interpreter import CodeInterpreter
-from qthink.agent.seccomp_filter import DENIED, MODE_ARGUMENT, NOT_IMPLEMENTED, _libseccomp
+from qthink.sandbox.seccomp_filter import DENIED, MODE_ARGUMENT, NOT_IMPLEMENTED, _libseccomp
 
 
 @pytest.fixture

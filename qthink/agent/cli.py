@@ -8,8 +8,8 @@ import sys
 import openai
 
 from qthink.agent.assistant import Assistant
-from qthink.agent.jail import SandboxUnavailable
 from qthink.demo import model_or_default
+from qthink.sandbox.jail import SandboxUnavailable
 
 STYLES = {"thinking": "2", "answer": "0", "call": "36", "result": "33", "error": "31"}
 

@@ -11,9 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from qthink.agent.jail import SandboxUnavailable, jail_problem, work_dir_problem
 from qthink.agent.kernel_process import KernelLimits, KernelProcess
 from qthink.agent.tools import Tool, register_tool
+from qthink.sandbox.jail import SandboxUnavailable, jail_problem, work_dir_problem
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAX_TRACEBACK = 3000
@@ -35,7 +35,7 @@ _DIED = "died (a memory, CPU-time, file-size or process limit, or the code ended
 class CodeInterpreter(Tool):
     """Runs Python code in a Jupyter kernel that keeps its state between calls.
 
-    The kernel runs in a bubblewrap jail (see `jail` and docs/security.md); where none can
+    The kernel runs in a bubblewrap jail (see `qthink.sandbox` and docs/security.md); where none can
     be made the tool refuses to start unless cfg `allow_unsafe` is true. cfg: `work_dir`
     (default: a new temporary dir), `timeout` seconds per call (60), `allow_network`
     (False), `allow_unsafe` (False), `env` (extra variables for the kernel), the limits of

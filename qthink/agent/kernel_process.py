@@ -26,14 +26,26 @@ import zmq
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
-from qthink.agent.cgroup import KernelCgroup, make_cgroup
-from qthink.agent.jail import BWRAP_ENV, JAIL_DIR, JailSpec, bwrap_argv, identity_files, jail_env
-from qthink.agent.seccomp_filter import compile_filter
+from qthink.sandbox.cgroup import KernelCgroup, make_cgroup
+from qthink.sandbox.jail import BWRAP_ENV, JAIL_DIR, JailSpec, bwrap_argv, identity_files, jail_env
+from qthink.sandbox.seccomp_filter import compile_filter
 
 LAUNCHER = Path(__file__).with_name("kernel_launcher.py")
 MAX_MESSAGE_BYTES = 16 << 20  # a larger message from the kernel drops the connection
 RECEIVE_BUFFER_MESSAGES = 64
 _PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
+# The kernel's environment: nothing from ours, only these and the tool's `env`.
+KERNEL_ENV = {
+    "LANG": "C.UTF-8",
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "IPYTHONDIR": "/tmp/ipython",
+    "JUPYTER_RUNTIME_DIR": "/tmp/jupyter",
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 _STDERR_CAP = 16 * 1024
 
 
@@ -109,7 +121,7 @@ class KernelProcess:
     def _unjailed_command(self, env: dict) -> tuple[list, dict, str]:
         connection = str(self.private / "jail-connection.json")
         argv = [sys.executable, "-I", str(LAUNCHER), *self._kernel_args(connection)]
-        spec = JailSpec(self.work_dir, self.private / "ipc", {}, env=env)
+        spec = JailSpec(self.work_dir, self.private / "ipc", {}, env=self._kernel_env(env))
         child_env = {**jail_env(spec), "HOME": str(self.private)}
         for name in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "TMPDIR"):
             child_env[name] = str(self.private / name.lower())
@@ -150,9 +162,12 @@ class KernelProcess:
             allow_network=allow_network,
             tmp_mb=self.limits.tmp_mb,
             shm_mb=self.limits.shm_mb,
-            env=env,
+            env=self._kernel_env(env),
         )
         return bwrap_argv(spec, seccomp_fd)
+
+    def _kernel_env(self, env: dict) -> dict[str, str]:
+        return {**KERNEL_ENV, "MPLCONFIGDIR": str(self.work_dir / ".matplotlib"), **env}
 
     def _kernel_args(self, connection_file: str) -> list[str]:
         logging = ["--HistoryManager.enabled=False", "--IPKernelApp.log_level=ERROR"]

@@ -5,9 +5,9 @@ import os
 import subprocess
 import sys
 
-from qthink.agent.cgroup import make_cgroup
-from qthink.agent.jail import bwrap_path, jail_problem, run_in_jail
-from qthink.agent.seccomp_filter import DENIED, NOT_IMPLEMENTED
+from qthink.sandbox.cgroup import make_cgroup
+from qthink.sandbox.jail import bwrap_path, jail_problem, run_in_jail
+from qthink.sandbox.seccomp_filter import DENIED, NOT_IMPLEMENTED
 
 NAMESPACES = ("user", "mnt", "pid", "ipc", "uts", "net", "cgroup")
 # Runs inside a probe jail: what it sees of itself, as JSON.

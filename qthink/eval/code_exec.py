@@ -1,12 +1,18 @@
-"""Run an extracted program against stdin/stdout tests in a subprocess with time and memory limits."""
+"""Run an extracted program against stdin/stdout tests in a jailed subprocess with time and memory limits."""
 
+import contextlib
+import functools
 import os
 import resource
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+from qthink.sandbox.jail import BWRAP_ENV, jail_problem, one_shot_jail
+
+_PROGRAM_ENV = {"PYTHONHASHSEED": "0"}
 # Functional (LeetCode-style) tests: call `Solution().<fn>(*args)`, one JSON value per input line.
 CALL_HARNESS = """
 import json, sys
@@ -51,32 +57,52 @@ def _same_output(got: str, expected: str) -> bool:
 
 
 def run_test(source: str, stdin: str, expected: str, limits: Limits = DEFAULT_LIMITS) -> TestResult:
-    """Run one test in a fresh interpreter, in an empty temp folder, with a bare environment."""
+    """Run one test in a fresh interpreter, in an empty temp folder, with a bare environment:
+    in the OS jail (no network, nothing writable but that folder) where this machine has one."""
     with tempfile.TemporaryDirectory(prefix="qthink-eval-") as folder:
         path = os.path.join(folder, "main.py")
         with open(path, "w") as f:
             f.write(source)
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", path],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=folder,
-            env={"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
-            preexec_fn=_limit(limits),
-            start_new_session=True,
-            text=True,
-        )
-        try:
-            out, err = proc.communicate(stdin, timeout=limits.seconds)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.communicate()
-            return TestResult(False, "timeout")
+        with _command(folder, path) as (argv, env, fds):
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=folder,
+                env=env,
+                pass_fds=fds,
+                preexec_fn=_limit(limits),  # inherited through bwrap by the program
+                start_new_session=True,
+                text=True,
+            )
+            try:
+                out, err = proc.communicate(stdin, timeout=limits.seconds)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)  # bwrap: the jail's PID namespace dies with it
+                proc.communicate()
+                return TestResult(False, "timeout")
     if proc.returncode != 0:
         last = (err.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         return TestResult(False, f"runtime error: {last}")
     return TestResult(_same_output(out, expected), "ok" if _same_output(out, expected) else "wrong answer")
+
+
+@contextlib.contextmanager
+def _command(folder: str, path: str):
+    """(argv, environment, fds to pass): jailed where a jail can be made, else a plain child."""
+    program = [sys.executable, "-I", "-S", path]
+    if jail_problem() is not None:
+        _warn_unjailed()
+        yield program, {"PATH": "/usr/bin:/bin", **_PROGRAM_ENV}, ()
+        return
+    with one_shot_jail(Path(folder), env=_PROGRAM_ENV) as (prefix, fds):
+        yield prefix + program, BWRAP_ENV, fds
+
+
+@functools.cache
+def _warn_unjailed() -> None:
+    print(f"warning: eval runs model-written programs WITHOUT a jail: {jail_problem()}", file=sys.stderr)
 
 
 def run_tests(

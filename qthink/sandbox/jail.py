@@ -8,13 +8,17 @@ no host sockets; an empty environment plus an allow-list; a seccomp filter
 (`seccomp_filter`); SIGKILL when the parent dies; a new terminal session.
 """
 
+import contextlib
 import functools
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from qthink.sandbox.seccomp_filter import SeccompUnavailable, compile_filter
 
 JAIL_DIR = "/run/qthink"  # the launcher, the connection file and the ZMQ sockets, inside the jail
 JAIL_UID = 1000
@@ -34,17 +38,6 @@ ETC_FILES = (
     "protocols",
 )
 ETC_NETWORK_FILES = ("resolv.conf", "hosts", "nsswitch.conf", "gai.conf", "host.conf")
-ENV_DEFAULTS = {
-    "LANG": "C.UTF-8",
-    "HOME": "/tmp",
-    "TMPDIR": "/tmp",
-    "IPYTHONDIR": "/tmp/ipython",
-    "JUPYTER_RUNTIME_DIR": "/tmp/jupyter",
-    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-    "OPENBLAS_NUM_THREADS": "1",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 # bwrap's own environment: its init process (pid 1 in the jail, readable there) keeps it.
 BWRAP_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 INSTALL_HINT = (
@@ -78,9 +71,9 @@ def python_dirs() -> list[str]:
 
 
 def jail_env(spec: JailSpec) -> dict[str, str]:
+    """The jailed command's whole environment: a PATH to Python and the system, and `spec.env`."""
     path = [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
-    env = {**ENV_DEFAULTS, "PATH": ":".join(path), "MPLCONFIGDIR": str(spec.work_dir / ".matplotlib")}
-    return {**env, **spec.env}
+    return {"PATH": ":".join(path), **spec.env}
 
 
 def bwrap_argv(spec: JailSpec, seccomp_fd: int) -> list[str]:
@@ -173,8 +166,6 @@ def jail_problem() -> str | None:
     """Why no jail can be made here (and what to do), or None when one can."""
     if bwrap_path() is None:
         return f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}"
-    from qthink.agent.seccomp_filter import SeccompUnavailable, compile_filter
-
     try:
         compile_filter()
     except SeccompUnavailable as exc:
@@ -190,28 +181,37 @@ def jail_problem() -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def one_shot_jail(work_dir: Path, allow_network: bool = False, env: dict | None = None):
+    """The bwrap prefix for one command jailed to `work_dir`, and the fds to pass to it.
+
+    Run the command with `env=BWRAP_ENV` (bwrap's own, readable in the jail) and
+    `pass_fds`; the seccomp program and the made-up /etc files live until the block ends.
+    """
+    with tempfile.TemporaryDirectory(prefix="qthink-jail-") as tmp:
+        sockets = Path(tmp) / "ipc"
+        sockets.mkdir()
+        spec = JailSpec(
+            work_dir, sockets, identity_files(Path(tmp)), allow_network=allow_network, env=env or {}
+        )
+        with tempfile.TemporaryFile() as bpf:
+            bpf.write(compile_filter(deny_unix_sockets=allow_network))
+            bpf.seek(0)
+            yield bwrap_argv(spec, bpf.fileno()), (bpf.fileno(),)
+
+
 def run_in_jail(
     command: list[str], timeout: float, allow_network: bool = False
 ) -> subprocess.CompletedProcess:
     """Run a short command in a throwaway jail (its own temporary working dir), for probes."""
-    import tempfile
-
-    from qthink.agent.seccomp_filter import compile_filter
-
-    with tempfile.TemporaryDirectory(prefix="qthink-probe-") as tmp:
-        work, sockets = Path(tmp) / "work", Path(tmp) / "ipc"
-        work.mkdir()
-        sockets.mkdir()
-        spec = JailSpec(work, sockets, identity_files(Path(tmp)), allow_network=allow_network)
-        with tempfile.TemporaryFile() as bpf:
-            bpf.write(compile_filter(deny_unix_sockets=allow_network))
-            bpf.seek(0)
-            argv = bwrap_argv(spec, bpf.fileno()) + command
+    with tempfile.TemporaryDirectory(prefix="qthink-probe-") as work:
+        with one_shot_jail(Path(work), allow_network) as (prefix, fds):
             return subprocess.run(
-                argv,
+                prefix + command,
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                pass_fds=(bpf.fileno(),),
+                pass_fds=fds,
                 stdin=subprocess.DEVNULL,
+                env=BWRAP_ENV,
             )

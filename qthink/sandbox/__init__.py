@@ -1,0 +1,1 @@
+"""The OS jail for model-written code (bubblewrap, seccomp, rlimits, cgroups), for the agent and eval."""
