@@ -81,6 +81,7 @@ class CodeInterpreter(Tool):
         self._lock = threading.Lock()  # one kernel runs one cell at a time, even for parallel calls
         self.kernel: KernelProcess | None = None
         self._warned = False
+        self._next_image = 1
 
     def call(self, params: dict) -> str:
         with self._lock:
@@ -174,7 +175,9 @@ class CodeInterpreter(Tool):
                 raw = base64.b64decode(png.replace("\n", ""), validate=True)
             except (binascii.Error, ValueError):
                 return "[image dropped: not valid base64]"
-            return f"![image]({save_image(self.work_dir, raw)})"
+            path = save_image(self.work_dir, raw, first=self._next_image)
+            self._next_image = int(path.stem.removeprefix("image_")) + 1
+            return f"![image]({path})"
         return str(data.get("text/plain", ""))
 
 
@@ -221,12 +224,12 @@ class _Output:
         return body
 
 
-def save_image(work_dir: Path, data: bytes) -> Path:
+def save_image(work_dir: Path, data: bytes, first: int = 1) -> Path:
     """Write a PNG the kernel sent as a new file in the working dir: a name the parent picks,
     created exclusively and without following links, so nothing the jail left there is written through."""
     dir_fd = os.open(work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        for n in range(1, 100000):
+        for n in range(first, first + 10000):
             name = f"image_{n}.png"
             try:
                 fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
