@@ -40,7 +40,7 @@ def step(seqs, logits):
 
 
 def test_a_spent_budget_forces_the_phrase_that_closes_the_thinking():
-    spent, free = sequence(max_thinking_tokens=2, temperature=0), sequence(temperature=0)
+    spent, free = sequence(max_thinking_tokens=2, temperature=0, logprobs=0), sequence(temperature=0)
     for seq in (spent, free):
         seq.append(10)
         seq.append(11)
