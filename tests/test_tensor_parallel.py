@@ -1,5 +1,8 @@
 """Tensor parallelism on CPU with gloo: two ranks give the greedy output of one, each holding half."""
 
+import logging
+import re
+
 import pytest
 
 from qthink import LLM, SamplingParams
@@ -11,22 +14,24 @@ def tp_model(make_checkpoint):
     return make_checkpoint(seed=4, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
 
 
-def test_two_ranks_match_one(tp_model):
+def test_two_ranks_match_one(tp_model, caplog):
     prompts = [{"prompt_token_ids": [151644, 872, 198] + list(range(3000, 3000 + n))} for n in (5, 40, 17)]
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     kw = dict(dtype="float32", max_model_len=256, kv_cache_memory=2 << 20)
     one = [o.outputs[0].token_ids for o in LLM(model=str(tp_model), **kw).generate(prompts, params)]
-    tp = LLM(model=str(tp_model), tensor_parallel_size=2, **kw)
+    with caplog.at_level(logging.INFO, logger="qthink"):
+        tp = LLM(model=str(tp_model), tensor_parallel_size=2, **kw)
     try:
         two = [o.outputs[0].token_ids for o in tp.generate(prompts, params)]
-        held = tp.engine.rank_weight_bytes
-        threads = tp.engine.rank_threads
     finally:
         tp.engine.close()
     assert two == one
-    total = sum(held)
-    assert len(held) == 2 and all(abs(h / total - 0.5) < 0.02 for h in held)
-    assert threads[0] == threads[1] == tp.engine.config.num_threads  # no rank starves the others
+    ranks = re.findall(r"rank (\d): ([\d.]+) MiB of weights, (\d+) threads", caplog.text)
+    assert [int(r) for r, _, _ in ranks] == [0, 1], caplog.text
+    held = [float(mib) for _, mib, _ in ranks]
+    assert all(abs(h / sum(held) - 0.5) < 0.02 for h in held)
+    threads = {int(t) for _, _, t in ranks}
+    assert threads == {tp.engine.config.num_threads}  # no rank starves the others
 
 
 def test_indivisible_heads_are_refused(make_checkpoint):

@@ -88,12 +88,8 @@ class LLMEngine:
         quant = (config.quantization, config.quantization_group_size)
         self.tp_workers, tp = self._start_tensor_parallel(config.tensor_parallel_size, quant)
         self.model = load_model(self.model_dir, self.dtype, self.device, tp, *quant, self.model_config)
-        self.rank_weight_bytes = [sum(p.numel() * p.element_size() for p in self.model.parameters())]
-        self.rank_threads = [torch.get_num_threads()]
         if tp.size > 1:
-            num_blocks, self.rank_weight_bytes, self.rank_threads = tensor_parallel.handshake(
-                num_blocks, self.model
-            )
+            num_blocks = tensor_parallel.handshake(num_blocks, self.model)
         pipeline = default_pipeline(self.tokenizer.encode, config.max_model_len)
         self.runner = ModelRunner(self.model, self.model_config, config, self.device, num_blocks, pipeline)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)

@@ -1,5 +1,6 @@
 """Tensor-parallel ranks: rank 0 runs the engine, ranks 1..N-1 mirror its model steps."""
 
+import logging
 import multiprocessing as mp
 import socket
 from pathlib import Path
@@ -10,6 +11,8 @@ import torch.distributed as dist
 from qthink.config import EngineConfig, ModelConfig
 from qthink.loader import load_model
 from qthink.model.parallel import TensorParallel
+
+log = logging.getLogger("qthink")
 
 
 def free_port() -> int:
@@ -52,15 +55,21 @@ def start_workers(
     return workers
 
 
-def handshake(num_blocks: int | None, model: torch.nn.Module) -> tuple[int, list[int], list[int]]:
-    """Rank 0 announces the KV block count; every rank reports the bytes of weights it holds
-    and its CPU thread count."""
+def handshake(num_blocks: int | None, model: torch.nn.Module) -> int:
+    """Rank 0 announces the KV block count; every rank reports the weights it holds and its
+    CPU thread count, which rank 0 logs (a rank with fewer threads would slow every step)."""
     box = [num_blocks]
     dist.broadcast_object_list(box, src=0)
     held = sum(p.numel() * p.element_size() for p in model.parameters())
     reports = [None] * dist.get_world_size()
     dist.all_gather_object(reports, (held, torch.get_num_threads()))
-    return box[0], [r[0] for r in reports], [r[1] for r in reports]
+    if dist.get_rank() == 0:
+        ranks = "; ".join(
+            f"rank {r}: {held / 2**20:.2f} MiB of weights, {threads} threads"
+            for r, (held, threads) in enumerate(reports)
+        )
+        log.info("tensor parallel: %s", ranks)
+    return box[0]
 
 
 def stop_workers(workers: list[mp.Process]) -> None:
@@ -91,7 +100,7 @@ def worker_main(
     tp = init_group(rank, size, port, dev)
     model_config = ModelConfig.from_pretrained(model_dir, hf_overrides=config.model_overrides())
     model = load_model(Path(model_dir), dtype, dev, tp, *quant, model_config)
-    num_blocks, _, _ = handshake(None, model)
+    num_blocks = handshake(None, model)
     runner = ModelRunner(model, model_config, config, dev, num_blocks)
     while True:
         box = [None]
