@@ -27,7 +27,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if name == chosen:
-            parser.command_parser = p
+            parser.set_defaults(_command_parser=p)
             mod = import_module(module)
             mod.add_arguments(p, name) if _takes_name(mod) else mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"qthink: {e}")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        _refuse_unknown(getattr(parser, "command_parser", parser), unknown)
+        _refuse_unknown(getattr(args, "_command_parser", parser), unknown)
     try:
         code = args._run(args)
     except MissingExtra as e:

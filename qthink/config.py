@@ -102,8 +102,9 @@ class ModelConfig:
     def max_context(self) -> int:
         """The longest context the model supports: YaRN stretches the pretrained one by its factor
         (as vLLM derives it), unless config.json already names a longer one."""
-        if self.rope.type == "yarn":
-            stretched = int(self.rope.original_max_position_embeddings * self.rope.factor)
+        original = self.rope.original_max_position_embeddings
+        if self.rope.type == "yarn" and original is not None:
+            stretched = int(original * self.rope.factor)
             return max(stretched, self.max_position_embeddings)
         return self.max_position_embeddings
 

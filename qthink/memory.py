@@ -87,14 +87,15 @@ def plan_kv_cache(
     kv_name = dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype
     bs = config.block_size
     per_block = kv_bytes_per_token(model, kv_name) * bs // size
-    blocks_per_seq = -(-config.max_model_len // bs)
+    length = config.max_model_len or model.max_context  # set by config.validate
+    blocks_per_seq = -(-length // bs)
     num_blocks = min(max(budget, 0) // per_block, blocks_per_seq * config.max_num_seqs)
     if num_blocks >= blocks_per_seq:
-        return KVPlan(num_blocks, config.max_model_len, budget, source)
+        return KVPlan(num_blocks, length, budget, source)
     if not context_is_default or num_blocks < 1:
         raise ConfigError(
             f"the KV cache budget ({max(budget, 0) / 2**20:.1f} MiB: {source}) holds {num_blocks * bs} "
-            f"tokens, fewer than max_model_len={config.max_model_len}; raise the memory setting "
+            f"tokens, fewer than max_model_len={length}; raise the memory setting "
             "or lower max_model_len"
         )
     return KVPlan(num_blocks, num_blocks * bs, budget, source)

@@ -233,10 +233,13 @@ YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 
 
 @pytest.mark.parametrize("folder", [KNOWN, CORPUS / "transformers5"])
 def test_rope_scaling_override_keeps_the_theta_of_either_format(folder, tmp_path):
-    (tmp_path / "config.json").write_text((folder / "Qwen3-4B-Thinking-2507.json").read_text())
+    (tmp_path / "config.json").write_text((folder / "Qwen3-4B.json").read_text())  # 40,960 positions
     for overrides in ({"rope_scaling": YARN}, {"rope_scaling": dict(YARN, rope_type=None, type="yarn")}):
         cfg = ModelConfig.from_pretrained(tmp_path, hf_overrides=overrides)
-        assert (cfg.rope.type, cfg.rope_theta, cfg.max_context) == ("yarn", 5e6, 131072)
+        assert (cfg.rope.type, cfg.rope_theta, cfg.max_context) == ("yarn", 1e6, 131072)
+    (tmp_path / "config.json").write_text((folder / "Qwen3-4B-Thinking-2507.json").read_text())
+    cfg = ModelConfig.from_pretrained(tmp_path, hf_overrides={"rope_scaling": YARN})
+    assert (cfg.rope_theta, cfg.max_context) == (5e6, 262144)  # config.json names a longer context
 
 
 def test_rope_scaling_override_matches_transformers(saved):

@@ -70,13 +70,12 @@ class KVCache:
 
     def read(self, slots: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V at `slots` (any index shape), in `dtype`."""
-        if self.k_scale is None:
+        k_scale, v_scale = self.k_scale, self.v_scale
+        if k_scale is None or v_scale is None:
             return self.k[slots].to(dtype), self.v[slots].to(dtype)
         k = self.k.view(torch.uint8)[slots].view(self.k.dtype).to(dtype)
         v = self.v.view(torch.uint8)[slots].view(self.v.dtype).to(dtype)
-        return k * self.k_scale[slots].unsqueeze(-1).to(dtype), v * self.v_scale[slots].unsqueeze(-1).to(
-            dtype
-        )
+        return k * k_scale[slots].unsqueeze(-1).to(dtype), v * v_scale[slots].unsqueeze(-1).to(dtype)
 
 
 class Attention(nn.Module):
@@ -105,10 +104,10 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(*shape, self.heads, self.head_dim)
         k = self.k_proj(x).view(*shape, self.kv_heads, self.head_dim)
         v = self.v_proj(x).view(*shape, self.kv_heads, self.head_dim)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if meta is None:
+        if meta is None or cache is None:
             out = self._causal(q, k, v)
         else:
             cache.write(meta.slot_mapping, k, v)
@@ -148,6 +147,7 @@ class Attention(nn.Module):
         # axis, so GQA needs no repeated K/V.
         batch, group = q.shape[0], self.heads // self.kv_heads
         qg = q.view(batch, self.kv_heads, group, self.head_dim)
+        assert meta.decode_slots is not None  # is_decode
         k, v = (t.transpose(1, 2) for t in cache.read(meta.decode_slots, q.dtype))  # [B, kv_heads, ctx, dim]
         o = F.scaled_dot_product_attention(qg, k, v, attn_mask=meta.decode_mask, scale=self.scale)
         return o.reshape(batch, self.heads, self.head_dim)

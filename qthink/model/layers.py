@@ -31,6 +31,7 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         rope = rope or RopeParameters(theta=theta)
         inv_freq, self.attention_scaling = rope_inv_freq(head_dim, rope)
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,8 +57,9 @@ def _yarn(head_dim: int, rope: RopeParameters, pos_freqs: torch.Tensor) -> tuple
     """YaRN: high frequencies kept, low ones interpolated by `factor`, a linear ramp between
     the dimensions that rotate beta_fast and beta_slow times over the pretrained context."""
 
+    original = rope.original_max_position_embeddings or 0  # always set for YaRN
+
     def correction_dim(rotations: float) -> float:
-        original = rope.original_max_position_embeddings
         return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(rope.theta))
 
     low, high = correction_dim(rope.beta_fast), correction_dim(rope.beta_slow)

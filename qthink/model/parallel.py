@@ -2,6 +2,7 @@
 over the ranks and adds the collectives as hooks; the layers themselves know nothing of it."""
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -9,6 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from qthink.config import ModelConfig
+
+if TYPE_CHECKING:
+    from qthink.model.qwen3 import Qwen3ForCausalLM
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def check_divisible(cfg: ModelConfig, size: int) -> None:
             raise ValueError(f"tensor_parallel_size={size} does not divide {name}={value}")
 
 
-def apply_tp(model: nn.Module, tp: TensorParallel) -> None:
+def apply_tp(model: "Qwen3ForCausalLM", tp: TensorParallel) -> None:
     """Make `model` (a Qwen3ForCausalLM, on the meta device or loaded) this rank's share: q/k/v,
     gate/up and lm_head split by output rows, o_proj and down_proj by input columns (their
     partial sums all-reduced), the vocabulary of the embeddings split by rows, the logits
@@ -66,8 +70,8 @@ def apply_tp(model: nn.Module, tp: TensorParallel) -> None:
     if tp.size == 1:
         return
     check_divisible(model.config, tp.size)
-    splits: dict[nn.Module, int] = {}
-    for layer in model.model.layers:
+    splits: dict[nn.Linear, int] = {}
+    for layer in model.model.decoder_layers():
         attn, mlp = layer.self_attn, layer.mlp
         splits.update({attn.q_proj: 0, attn.k_proj: 0, attn.v_proj: 0, attn.o_proj: 1})
         splits.update({mlp.gate_proj: 0, mlp.up_proj: 0, mlp.down_proj: 1})

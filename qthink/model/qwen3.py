@@ -6,7 +6,7 @@ from torch import nn
 from qthink.config import ModelConfig
 from qthink.model.attention import Attention, AttentionMetadata, KVCache
 from qthink.model.layers import MLP, Embedding, RMSNorm, RotaryEmbedding
-from qthink.model.parallel import SINGLE
+from qthink.model.parallel import SINGLE, VocabParallelEmbedding
 
 
 class DecoderLayer(nn.Module):
@@ -33,10 +33,13 @@ class DecoderLayer(nn.Module):
 class Qwen3Model(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens: Embedding | VocabParallelEmbedding = Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope)
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return [layer for layer in self.layers if isinstance(layer, DecoderLayer)]
 
 
 class Qwen3ForCausalLM(nn.Module):
@@ -48,7 +51,8 @@ class Qwen3ForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.tp = SINGLE  # apply_tp sets this rank's group
-        self.model = Qwen3Model(cfg)
+        self.tp_split_dims: dict[str, int] = {}  # and which dimension each split parameter lost
+        self.model: Qwen3Model = Qwen3Model(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
