@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qthink.nano.data import TOOLS, arithmetic, conversation, render, tool_use
-from qthink.tokenizer import IM_END_ID, Tokenizer
+from qthink.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_loss_mask_covers_exactly_the_last_assistant_turn(tok):
         first = mask.index(1)
         prompt = tok.apply_chat_template(messages[:-1], tools=tools, add_generation_prompt=True)
         assert first == len(prompt) and prompt[-2:] == tok.encode("<think>\n")
-        assert all(mask[first:]) and ids[-1] == IM_END_ID
+        assert all(mask[first:]) and ids[-1] == tok.eos_token_id
         assert tok.token_to_id("</think>") in ids[first:]
 
 

@@ -3,6 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
+from qthink.errors import RequestError
 from qthink.server.errors import APIError
 from qthink.server.params import tool_choice_spec
 from qthink.server.protocol import ChatCompletionRequest
@@ -50,16 +51,16 @@ def test_unknown_fields_pass_and_bad_types_are_refused():
         ("sometimes", "must be none, auto, required"),
     ],
 )
-def test_tool_choice_that_cannot_be_honoured_is_refused(choice, needle):
+def test_tool_choice_that_cannot_be_honoured_is_refused(tok, choice, needle):
     req = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], tool_choice=choice)
     with pytest.raises(APIError) as err:
-        tool_choice_spec(req)
+        tool_choice_spec(req, tok)
     assert err.value.status == 400 and needle in err.value.message
 
 
-def test_tool_choice_naming_an_unknown_tool_is_a_value_error():
+def test_tool_choice_naming_an_unknown_tool_is_a_request_error(tok):
     tools = [{"type": "function", "function": {"name": "ping", "parameters": {"type": "object"}}}]
     choice = {"type": "function", "function": {"name": "pong"}}
     req = ChatCompletionRequest(messages=[{"role": "user", "content": "hi"}], tools=tools, tool_choice=choice)
-    with pytest.raises(ValueError, match="pong"):  # the app answers ValueError with a 400
-        tool_choice_spec(req)
+    with pytest.raises(RequestError, match="pong"):  # the app answers a RequestError with a 400
+        tool_choice_spec(req, tok)

@@ -9,6 +9,7 @@ import torch
 from qthink import LLM, SamplingParams
 from qthink.engine.structured import StructuredOutputError
 
+IM_END = 151645  # <|im_end|> in the Qwen3 vocabulary
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -97,9 +98,8 @@ def test_bad_specs_are_refused_before_queueing(llm, spec, message):
 @pytest.fixture(scope="module")
 def compiler(tokenizer_dir):
     from qthink.engine.structured import GrammarCompiler
-    from qthink.tokenizer import IM_END_ID
 
-    return GrammarCompiler(tokenizer_dir / "tokenizer.json", 151_936, IM_END_ID)
+    return GrammarCompiler(tokenizer_dir / "tokenizer.json", 151_936, IM_END)
 
 
 def _accepts(compiler, text: str) -> bool:
@@ -129,7 +129,6 @@ def test_json_object_bounds_strings_keys_members_and_nesting(compiler):
 @pytest.mark.parametrize("prefix", ['{"city": "Par', '{"a": [1, {"b": tr', '{"key', '{"a": -', '{"a": "\\\\'])
 def test_json_object_closes_when_the_model_would_end_its_turn(compiler, prefix):
     """A model that wants to stop mid-object gets only the tokens that close it soonest."""
-    from qthink.tokenizer import IM_END_ID
 
     state = compiler.state({"json_object": True}, active=True)
     for token in compiler._tokenizer.tokenize_str(prefix):
@@ -138,14 +137,14 @@ def test_json_object_closes_when_the_model_would_end_its_turn(compiler, prefix):
     text = prefix
     for _ in range(12):
         logits = noise.clone()
-        logits[IM_END_ID] = 30.0  # end of turn is what this model wants most
+        logits[IM_END] = 30.0  # end of turn is what this model wants most
         state.mask(logits)
         token = int(logits.argmax())
-        if token == IM_END_ID:
+        if token == IM_END:
             break
         state.observe(token)
         text += compiler._tokenizer.decode_str([token])
-    assert token == IM_END_ID, text
+    assert token == IM_END, text
     assert isinstance(json.loads(text), dict)
 
 

@@ -7,16 +7,16 @@ from transformers import AutoTokenizer
 
 from qthink.parsing.thinking import ThinkingFormat
 from qthink.tokenizer import (
-    IM_END_ID,
-    TOOL_CALL_END_ID,
-    TOOL_CALL_START_ID,
     ChatTemplateError,
     IncrementalDetokenizer,
     Tokenizer,
     shipped_templates,
 )
 
-THINK_START_ID, THINK_END_ID = 151667, 151668  # the Qwen3 vocabulary's <think> and </think>
+# The Qwen3 vocabulary's ids, as its tokenizer.json assigns them.
+THINK_START_ID, THINK_END_ID = 151667, 151668
+TOOL_CALL_START_ID, TOOL_CALL_END_ID = 151657, 151658
+IM_END_ID = 151645
 
 TOOLS = [
     {

@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from qthink.errors import RequestError
-from qthink.tokenizer import TOOL_CALL_END_ID, TOOL_CALL_START_ID
 
 # Qwen writes "</think>\n\n" before its answer: the grammar lets a little whitespace through.
 LEADING_SPACE = "start: /[ \\t\\n]{0,4}/ body\n"
@@ -78,10 +77,12 @@ def json_object_grammar() -> str:
     return "\n".join(rules)
 
 
-def tool_call_grammar(tools: list[dict], name: str | None = None, parallel: bool = True) -> str:
+def tool_call_grammar(
+    tools: list[dict], markers: tuple[int, int], name: str | None = None, parallel: bool = True
+) -> str:
     """A grammar whose answer is Hermes tool calls to `tools` (one call to `name` when given,
     else one or more, or exactly one without `parallel`): OpenAI's tool_choice "required" or a
-    named function, made certain."""
+    named function, made certain. `markers`: the vocabulary's ids of <tool_call> and </tool_call>."""
     functions = [t.get("function", t) for t in tools or []]
     allowed = [f for f in functions if name is None or f.get("name") == name]
     if not allowed:
@@ -100,7 +101,7 @@ def tool_call_grammar(tools: list[dict], name: str | None = None, parallel: bool
     return (
         LEADING_SPACE
         + f"body: call{repeat}\n"
-        + f'call: <[{TOOL_CALL_START_ID}]> "\\n" json "\\n" <[{TOOL_CALL_END_ID}]>\n'
+        + f'call: <[{markers[0]}]> "\\n" json "\\n" <[{markers[1]}]>\n'
         + "json: %json "
         + json.dumps(_compact(call))
     )

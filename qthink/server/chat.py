@@ -60,7 +60,7 @@ async def prepare_chat(req: ChatCompletionRequest, server, fit_max_tokens: bool 
     """The one path from a chat request to a prompt and SamplingParams; every API's
     request is translated into a ChatCompletionRequest and comes through here.
     `fit_max_tokens`: a max_tokens past the context is a cap, lowered to what fits."""
-    parse_tools, forced = tool_choice_spec(req)
+    parse_tools, forced = tool_choice_spec(req, server.tokenizer)
     structured = structured_output(req)
     if forced and structured:
         raise APIError(400, "tool_choice required/named cannot be combined with response_format")

@@ -4,6 +4,8 @@ import json
 
 from qthink.engine.sampling_params import SamplingParams
 from qthink.engine.structured import tool_call_grammar
+from qthink.parsing.tool_calls import END as TOOL_CALL_END
+from qthink.parsing.tool_calls import START as TOOL_CALL_START
 from qthink.server.errors import APIError
 from qthink.server.protocol import ChatCompletionRequest, SamplingFields
 
@@ -75,9 +77,10 @@ def structured_output(req: SamplingFields) -> dict | None:
     return specs[0] if specs else None
 
 
-def tool_choice_spec(req: ChatCompletionRequest) -> tuple[bool, dict | None]:
+def tool_choice_spec(req: ChatCompletionRequest, vocab) -> tuple[bool, dict | None]:
     """(parse tool calls?, grammar forcing them). `none` never parses; `required` and a named
-    function constrain the answer to calls, so they are well-formed."""
+    function constrain the answer to calls, so they are well-formed. `vocab` maps a token's
+    text to its id (the tokenizer)."""
     choice = req.tool_choice
     if choice in (None, "auto", "none"):
         return bool(req.tools) and choice != "none", None
@@ -90,7 +93,11 @@ def tool_choice_spec(req: ChatCompletionRequest) -> tuple[bool, dict | None]:
         )
     if not req.tools:
         raise APIError(400, f"tool_choice {choice!r} needs `tools`", param="tool_choice")
-    return True, {"grammar": tool_call_grammar(req.tools, named or None, req.parallel_tool_calls)}
+    markers = (vocab.token_to_id(TOOL_CALL_START), vocab.token_to_id(TOOL_CALL_END))
+    if None in markers:
+        raise APIError(400, f"this model's vocabulary has no {TOOL_CALL_START} token to force calls with")
+    grammar = tool_call_grammar(req.tools, markers, named or None, req.parallel_tool_calls)
+    return True, {"grammar": grammar}
 
 
 # Keys a client must not set through chat_template_kwargs: they would switch off protections

@@ -3,13 +3,9 @@ handling and the incremental detokenizer, one module each."""
 
 from qthink.tokenizer.chat_template import ChatTemplateError, shipped_templates
 from qthink.tokenizer.detokenizer import IncrementalDetokenizer
-from qthink.tokenizer.special_tokens import IM_END_ID, TOOL_CALL_END_ID, TOOL_CALL_START_ID
 from qthink.tokenizer.tokenizer import Tokenizer
 
 __all__ = [
-    "IM_END_ID",
-    "TOOL_CALL_END_ID",
-    "TOOL_CALL_START_ID",
     "ChatTemplateError",
     "IncrementalDetokenizer",
     "Tokenizer",

@@ -10,11 +10,6 @@ from tokenizers import Tokenizer as RustTokenizer
 
 from qthink.tokenizer.chat_template import ChatTemplateError, nonce
 
-# Qwen3's tool-call markers, which the tool-call grammar names by id.
-TOOL_CALL_START_ID = 151657
-TOOL_CALL_END_ID = 151658
-IM_END_ID = 151645
-
 # Roles whose text a person or a tool wrote: every added token typed there (`</think>`, `<tool_call>`,
 # not only the special ones) is text; assistant turns keep theirs, which the template parses.
 TYPED_ROLES = ("system", "user", "tool")
