@@ -4,7 +4,8 @@ functions alike): no cycle, and no edge that points up the layers below.
 Layers, lowest first; a module may import its own layer and the ones below it:
 
 0. foundations with no qthink dependency: errors, the cache folder, optional-package
-   messages, the thinking and tool-call parsers (pure functions of text), the native kernels
+   messages, the thinking and tool-call parsers (pure functions of text), the native
+   kernels, the operating-system jail
 1. configuration and text: config, the tokenizer, the known-model table
 2. the model: its layers, loading, memory planning, random checkpoints
 3. the engine: scheduler, runner, sampler, logits processors, the offline LLM and AsyncEngine
@@ -21,7 +22,15 @@ import qthink
 PACKAGE = Path(qthink.__file__).parent
 
 LAYERS = [
-    ["qthink", "qthink.errors", "qthink.cache", "qthink.extras", "qthink.parsing", "qthink.kernels"],
+    [
+        "qthink",
+        "qthink.errors",
+        "qthink.cache",
+        "qthink.extras",
+        "qthink.parsing",
+        "qthink.kernels",
+        "qthink.sandbox",
+    ],
     ["qthink.config", "qthink.tokenizer", "qthink.known_models"],
     ["qthink.memory", "qthink.model", "qthink.loader", "qthink.random_checkpoint"],
     ["qthink.engine"],
@@ -42,10 +51,21 @@ def module_names() -> dict[str, Path]:
     return names
 
 
+def runtime_nodes(tree: ast.AST):
+    """Every node, except those under `if TYPE_CHECKING:` (annotations only, never run)."""
+    for node in ast.iter_child_nodes(tree):
+        test = node.test if isinstance(node, ast.If) else None
+        if isinstance(test, ast.Name | ast.Attribute) and "TYPE_CHECKING" in ast.unparse(test):
+            yield from (n for child in node.orelse for n in [child, *runtime_nodes(child)])
+            continue
+        yield node
+        yield from runtime_nodes(node)
+
+
 def imports(path: Path, names: dict[str, Path]) -> set[str]:
-    """The qthink modules a file imports, anywhere in it."""
+    """The qthink modules a file imports when it runs, anywhere in it (in functions too)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
