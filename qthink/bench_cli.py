@@ -47,15 +47,20 @@ def measure(engine: LLMEngine, prompt_len: int, output_len: int, batch: int, see
 DEFAULTS = EngineConfig()
 
 
-def run(args) -> int:
+def bench_settings(args) -> dict:
+    """What the benchmark needs beyond the flags given: a context for its prompt and output, and
+    room to run its largest batch in one step (set before the engine starts, never patched)."""
     batch = max(args.batch)
     chunk = getattr(args, "max_num_batched_tokens", DEFAULTS.max_num_batched_tokens)
-    engine = engine_from_args(
-        args,
-        max_model_len=getattr(args, "max_model_len", args.prompt_len + args.output_len + 16),
-        max_num_seqs=max(getattr(args, "max_num_seqs", batch), batch),
-        max_num_batched_tokens=max(chunk, args.prompt_len * batch),
-    )
+    return {
+        "max_model_len": getattr(args, "max_model_len", args.prompt_len + args.output_len + 16),
+        "max_num_seqs": max(getattr(args, "max_num_seqs", DEFAULTS.max_num_seqs), batch),
+        "max_num_batched_tokens": max(chunk, args.prompt_len * batch),
+    }
+
+
+def run(args) -> int:
+    engine = engine_from_args(args, **bench_settings(args))
     measure(engine, min(args.prompt_len, 16), 4, 1)  # warm-up: one-off kernel set-up is not timed
     print(
         f"{engine.model_dir.name}: dtype {engine.dtype}, quantization {engine.quantization or 'none'}, "

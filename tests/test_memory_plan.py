@@ -59,3 +59,19 @@ def test_tensor_parallel_ranks_each_plan_their_share():
         MODEL, config(gpu_memory_utilization=0.5, tensor_parallel_size=2), "bfloat16", 4 * GiB, True
     )
     assert two.budget == int(4 * GiB * 0.5) - WEIGHTS // 2 and two.num_blocks > one.num_blocks
+
+
+def test_bench_sizes_its_engine_from_the_flags_before_it_starts():
+    import argparse
+
+    from qthink.bench_cli import add_arguments, bench_settings
+    from qthink.engine_flags import engine_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--batch", "1", "8", "--prompt-len", "300", "--max-num-seqs", "2"])
+    config = engine_config_from_args(args, **bench_settings(args))
+    assert (config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len) == (8, 2400, 380)
+    args = parser.parse_args(["--max-model-len", "1024", "--max-num-batched-tokens", "4096"])
+    config = engine_config_from_args(args, **bench_settings(args))
+    assert (config.max_model_len, config.max_num_batched_tokens, config.max_num_seqs) == (1024, 4096, 64)
