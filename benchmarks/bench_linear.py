@@ -73,12 +73,14 @@ def make_cases(n: int, k: int, m: int, pool_bytes: int) -> list[Case]:
     int4_module = Int4Linear(linear_module(weight), GROUP_SIZE)
     dense = copies(weight, 2 * n * k, pool_bytes)
     bf16 = [Bf16Linear(linear_module(w)) for w in dense]
-    int8 = copies(Int8Linear(linear_module(weight)), n * k, pool_bytes)
+    int8_module = Int8Linear(linear_module(weight))
+    int8 = copies(int8_module, n * k, pool_bytes)
+    int8_torch = copies((int8_module.packed_rows(), int8_module.scale), n * k, pool_bytes)
     int4 = copies(int4_module, n * k // 2, pool_bytes)
     int4_torch = copies(torch_int4_pack(int4_module), n * k // 2, pool_bytes)
     cases = [
         Case("torch F.linear bf16", dense, 2 * n * k, lambda x, w: F.linear(x, w)),
-        Case("torch _weight_int8pack_mm", int8, n * k, torch_int8_mm),
+        Case("torch _weight_int8pack_mm", int8_torch, n * k, torch_int8_mm),
         Case("torch _weight_int4pack_mm", int4_torch, n * k // 2, torch_int4_mm),
         Case("qthink Bf16Linear", bf16, 2 * n * k, lambda x, w: w(x)),
         Case("qthink Int8Linear", int8, n * k, lambda x, w: w(x)),
@@ -98,8 +100,8 @@ def make_cases(n: int, k: int, m: int, pool_bytes: int) -> list[Case]:
     return cases
 
 
-def torch_int8_mm(x: torch.Tensor, w: Int8Linear) -> torch.Tensor:
-    return torch.ops.aten._weight_int8pack_mm(x, w.weight, w.scale)
+def torch_int8_mm(x: torch.Tensor, w: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return torch.ops.aten._weight_int8pack_mm(x, *w)
 
 
 def torch_int4_mm(x: torch.Tensor, w: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qthink.kernels import kernel_ops, linear_kernels_available
-from qthink.model.quant import block_int4, dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+from qthink.model.quant import block_rows, dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
 
 needs_kernels = pytest.mark.skipif(
     not linear_kernels_available(), reason="no AVX-512 BF16 kernels on this CPU"
@@ -55,24 +55,21 @@ def test_bf16_kernel(n, k, m, with_bias):
 
 
 @needs_kernels
-@pytest.mark.parametrize("n,k", [(1, 16), (5, 100), (67, 256), (130, 320), (9, 192)])
+@pytest.mark.parametrize("n,k", [(1, 64), (5, 128), (67, 256), (130, 320), (9, 192)])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 17])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 def test_int8_kernel(n, k, m, with_bias, x_dtype):
-    """Rows of a multiple of 64 inputs take the VNNI kernel, which rounds the activations to
-    int8 per group of 128 (64 where 128 does not divide K); other rows, and every row when
-    rounding is switched off (the output layer), are exact."""
+    """The VNNI kernel rounds the activations to int8 per group of 128 (64 where 128 does not
+    divide K); with rounding switched off (the output layer) the result is exact."""
     q, scale = quantize_int8(torch.randn(n, k, generator=torch.Generator().manual_seed(1)))
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(2)).to(x_dtype)
     bias = torch.randn(n) if with_bias else None
     w = dequantize_int8(q, scale, torch.float64)
     ref, magnitude = reference(x, w, bias)
-    assert_within(kernel_ops().linear_int8(x, q, scale, bias, False), ref, magnitude, ACCUMULATION_RTOL)
-    out = kernel_ops().linear_int8(x, q, scale, bias)
-    if k % 64:
-        assert_within(out, ref, magnitude, ACCUMULATION_RTOL)
-        return
+    blocked = block_rows(q)
+    assert_within(kernel_ops().linear_int8(x, blocked, scale, bias, False), ref, magnitude, ACCUMULATION_RTOL)
+    out = kernel_ops().linear_int8(x, blocked, scale, bias)
     group = 128 if k % 128 == 0 else 64
     output_rounding = BF16_OUTPUT_RTOL * ref.abs() if out.dtype == torch.bfloat16 else 0
     bound = activation_rounding_bound(x, w, group) + ACCUMULATION_RTOL * magnitude + output_rounding
@@ -101,7 +98,7 @@ def test_int4_kernel(n, k, group, m, with_bias):
     bias = torch.randn(n) if with_bias else None
     w = dequantize_int4(packed, scale, offset, torch.float64)
     ref, magnitude = reference(x, w, bias)
-    out = kernel_ops().linear_int4(x, block_int4(packed), scale, offset, group, bias)
+    out = kernel_ops().linear_int4(x, block_rows(packed), scale, offset, group, bias)
     error = (out.double() - ref).abs()
     bound = activation_rounding_bound(x, w, group) + ACCUMULATION_RTOL * magnitude
     assert bool((error <= bound).all()), f"max error {error.max().item():.3g}"
@@ -120,11 +117,11 @@ def test_tiled_gemms(n, k, m, with_bias):
     q, scale = quantize_int8(weight)
     ref, magnitude = reference(x, dequantize_int8(q, scale, torch.float64), bias)
     # The tiles round each dequantized weight to bf16 once more.
-    assert_within(kernel_ops().gemm_int8(x, q, scale, bias), ref, magnitude, BF16_OUTPUT_RTOL)
+    assert_within(kernel_ops().gemm_int8(x, block_rows(q), scale, bias), ref, magnitude, BF16_OUTPUT_RTOL)
     packed, scale4, offset = quantize_int4(weight, 128)
     ref, magnitude = reference(x, dequantize_int4(packed, scale4, offset, torch.float64), bias)
     assert_within(
-        kernel_ops().gemm_int4(x, block_int4(packed), scale4, offset, 128, bias),
+        kernel_ops().gemm_int4(x, block_rows(packed), scale4, offset, 128, bias),
         ref,
         magnitude,
         BF16_OUTPUT_RTOL,
@@ -134,7 +131,7 @@ def test_tiled_gemms(n, k, m, with_bias):
 @needs_kernels
 def test_kernels_reject_unsupported_shapes():
     packed, scale, offset = quantize_int4(torch.randn(4, 256), 128)
-    packed = block_int4(packed)
+    packed = block_rows(packed)
     with pytest.raises(RuntimeError, match="multiple of 128"):
         kernel_ops().linear_int4(torch.randn(1, 256), packed, scale, offset, 64, None)
     with pytest.raises(RuntimeError, match=r"\[M, 256\]"):
@@ -145,6 +142,9 @@ def test_kernels_reject_unsupported_shapes():
         kernel_ops().gemm_int4(torch.randn(1, 256), packed, scale, offset, 128, None)
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         kernel_ops().linear_bf16(torch.randn(1, 8).double(), torch.randn(4, 8).bfloat16(), None)
+    q, scale8 = quantize_int8(torch.randn(4, 100))
+    with pytest.raises(RuntimeError, match="K a multiple of 64"):
+        kernel_ops().linear_int8(torch.randn(1, 100), q, scale8, None)
 
 
 def test_switch_off_with_environment(monkeypatch):

@@ -13,13 +13,13 @@ from qthink.model.quant import (
     Bf16Linear,
     Int4Linear,
     Int8Linear,
-    block_int4,
+    block_rows,
     dequantize_int4,
     dequantize_int8,
     quantize_int4,
     quantize_int8,
     quantize_model,
-    unblock_int4,
+    unblock_rows,
 )
 
 # Rows of x around SMALL_M_BF16 and SMALL_M: native GEMV below, GEMMs above.
@@ -72,7 +72,7 @@ def make_linear(n: int, k: int, bias: bool, dtype: torch.dtype) -> nn.Linear:
 
 def module_reference(module: nn.Module, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if isinstance(module, Int8Linear):
-        w = dequantize_int8(module.weight, module.scale, torch.float64)
+        w = dequantize_int8(module.packed_rows(), module.scale, torch.float64)
     elif isinstance(module, Int4Linear):
         w = dequantize_int4(module.packed_rows(), module.scale, module.offset, torch.float64)
     else:
@@ -261,11 +261,11 @@ def test_int4_blocked_layout_round_trip(rows):
     """The kernels' blocked layout holds the same bytes: rows padded to 4, chunks of 64 bytes
     of 4 rows side by side, and back."""
     packed, _, _ = quantize_int4(weight(rows, 256), 128)
-    blocked = block_int4(packed)
+    blocked = block_rows(packed)
     assert blocked.shape == ((rows + 3) // 4 * 4, 128)
     flat, chunks = blocked.view(-1), 2  # 128 bytes a row: two chunks of 64
     for r in range(rows):
         for c in range(chunks):
             start = ((r // 4) * chunks + c) * 256 + (r % 4) * 64
             assert torch.equal(flat[start : start + 64], packed[r, c * 64 : (c + 1) * 64])
-    assert torch.equal(unblock_int4(blocked, rows), packed)
+    assert torch.equal(unblock_rows(blocked, rows), packed)

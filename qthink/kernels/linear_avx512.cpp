@@ -23,15 +23,18 @@ namespace {
 constexpr int64_t kRowsPerTask = 16;
 // int4 rows are short (K/2 bytes) and quick to process: prefetch two blocks ahead, not one.
 constexpr int64_t kInt4PrefetchRows = 8;
-// int4 weights are stored in blocks of 4 rows: the 64 bytes (128 weights) of chunk c of the
-// block's rows 0..3 lie side by side, so a block of rows is one contiguous stream.
-constexpr int64_t kInt4BlockRows = 4;
-constexpr int64_t kInt4ChunkBytes = 64;
+// int8 and int4 weights are stored in blocks of 4 rows: the 64-byte chunk c of the block's
+// rows 0..3 lie side by side, so a block of rows is one contiguous stream (block_rows in
+// qthink/model/quant.py). Rows are short (an int4 row of 2,560 weights is 1,280 bytes): read
+// row by row they would be many short streams that the hardware prefetchers barely follow.
+constexpr int64_t kBlockRows = 4;
+constexpr int64_t kChunkBytes = 64;
+constexpr int64_t kBlockStride = kBlockRows * kChunkBytes;  // from one chunk of a row to its next
 
-// Where row n's chunk c (weights 128c..128c+127) of a blocked int4 matrix of K inputs starts.
-inline const uint8_t* int4_chunk(const uint8_t* w, int64_t K, int64_t n, int64_t c) {
-  return w + ((n / kInt4BlockRows) * (K / 128) + c) * (kInt4BlockRows * kInt4ChunkBytes) +
-         (n % kInt4BlockRows) * kInt4ChunkBytes;
+// Where row n's chunk c starts in a blocked matrix of `row_bytes` bytes a row.
+template <typename T>
+inline const T* blocked_chunk(const T* w, int64_t row_bytes, int64_t n, int64_t c) {
+  return w + ((n / kBlockRows) * (row_bytes / kChunkBytes) + c) * kBlockStride + (n % kBlockRows) * kChunkBytes;
 }
 // Every GEMV loop prefetches the same spot of the next block of rows it will read: the
 // hardware prefetchers ramp up slowly on the many short row streams of a GEMV.
@@ -166,7 +169,7 @@ struct Bf16Kernel : BlockKernel<Bf16Kernel> {
 };
 
 struct Int8Kernel : BlockKernel<Int8Kernel> {
-  const int8_t* w;        // [N, K]
+  const int8_t* w;        // [N rounded up to 4, K], blocked, K a multiple of 64
   const uint16_t* scale;  // [N] bf16
   const float* x;         // [M, K] float32
   int64_t K;
@@ -175,27 +178,24 @@ struct Int8Kernel : BlockKernel<Int8Kernel> {
   void block(int64_t n, int64_t m, float (*res)[NB]) const {
     __m512 acc[MB][NB];
     set_all(acc, _mm512_setzero_ps());
-    const int8_t* rows = w + n * K;
+    const int8_t* rows[NB];
+    const int8_t* ahead[NB];
+    for (int j = 0; j < NB; ++j) {
+      rows[j] = blocked_chunk(w, K, n + j, 0);
+      ahead[j] = blocked_chunk(w, K, n + j + NB, 0);
+    }
     const float* xs = x + m * K;
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
+    for (int64_t k = 0; k < K; k += 16) {
+      const int64_t pos = k / kChunkBytes * kBlockStride + k % kChunkBytes;
       __m512 wv[NB];
       for (int j = 0; j < NB; ++j) {
         // One prefetch per 64-byte line: every fourth step of 16 int8 weights.
-        if (k % 64 == 0) _mm_prefetch((const char*)(rows + (j + NB) * K + k), _MM_HINT_T0);
-        wv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(rows + j * K + k))));
+        if (k % kChunkBytes == 0) _mm_prefetch((const char*)(ahead[j] + pos), _MM_HINT_T0);
+        wv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(rows[j] + pos))));
       }
       for (int i = 0; i < MB; ++i) {
         const __m512 xv = _mm512_loadu_ps(xs + i * K + k);
         for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
-      }
-    }
-    if (k < K) {
-      const __mmask16 mask = (1u << (K - k)) - 1;
-      for (int j = 0; j < NB; ++j) {
-        const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, rows + j * K + k)));
-        for (int i = 0; i < MB; ++i)
-          acc[i][j] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mask, xs + i * K + k), acc[i][j]);
       }
     }
     for (int i = 0; i < MB; ++i)
@@ -204,7 +204,7 @@ struct Int8Kernel : BlockKernel<Int8Kernel> {
 };
 
 // Packing: in each block of 64 weights, byte j holds weight j (low nibble) and weight
-// j + 32 (high nibble); rows are blocked as int4_chunk says. Dequantized weight = q * scale + offset, per row and group.
+// j + 32 (high nibble); rows are blocked (blocked_chunk). Dequantized weight = q * scale + offset, per row and group.
 // Activations are quantized to int8 per group (QuantizedRows), so each 128 weights cost
 // one load, three bit operations and two VNNI dot products (u8 nibbles x s8 activations).
 struct Int4Kernel : BlockKernel<Int4Kernel> {
@@ -256,12 +256,11 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
     prepare<NB, MB>(n, m, combined, constant);
     const __m512i nibble = _mm512_set1_epi8(0x0F);
     // In the blocked layout a row's chunks are a fixed stride apart.
-    constexpr int64_t stride = kInt4BlockRows * kInt4ChunkBytes;
     const uint8_t* rows[NB];
     const uint8_t* ahead[NB];
     for (int j = 0; j < NB; ++j) {
-      rows[j] = int4_chunk(w, K, n + j, 0);
-      ahead[j] = int4_chunk(w, K, n + j + kInt4PrefetchRows, 0);
+      rows[j] = blocked_chunk(w, K / 2, n + j, 0);
+      ahead[j] = blocked_chunk(w, K / 2, n + j + kInt4PrefetchRows, 0);
     }
     __m512 total[MB][NB];
     set_all(total, _mm512_setzero_ps());
@@ -271,8 +270,8 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
       for (int64_t k = g * G; k < (g + 1) * G; k += 128) {
         __m512i lo[NB], hi[NB];
         for (int j = 0; j < NB; ++j) {
-          _mm_prefetch((const char*)(ahead[j] + k / 128 * stride), _MM_HINT_T0);
-          const __m512i bytes = _mm512_loadu_si512(rows[j] + k / 128 * stride);
+          _mm_prefetch((const char*)(ahead[j] + k / 128 * kBlockStride), _MM_HINT_T0);
+          const __m512i bytes = _mm512_loadu_si512(rows[j] + k / 128 * kBlockStride);
           lo[j] = _mm512_and_si512(bytes, nibble);
           hi[j] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
         }
@@ -301,7 +300,7 @@ struct Int4Kernel : BlockKernel<Int4Kernel> {
 // w + 128 (one XOR) and 128 x the group's int8 activation sum comes off again (x_correction,
 // per activation row, already multiplied out by the group scales).
 struct Int8VnniKernel : BlockKernel<Int8VnniKernel> {
-  const int8_t* w;            // [N, K]
+  const int8_t* w;            // [N rounded up to 4, K], blocked
   const uint16_t* scale;      // [N] bf16
   const int8_t* xq;           // [M, K]
   const float* x_scale;       // [M, K / G]
@@ -313,7 +312,12 @@ struct Int8VnniKernel : BlockKernel<Int8VnniKernel> {
   void block(int64_t n, int64_t m, float (*res)[NB]) const {
     const int64_t groups = K / G;
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    const int8_t* rows = w + n * K;
+    const int8_t* rows[NB];
+    const int8_t* ahead[NB];
+    for (int j = 0; j < NB; ++j) {
+      rows[j] = blocked_chunk(w, K, n + j, 0);
+      ahead[j] = blocked_chunk(w, K, n + j + NB, 0);
+    }
     __m512 total[MB][NB];
     set_all(total, _mm512_setzero_ps());
     for (int64_t g = 0; g < groups; ++g) {
@@ -322,8 +326,8 @@ struct Int8VnniKernel : BlockKernel<Int8VnniKernel> {
       for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
         __m512i wv[NB];
         for (int j = 0; j < NB; ++j) {
-          _mm_prefetch((const char*)(rows + (j + NB) * K + k), _MM_HINT_T0);
-          wv[j] = _mm512_xor_si512(_mm512_loadu_si512(rows + j * K + k), flip);
+          _mm_prefetch((const char*)(ahead[j] + k / kChunkBytes * kBlockStride), _MM_HINT_T0);
+          wv[j] = _mm512_xor_si512(_mm512_loadu_si512(rows[j] + k / kChunkBytes * kBlockStride), flip);
         }
         for (int i = 0; i < MB; ++i) {
           const __m512i xv = _mm512_loadu_si512(xq + (m + i) * K + k);
@@ -434,26 +438,34 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return out;
 }
 
-// With `round_activations`, rows of a multiple of 64 inputs take the VNNI kernel (int8
-// activations per group of 128, or of 64 where 128 does not divide K); otherwise the exact
-// float kernel (the output layer: its logits are sampled from directly).
+// Returns N, the number of output rows (the blocked weight has them rounded up to 4).
+int64_t check_int8(const at::Tensor& w, const at::Tensor& scale) {
+  TORCH_CHECK(scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() && scale.dim() == 1,
+              "scale must be contiguous bf16 [N]");
+  const int64_t N = scale.size(0);
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous() && w.size(1) % kChunkBytes == 0 &&
+                  w.size(0) == (N + kBlockRows - 1) / kBlockRows * kBlockRows,
+              "w must be contiguous int8 [N rounded up to 4, K] in blocks of 4 rows (block_rows), K a multiple of 64");
+  return N;
+}
+
+// With `round_activations` the VNNI kernel (int8 activations per group of 128, or of 64
+// where 128 does not divide K); otherwise the exact float kernel (the output layer: its
+// logits are sampled from directly).
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                        const c10::optional<at::Tensor>& bias, bool round_activations) {
-  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous(), "w must be contiguous int8 [N, K]");
-  TORCH_CHECK(scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() && scale.numel() == w.size(0),
-              "scale must be contiguous bf16 [N]");
-  const int64_t K = w.size(1);
+  const int64_t N = check_int8(w, scale), K = w.size(1);
   check_input(x, K);
-  at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  at::Tensor out = at::empty({x.size(0), N}, x.options());
   const Output output = make_output(out, bias);
-  if (!round_activations || K % 64 != 0) {
+  if (!round_activations) {
     const at::Tensor xf = x.to(at::kFloat).contiguous();
     Int8Kernel kernel;
     kernel.w = w.data_ptr<int8_t>();
     kernel.scale = bf16_bits(scale);
     kernel.x = xf.data_ptr<float>();
     kernel.K = K;
-    run_blocks<4, 4>(kernel, x.size(0), w.size(0), output);
+    run_blocks<4, 4>(kernel, x.size(0), N, output);
     return out;
   }
   const int64_t G = K % 128 == 0 ? 128 : 64;
@@ -476,9 +488,9 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   kernel.K = K;
   kernel.G = G;
   if (x.size(0) == 1) {
-    run_blocks<4, 1>(kernel, x.size(0), w.size(0), output);
+    run_blocks<4, 1>(kernel, x.size(0), N, output);
   } else {
-    run_blocks<4, 2>(kernel, x.size(0), w.size(0), output);
+    run_blocks<4, 2>(kernel, x.size(0), N, output);
   }
   return out;
 }
@@ -493,8 +505,8 @@ int64_t check_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tenso
   const int64_t N = scale.size(0);
   TORCH_CHECK(offset.size(0) == N, "scale and offset must have the same shape");
   TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.is_contiguous() && w.size(1) == K / 2 &&
-                  w.size(0) == (N + kInt4BlockRows - 1) / kInt4BlockRows * kInt4BlockRows,
-              "w must be contiguous uint8 [N rounded up to 4, K/2] in blocks of 4 rows (block_int4)");
+                  w.size(0) == (N + kBlockRows - 1) / kBlockRows * kBlockRows,
+              "w must be contiguous uint8 [N rounded up to 4, K/2] in blocks of 4 rows (block_rows)");
   return N;
 }
 
@@ -541,7 +553,7 @@ struct Int4Rows {
       const __m512 o = _mm512_set1_ps(bf16_bits_to_float(offsets[g]));
       for (int half = 0; half < 2; ++half) {
         const __m512i bytes =
-            _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(int4_chunk(packed, K, n, k / 128) + k % 128 / 2 + 16 * half)));
+            _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(blocked_chunk(packed, K / 2, n, k / 128) + k % 128 / 2 + 16 * half)));
         const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, low_nibble)), s, o);
         const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), s, o);
         _mm256_storeu_si256((__m256i*)(dst + k + 16 * half), (__m256i)_mm512_cvtneps_pbh(lo));
@@ -558,12 +570,12 @@ struct Int8Rows {
 
   void operator()(int64_t n, uint16_t* dst) const {
     const __m512 s = _mm512_set1_ps(bf16_bits_to_float(scale[n]));
-    int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {
-      const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(w + n * K + k)));
+    const int8_t* row = blocked_chunk(w, K, n, 0);
+    for (int64_t k = 0; k < K; k += 16) {
+      const int8_t* pos = row + k / kChunkBytes * kBlockStride + k % kChunkBytes;
+      const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)pos));
       _mm256_storeu_si256((__m256i*)(dst + k), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_cvtepi32_ps(q), s)));
     }
-    for (; k < K; ++k) dst[k] = at::BFloat16(w[n * K + k] * bf16_bits_to_float(scale[n])).x;
   }
 };
 
@@ -619,10 +631,8 @@ at::Tensor gemm_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
 at::Tensor gemm_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                      const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous(), "w must be contiguous int8 [N, K]");
-  TORCH_CHECK(scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() && scale.numel() == w.size(0),
-              "scale must be contiguous bf16 [N]");
-  return tiled_linear(x, Int8Rows{w.data_ptr<int8_t>(), bf16_bits(scale), w.size(1)}, w.size(0), w.size(1), bias);
+  const int64_t N = check_int8(w, scale);
+  return tiled_linear(x, Int8Rows{w.data_ptr<int8_t>(), bf16_bits(scale), w.size(1)}, N, w.size(1), bias);
 }
 
 }  // namespace

@@ -20,8 +20,8 @@ __all__ = [
     "Int8Linear",
     "dequantize_int4",
     "dequantize_int8",
-    "block_int4",
-    "unblock_int4",
+    "block_rows",
+    "unblock_rows",
     "linear_kernels_available",
     "quantize_int4",
     "quantize_int8",
@@ -34,7 +34,7 @@ SMALL_M = 16
 SMALL_M_BF16 = 4
 INT4_BLOCK = 64  # the packing unit along K: byte j of a block holds weights j and j + 32
 NATIVE_INT4_GROUP = 128  # the native int4 kernels need groups of whole 128-weight chunks
-INT4_BLOCK_ROWS, INT4_CHUNK_BYTES = 4, 64  # the native kernels' int4 layout (block_int4)
+BLOCK_ROWS, CHUNK_BYTES = 4, 64  # the native kernels' int8/int4 layout (block_rows)
 
 
 def native_cpu(x: torch.Tensor) -> bool:
@@ -70,6 +70,23 @@ class Bf16Linear(nn.Module):
         return F.linear(x, self.weight.to(x.dtype), bias)
 
 
+def block_rows(rows: torch.Tensor) -> torch.Tensor:
+    """The native kernels' layout of int8 or packed int4 rows ([N, B] bytes, B a multiple of
+    64): blocks of 4 rows (the last padded with zero rows), in which the 64-byte chunk c of
+    rows 0..3 lie side by side, so that the kernel reads a block of rows as one stream."""
+    n, width = rows.shape
+    padded = torch.cat((rows, rows.new_zeros(-n % BLOCK_ROWS, width)))
+    blocks = padded.view(-1, BLOCK_ROWS, width // CHUNK_BYTES, CHUNK_BYTES)
+    return blocks.transpose(1, 2).contiguous().view(-1, width)
+
+
+def unblock_rows(blocked: torch.Tensor, rows: int) -> torch.Tensor:
+    """The first `rows` rows back from `block_rows`'s layout."""
+    width = blocked.shape[1]
+    blocks = blocked.view(-1, width // CHUNK_BYTES, BLOCK_ROWS, CHUNK_BYTES)
+    return blocks.transpose(1, 2).reshape(-1, width)[:rows].contiguous()
+
+
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: (q int8 [N, K], scale bf16 [N]), weight ≈ q * scale."""
     w = weight.detach().float()
@@ -83,31 +100,39 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = t
 
 
 class Int8Linear(nn.Module):
-    """int8 weights with one bf16 scale per output channel. The native decode kernel rounds the
-    activations to int8 too, unless `exact_activations` (the output layer: its logits are
-    sampled from directly, and rounding its input moved qthink-nano's next-token KL 500x)."""
+    """int8 weights with one bf16 scale per output channel; where the native kernels can take
+    them (rows of a multiple of 64 inputs), in their blocked layout (`block_rows`). The native
+    decode kernel rounds the activations to int8 too, unless `exact_activations` (the output
+    layer: its logits are sampled from directly, and rounding its input moved qthink-nano's
+    next-token KL 500x)."""
 
     def __init__(self, linear: nn.Linear, exact_activations: bool = False):
         super().__init__()
         self.exact_activations = exact_activations
         self.in_features, self.out_features = linear.in_features, linear.out_features
         q, scale = quantize_int8(linear.weight)
-        self.register_buffer("weight", q)
+        on_cpu = linear.weight.device.type == "cpu"
+        self.blocked = on_cpu and self.in_features % CHUNK_BYTES == 0 and linear_kernels_available()
+        self.register_buffer("weight", block_rows(q) if self.blocked else q)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", _float_bias(linear))
 
+    def packed_rows(self) -> torch.Tensor:
+        """The int8 weights row by row, [out_features, in_features] (`quantize_int8`'s layout)."""
+        return unblock_rows(self.weight, self.out_features) if self.blocked else self.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, args = _rows(x), (self.weight, self.scale, self.bias)
-        if native_cpu(x) and rows_of(x) <= SMALL_M:
+        if self.blocked and native_cpu(x) and rows_of(x) <= SMALL_M:
             out = kernel_ops().linear_int8(rows, *args, not self.exact_activations)
-        elif native_cpu(x) and x.dtype == torch.bfloat16:
+        elif self.blocked and native_cpu(x) and x.dtype == torch.bfloat16:
             out = kernel_ops().gemm_int8(rows, *args)
         elif x.device.type == "cpu" and x.dtype == torch.bfloat16:
             # torch's int8 matmul is fast only with bf16 activations.
-            out = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scale)
+            out = torch.ops.aten._weight_int8pack_mm(rows, self.packed_rows(), self.scale)
             out = out if self.bias is None else out + self.bias.to(out.dtype)
         else:
-            out = F.linear(rows, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+            out = F.linear(rows, self.packed_rows().to(x.dtype)) * self.scale.to(x.dtype)
             out = out if self.bias is None else out + self.bias.to(out.dtype)
         return out.view(*x.shape[:-1], self.out_features)
 
@@ -136,23 +161,6 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((blocks & 0xF, blocks >> 4), dim=2).reshape(n, half_k * 2)
 
 
-def block_int4(packed: torch.Tensor) -> torch.Tensor:
-    """The native kernels' layout of packed int4 rows: blocks of 4 rows (the last padded with
-    zero rows), in which the 64 bytes of each 128-weight chunk of rows 0..3 lie side by side,
-    so that the kernel reads a block of rows as one contiguous stream."""
-    n, half_k = packed.shape
-    padded = torch.cat((packed, packed.new_zeros(-n % INT4_BLOCK_ROWS, half_k)))
-    blocks = padded.view(-1, INT4_BLOCK_ROWS, half_k // INT4_CHUNK_BYTES, INT4_CHUNK_BYTES)
-    return blocks.transpose(1, 2).contiguous().view(-1, half_k)
-
-
-def unblock_int4(blocked: torch.Tensor, rows: int) -> torch.Tensor:
-    """Packed int4 rows [rows, K/2] back from `block_int4`'s layout."""
-    half_k = blocked.shape[1]
-    blocks = blocked.view(-1, half_k // INT4_CHUNK_BYTES, INT4_BLOCK_ROWS, INT4_CHUNK_BYTES)
-    return blocks.transpose(1, 2).reshape(-1, half_k)[:rows].contiguous()
-
-
 def quantize_int4(
     weight: torch.Tensor, group_size: int = 128
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -179,7 +187,7 @@ def dequantize_int4(
 
 class Int4Linear(nn.Module):
     """4-bit weights, packed two per byte, with a bf16 scale and offset per group of inputs;
-    where the native kernels can take them, in their blocked layout (`block_int4`)."""
+    where the native kernels can take them, in their blocked layout (`block_rows`)."""
 
     def __init__(self, linear: nn.Linear, group_size: int = 128):
         super().__init__()
@@ -188,14 +196,14 @@ class Int4Linear(nn.Module):
         self.native = self.group_size % NATIVE_INT4_GROUP == 0
         packed, scale, offset = quantize_int4(linear.weight, self.group_size)
         self.blocked = self.native and linear.weight.device.type == "cpu" and linear_kernels_available()
-        self.register_buffer("weight", block_int4(packed) if self.blocked else packed)
+        self.register_buffer("weight", block_rows(packed) if self.blocked else packed)
         self.register_buffer("scale", scale)
         self.register_buffer("offset", offset)
         self.register_buffer("bias", _float_bias(linear))
 
     def packed_rows(self) -> torch.Tensor:
         """The packed weights row by row, [out_features, in_features / 2] (`quantize_int4`'s layout)."""
-        return unblock_int4(self.weight, self.out_features) if self.blocked else self.weight
+        return unblock_rows(self.weight, self.out_features) if self.blocked else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = (self.weight, self.scale, self.offset, self.group_size, self.bias)
