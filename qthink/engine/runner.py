@@ -124,9 +124,18 @@ class ModelRunner:
             context_lens=ctx_lens,
             context_slots=ctx_slots,
         )
-        if batch.is_decode:
-            meta.decode_slots, meta.decode_mask = self._padded(ctx_slots, ctx_lens)
-            meta.decode_lens = torch.tensor(ctx_lens, dtype=torch.long, device=self.device)
+        if all(n == 1 + len(s.draft_ids) for s, n in zip(batch.seqs, batch.num_tokens)):
+            # Decodes and verifications: each token is a decode query over its own prefix, so
+            # the decode attention serves a few drafted tokens too (the context is read once
+            # per token, cheap beside the weights at k + 1 <= 9).
+            rows = [
+                (s[: c - n + j + 1], c - n + j + 1)
+                for s, c, n in zip(ctx_slots, ctx_lens, batch.num_tokens)
+                for j in range(n)
+            ]
+            token_slots, token_lens = [r[0] for r in rows], [r[1] for r in rows]
+            meta.decode_slots, meta.decode_mask = self._padded(token_slots, token_lens)
+            meta.decode_lens = torch.tensor(token_lens, dtype=torch.long, device=self.device)
         as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
         return as_tensor(ids), as_tensor(pos), meta, sampled
 
