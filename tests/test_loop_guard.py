@@ -82,3 +82,22 @@ def test_engine_closes_looping_thinking_and_marks_it(tiny_model_dir):
     llm = LLM(str(tiny_model_dir), kv_cache_memory=4 << 20, max_model_len=256, loop_guard=guard)
     out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=60))[0].outputs[0]
     assert out.thinking_cut_by == "loop_guard"
+
+
+def test_trace_marks_thinking_closed_by_the_loop_guard(tiny_model_dir):
+    from qthink.engine.offline import LLM
+    from qthink.engine.sampling_params import SamplingParams
+    from qthink.viewer.trace import trace_from_output
+
+    llm = LLM(str(tiny_model_dir), kv_cache_memory=4 << 20, max_model_len=256)
+    think = llm.get_tokenizer().token_to_id("<think>")
+    out = llm.generate([[1000, 2000, think]], SamplingParams(temperature=0, max_tokens=40, loop_guard=True))[
+        0
+    ]
+    assert out.outputs[0].thinking_cut_by is None  # window 64: not reached in 40 tokens
+    out = llm.generate(
+        [[1000, 2000, think]],
+        SamplingParams(temperature=0, max_tokens=40, loop_guard={"window": 4, "count": 3}),
+    )[0]
+    trace = trace_from_output([{"role": "user", "content": "hi"}], out, llm.get_tokenizer())
+    assert trace.answer.thinking_closed_by == "loop_guard"

@@ -53,6 +53,9 @@ class Answer(BaseModel):
     content: str | None = Field(None, description="the answer shown to the user")
     tool_calls: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI shape")
     finish_reason: str | None = None
+    thinking_closed_by: str | None = Field(
+        None, description="thinking_budget, end_thinking or loop_guard: the engine closed the thinking"
+    )
     tokens: list[TraceToken] = Field(default_factory=list, description="generated tokens")
 
 
@@ -146,6 +149,7 @@ def trace_from_output(
         reasoning_content=output.reasoning_content,
         content=output.content,
         finish_reason=output.finish_reason,
+        thinking_closed_by=getattr(output, "thinking_cut_by", None),
         tokens=tokens,
     )
     return Trace(

@@ -188,6 +188,16 @@ function conversation(trace) {
     earlier.length > 1 ? el("div", { class: "q-more" }, `${earlier.length} messages in the conversation`) : null);
 }
 
+const CLOSED_BY = {
+  loop_guard: "The loop guard ended this thinking: it kept repeating one passage.",
+  thinking_budget: "The thinking budget ran out: the engine ended the thinking.",
+  end_thinking: "The thinking was ended on request.",
+};
+
+function closedNote(closedBy) {
+  return closedBy ? el("div", { class: "trace-settings trace-closed" }, CLOSED_BY[closedBy] || `Thinking closed by ${closedBy}.`) : null;
+}
+
 // Render one trace into `root`; `actions` adds buttons to its header.
 export async function renderTrace(root, trace, { idPrefix = "t", compact = false, actions = [] } = {}) {
   root.replaceChildren(el("div", { class: "empty" }, "Analysing…"));
@@ -208,6 +218,7 @@ export async function renderTrace(root, trace, { idPrefix = "t", compact = false
     settings ? el("div", { class: "trace-settings" }, settings) : null,
     statsGrid(view.stats),
     minimap(view, idPrefix),
+    closedNote(trace.answer?.thinking_closed_by),
     el("div", { class: "section-head" }, el("h3", {}, "Thinking"),
       view.tokens.length ? el("span", { class: "heat-hint" }, "shaded where the model was unsure · hover a token for its alternatives") : null,
       view.tokens.length ? modeSwitch(body) : null),
