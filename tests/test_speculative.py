@@ -39,6 +39,11 @@ def test_greedy_output_is_identical_batched_with_rejections_and_no_leaks(varied_
     params = [
         SamplingParams(temperature=0, max_tokens=10 + 6 * i, ignore_eos=True, logprobs=2) for i in range(6)
     ]
+    # penalties count the drafted tokens before each verified position
+    params[1] = SamplingParams(
+        temperature=0, max_tokens=30, logprobs=2, presence_penalty=1.5, repetition_penalty=1.3
+    )
+    params[2] = SamplingParams(temperature=0, max_tokens=30, logprobs=2, frequency_penalty=1.0, min_tokens=20)
     for model in (varied_model, tiny_model_dir):
         _, plain = _generate(model, prompts, params)
         spec = {**NGRAM, "disable_by_batch_size": 8}
