@@ -194,3 +194,20 @@ def test_torch_ops_on_one_thread_keeps_the_kernels_threads():
         assert torch.equal(kernel_ops().linear_bf16(x, w, None), expected)
     assert torch.get_num_threads() == before
     assert kernel_ops().get_num_threads() == before
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(1, 2560), (3, 32, 128), (2, 100)])
+def test_rms_norm_matches_torch(shape):
+    """The native RMSNorm rounds as torch's formula does (float32 normalisation, bf16, times
+    the bf16 weight): only the order of the sum of squares differs, so at most one bf16 step,
+    and rarely."""
+    x = (torch.randn(*shape, generator=torch.Generator().manual_seed(3)) * 4).bfloat16()
+    weight = torch.randn(shape[-1], generator=torch.Generator().manual_seed(4)).bfloat16()
+    h = x.float()
+    expected = weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(torch.bfloat16)
+    out = kernel_ops().rms_norm(x, weight, 1e-6)
+    assert out.dtype == torch.bfloat16 and out.shape == x.shape
+    steps = (out.float() - expected.float()).abs() / expected.float().abs().clamp_min(1e-30) * 2**8
+    assert bool((steps <= 1.0 + 1e-6).all())
+    assert (out != expected).float().mean() < 0.01

@@ -17,7 +17,10 @@ import torch
 log = logging.getLogger("qthink")
 
 KERNEL_DIR = Path(__file__).parent
-SOURCES = [KERNEL_DIR / name for name in ("thread_pool.cpp", "linear_avx512.cpp", "attention_avx512.cpp")]
+SOURCES = [
+    KERNEL_DIR / name
+    for name in ("thread_pool.cpp", "linear_avx512.cpp", "attention_avx512.cpp", "norm_avx512.cpp")
+]
 HEADERS = [KERNEL_DIR / "thread_pool.h"]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni")
 ISA_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
@@ -126,6 +129,7 @@ def linear_kernels_available() -> bool:
 
 def kernel_ops():
     """The loaded kernels' op namespace: linear_bf16, linear_int8, linear_int4 (small M, GEMV),
-    gemm_int8, gemm_int4 (large M, dequantized tiles through torch's GEMM) and decode_attention
-    (one query per sequence against the paged bf16 KV cache)."""
+    gemm_int8, gemm_int4 (large M, dequantized tiles through torch's GEMM), decode_attention
+    (one query per sequence against the paged bf16 KV cache), rms_norm (bf16 rows) and
+    set_num_threads / get_num_threads (the kernels' thread count)."""
     return torch.ops.qthink_kernels

@@ -1,0 +1,61 @@
+// RMSNorm of a few bf16 rows in one call, for decode steps.
+//
+// In torch a bf16 RMSNorm is eight element-wise ops (widen, square, mean, add, rsqrt, scale,
+// narrow, weight): for one token's 2,560 values their dispatch costs far more than the work,
+// and a decode step of the 4B model runs 144 of them. This computes the same thing with the
+// same roundings: the row normalised in float32, rounded to bf16, then times the bf16 weight,
+// rounded to bf16 again.
+
+#include <ATen/ATen.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace {
+
+inline __m512 widen(__m256i bits) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)); }
+
+inline __m256i narrow(__m512 v) {
+  const __m256bh packed = _mm512_cvtneps_pbh(v);
+  return reinterpret_cast<const __m256i&>(packed);
+}
+
+void norm_row(const uint16_t* x, const uint16_t* w, uint16_t* out, int64_t D, float eps) {
+  __m512 squares = _mm512_setzero_ps();
+  for (int64_t d = 0; d < D; d += 16) {
+    const __mmask16 mask = D - d >= 16 ? 0xFFFF : (1u << (D - d)) - 1;
+    const __m512 v = widen(_mm256_maskz_loadu_epi16(mask, x + d));
+    squares = _mm512_fmadd_ps(v, v, squares);
+  }
+  const float mean = _mm512_reduce_add_ps(squares) / static_cast<float>(D);
+  const __m512 inverse = _mm512_set1_ps(1.0f / std::sqrt(mean + eps));
+  for (int64_t d = 0; d < D; d += 16) {
+    const __mmask16 mask = D - d >= 16 ? 0xFFFF : (1u << (D - d)) - 1;
+    const __m512 normed = _mm512_mul_ps(widen(_mm256_maskz_loadu_epi16(mask, x + d)), inverse);
+    const __m512 rounded = widen(narrow(normed));
+    const __m512 scaled = _mm512_mul_ps(rounded, widen(_mm256_maskz_loadu_epi16(mask, w + d)));
+    _mm256_mask_storeu_epi16(out + d, mask, narrow(scaled));
+  }
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.dim() >= 1,
+              "x must be a contiguous bf16 CPU tensor");
+  const int64_t D = x.size(-1);
+  TORCH_CHECK(weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() && weight.numel() == D,
+              "weight must be a contiguous bf16 vector of ", D, " values");
+  at::Tensor out = at::empty_like(x);
+  const auto* xs = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+  auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  for (int64_t r = 0; r < x.numel() / std::max<int64_t>(D, 1); ++r)
+    norm_row(xs + r * D, w, o + r * D, D, static_cast<float>(eps));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(qthink_kernels, m) { m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor"); }
+
+TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) { m.impl("rms_norm", &rms_norm); }
