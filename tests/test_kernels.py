@@ -211,3 +211,17 @@ def test_rms_norm_matches_torch(shape):
     steps = (out.float() - expected.float()).abs() / expected.float().abs().clamp_min(1e-30) * 2**8
     assert bool((steps <= 1.0 + 1e-6).all())
     assert (out != expected).float().mean() < 0.01
+
+
+@needs_kernels
+@pytest.mark.parametrize("tokens,heads", [(1, 32), (3, 8)])
+def test_rope_matches_torch_exactly(tokens, heads):
+    """The native rotate-half RoPE rounds each bf16 op as torch does: identical bits."""
+    from qthink.model.layers import RotaryEmbedding
+
+    x = torch.randn(tokens, heads, 128, generator=torch.Generator().manual_seed(5)).bfloat16()
+    cos, sin = RotaryEmbedding(128, 1e6).cos_sin(torch.arange(7, 7 + tokens), torch.bfloat16)
+    half = 64
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    expected = x * cos.unsqueeze(-2) + rotated * sin.unsqueeze(-2)
+    assert torch.equal(kernel_ops().rope(x, cos, sin), expected)

@@ -29,7 +29,7 @@ class RMSNorm(nn.Module):
 
 
 def _native_norm(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """A decode step's few bf16 rows on a CPU with the native kernels."""
+    """A decode step's few bf16 rows (and bf16 weights, or cos) on a CPU with the native kernels."""
     small = x.numel() <= NATIVE_NORM_VALUES and x.dtype == weight.dtype == torch.bfloat16
     return small and x.device.type == "cpu" and linear_kernels_available()
 
@@ -99,6 +99,10 @@ def _yarn_attention_factor(rope: RopeParameters) -> float:
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [..., tokens, heads, head_dim]; cos/sin: [..., tokens, head_dim]."""
+    if x.dim() == 3 and x.shape[-1] % 32 == 0 and _native_norm(x, cos) and cos.dtype == sin.dtype:
+        return kernel_ops().rope(
+            x.contiguous(), cos.contiguous(), sin.contiguous()
+        )  # one call, same roundings
     cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
