@@ -1,12 +1,22 @@
 """qthink-nano: its data format, deterministic training, the shipped checkpoint, its quality."""
 
 import json
+import math
 import random
+import re
 
 import pytest
 import torch
 
-from qthink.nano.data import TOOLS, arithmetic, conversation, render, tool_use
+from qthink.nano.data import (
+    TOOLS,
+    arithmetic,
+    conversation,
+    generated_tool_use,
+    multiplication,
+    render,
+    tool_use,
+)
 from qthink.tokenizer import Tokenizer
 
 
@@ -55,13 +65,52 @@ def test_tool_transcript_shape(tok):
     assert result in whole[-1]["content"]
 
 
+def _operands(question: str) -> tuple[int, str, int]:
+    a, op, b = re.fullmatch(r"\D*?(\d+) ?([-+*]) ?(\d+)[.?]", question).groups()
+    return int(a), op, int(b)
+
+
 def test_arithmetic_scratchpad_is_right():
+    spacing = set()
     for seed in range(200):
-        user, assistant = arithmetic(random.Random(seed))
-        a, op, b = user["content"].rstrip(".?").split()[-3:]
-        value = int(a) + int(b) if op == "+" else int(a) - int(b)
+        user, assistant = arithmetic(random.Random(seed), spaced=None if seed % 2 else True)
+        a, op, b = _operands(user["content"])
+        spacing.add(" " in user["content"].split(" ", 2)[-1])
+        value = a + b if op == "+" else a - b
         assert assistant["content"] == f"The answer is \\boxed{{{value}}}."
         assert assistant["reasoning_content"].endswith(f" is {value}.")
+    assert spacing == {True, False}, "questions come spaced (12 + 30) or unspaced (12+30)"
+
+
+def test_multiplication_scratchpad_is_right():
+    for seed in range(300):
+        user, assistant = multiplication(random.Random(seed))
+        a, op, b = _operands(user["content"])
+        assert op == "*" and assistant["content"] == f"The answer is \\boxed{{{a * b}}}."
+        lines = assistant["reasoning_content"].split("\n")
+        assert lines[-1] == f"So the product is {a * b}."
+        for line in lines:  # every worked step is true
+            for x, y, p, c, t in re.findall(r"(\d)\*(\d)=(\d+), \+(\d)=(\d+)", line):
+                assert int(x) * int(y) == int(p) and int(p) + int(c) == int(t)
+            for x, d, p in re.findall(r"So (\d+) \* (\d) = (\d+)", line):
+                assert int(x) * int(d) == int(p)
+
+
+def test_generated_tools_hold_out_whole_tools_from_training():
+    training = {
+        generated_tool_use(random.Random(s))[0][-1]["tool_calls"][0]["function"]["name"] for s in range(3000)
+    }
+    held_out = set()
+    for seed in range(300):
+        first, whole, tools = generated_tool_use(random.Random(seed), held_out=True)
+        call = first[-1]["tool_calls"][0]["function"]
+        held_out.add(call["name"])
+        assert call["name"] in [t["function"]["name"] for t in tools]
+        ((argument, value),) = call["arguments"].items()
+        spec = next(t["function"] for t in tools if t["function"]["name"] == call["name"])
+        assert spec["parameters"]["required"] == [argument] and value in first[-2]["content"]
+        assert whole[-1]["content"].endswith(whole[-2]["content"].split('"result": "')[-1].rstrip('"}') + ".")
+    assert held_out and not held_out & training
 
 
 def test_training_is_deterministic_to_the_byte(tok, tmp_path):
@@ -134,3 +183,23 @@ def test_quality_smoke(nano_dir):
     assert scores["tool_call_correct"] >= 0.9
     assert scores["answer_uses_tool_result"] >= 0.9
     assert scores["arithmetic_boxed_correct"] >= 0.9
+
+
+def test_n_samples_agree_only_where_nano_is_certain(nano_dir):
+    """n=3 at the default temperature: on a trained task every token is near-certain, so the
+    samples agree; outside its training nano is unsure and the samples differ."""
+    from qthink import LLM, SamplingParams
+
+    llm = LLM(model=str(nano_dir), max_model_len=1024, kv_cache_memory=16 << 20)
+    params = SamplingParams(n=3, temperature=0.6, top_p=0.95, top_k=20, max_tokens=120, logprobs=0)
+    trained, unsure = llm.chat(
+        [
+            [{"role": "user", "content": "What is 12 + 30?"}],
+            [{"role": "user", "content": "Hello, who are you?"}],
+        ],
+        params,
+    )
+    certain = [lp[t].logprob for o in trained.outputs for t, lp in zip(o.token_ids, o.logprobs)]
+    assert min(certain) > math.log(0.98)
+    assert len({tuple(o.token_ids) for o in trained.outputs}) == 1
+    assert len({tuple(o.token_ids) for o in unsure.outputs}) == 3

@@ -26,5 +26,5 @@ def run(args) -> int:
     if args.eval:
         from qthink.nano.evaluate import evaluate
 
-        print(json.dumps(evaluate(path, args.n, args.quantization), indent=2))
+        print(json.dumps(evaluate(path, args.n, args.quantization, progress=True), indent=2))
     return 0

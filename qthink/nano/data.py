@@ -65,40 +65,99 @@ SKIES = ["sunny", "cloudy", "rainy", "windy", "snowy", "foggy"]
 PLACES = ["Units", "Tens", "Hundreds", "Thousands"]
 
 
-def arithmetic(rng: random.Random) -> list[dict]:
-    """Addition or subtraction of two-digit numbers, worked digit by digit in the thinking."""
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
-    add = rng.random() < 0.5
-    if not add and b > a:
-        a, b = b, a
-    op, verb = ("+", "sum") if add else ("-", "difference")
-    lines, carry = [f"I need {a} {op} {b}."], 0
+def _expression(a: int, op: str, b: int, spaced: bool) -> str:
+    return f"{a} {op} {b}" if spaced else f"{a}{op}{b}"
+
+
+def _question(rng: random.Random, a: int, op: str, b: int, spaced: bool | None) -> str:
+    """The user's question, its operator spaced (`12 + 30`), unspaced, or either at random (None)."""
+    spaced = rng.random() < 0.5 if spaced is None else spaced
+    form = rng.choice(["What is {e}?", "Compute {e}.", "Calculate {e}."])
+    return form.format(e=_expression(a, op, b, spaced))
+
+
+def _addition_lines(a: int, b: int) -> list[str]:
+    """Column addition, units first: one line per place and its carry."""
+    lines, carry = [], 0
     da, db = str(a)[::-1], str(b)[::-1]
     for i in range(max(len(da), len(db))):
         x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
-        if add:
-            total = x + y + carry
-            digit, carry = total % 10, total // 10
-            lines.append(f"{PLACES[i]}: {x}+{y}+{total - x - y}={total}, write {digit} carry {carry}.")
-        else:
-            total = x - y - carry
-            borrow = 1 if total < 0 else 0
-            digit = total + 10 * borrow
-            lines.append(f"{PLACES[i]}: {x}-{y}-{carry}={total}, write {digit} borrow {borrow}.")
-            carry = borrow
-    if add and carry:
-        lines.append(f"{PLACES[len(da) if len(da) > len(db) else len(db)]}: write {carry}.")
-    result = a + b if add else a - b
-    lines.append(f"So the {verb} is {result}.")
-    question = rng.choice(["What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}."])
+        total = x + y + carry
+        digit, carry = total % 10, total // 10
+        lines.append(f"{PLACES[i]}: {x}+{y}+{total - x - y}={total}, write {digit} carry {carry}.")
+    if carry:
+        lines.append(f"{PLACES[max(len(da), len(db))]}: write {carry}.")
+    return lines
+
+
+def _subtraction_lines(a: int, b: int) -> list[str]:
+    lines, borrow = [], 0
+    da, db = str(a)[::-1], str(b)[::-1]
+    for i in range(len(da)):
+        x, y = int(da[i]), int(db[i]) if i < len(db) else 0
+        total = x - y - borrow
+        carry_in, borrow = borrow, 1 if total < 0 else 0
+        lines.append(f"{PLACES[i]}: {x}-{y}-{carry_in}={total}, write {total + 10 * borrow} borrow {borrow}.")
+    return lines
+
+
+def _answer(question: str, lines: list[str], result: int) -> list[dict]:
     return [
-        {"role": "user", "content": question.format(a=a, op=op, b=b)},
+        {"role": "user", "content": question},
         {
             "role": "assistant",
             "reasoning_content": "\n".join(lines),
             "content": f"The answer is \\boxed{{{result}}}.",
         },
     ]
+
+
+def arithmetic(rng: random.Random, spaced: bool | None = True) -> list[dict]:
+    """Addition or subtraction of two-digit numbers, worked digit by digit in the thinking."""
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    add = rng.random() < 0.5
+    if not add and b > a:
+        a, b = b, a
+    op, verb = ("+", "sum") if add else ("-", "difference")
+    lines = [f"I need {a} {op} {b}."]
+    lines += _addition_lines(a, b) if add else _subtraction_lines(a, b)
+    result = a + b if add else a - b
+    lines.append(f"So the {verb} is {result}.")
+    return _answer(_question(rng, a, op, b, spaced), lines, result)
+
+
+def _times_digit(a: int, d: int) -> tuple[list[str], int]:
+    """`a * d` for one digit d, units first: each place's product, plus the carry."""
+    parts, carry, digits = [], 0, []
+    for x in map(int, str(a)[::-1]):
+        product = x * d
+        total = product + carry
+        digits.append(total % 10)
+        parts.append(f"{x}*{d}={product}, +{carry}={total}, write {total % 10} carry {total // 10}.")
+        carry = total // 10
+    if carry:
+        parts.append(f"Then write {carry}.")
+    return parts, a * d
+
+
+def multiplication(rng: random.Random, spaced: bool | None = None) -> list[dict]:
+    """A two-digit number times a one- or two-digit number: one partial product per digit of the
+    multiplier, then their column sum, all worked in the thinking."""
+    a = rng.randint(10, 99)
+    b = rng.randint(2, 9) if rng.random() < 0.2 else rng.randint(10, 99)
+    lines = [f"I need {a} * {b}."]
+    units, tens = b % 10, b // 10
+    parts, low = _times_digit(a, units)
+    lines.append(f"{a} * {units}: " + " ".join(parts) + f" So {a} * {units} = {low}.")
+    if tens:
+        parts, high = _times_digit(a, tens)
+        lines.append(
+            f"{a} * {tens}: " + " ".join(parts) + f" So {a} * {tens} = {high}, and {a} * {tens}0 = {high}0."
+        )
+        lines.append(f"Now {low} + {high}0.")
+        lines += _addition_lines(low, high * 10)
+    lines.append(f"So the product is {a * b}.")
+    return _answer(_question(rng, a, "*", b, spaced), lines, a * b)
 
 
 def multiple_choice(rng: random.Random) -> list[dict]:
@@ -153,6 +212,136 @@ def tool_use(rng: random.Random) -> tuple[list[dict], list[dict]]:
     return first, whole
 
 
+# Generated tools: a verb and a subject make a name (`fetch_stock_price`), the subject's argument
+# is renamed per tool, and the question names the subject; every fifth verb-subject pair is held
+# out of training, so the evaluation asks for tools nano has never seen.
+VERBS = ["get", "fetch", "lookup", "find", "query", "check", "read"]
+SYMBOLS = ["ACME", "ZETA", "NOVA", "ORCA", "PIXL", "QUBE", "RAYS", "TIDE", "VOLT", "WAVE"]
+WORDS = ["apple", "river", "window", "garden", "planet", "silver", "bridge", "forest", "candle", "rocket"]
+COUNTRIES = ["France", "Japan", "Brazil", "Canada", "Kenya", "Norway", "Peru", "Egypt", "India", "Chile"]
+PEOPLE = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
+STATES = ["on time", "delayed", "boarding", "landed", "shipped", "pending", "open", "closed"]
+
+
+def _number(lo: int, hi: int):
+    return lambda rng: str(rng.randint(lo, hi))
+
+
+def _code(prefix: str):
+    return lambda rng: f"{prefix}{rng.randint(100, 999)}"
+
+
+# subject, preposition, argument names, argument values, result
+SUBJECTS = [
+    ("weather", "in", ["city", "location"], CITIES, lambda r: f"{r.randint(-5, 35)} C, {r.choice(SKIES)}"),
+    ("time", "in", ["city", "place"], CITIES, lambda r: f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}"),
+    ("population", "of", ["city", "city_name"], CITIES, _number(10_000, 9_999_999)),
+    ("humidity", "in", ["city", "location"], CITIES, lambda r: f"{r.randint(5, 99)}%"),
+    (
+        "stock price",
+        "of",
+        ["symbol", "ticker"],
+        SYMBOLS,
+        lambda r: f"{r.randint(1, 999)}.{r.randint(0, 99):02d}",
+    ),
+    (
+        "exchange rate",
+        "for",
+        ["currency", "code"],
+        ["EUR", "JPY", "GBP", "CHF", "INR", "BRL"],
+        lambda r: f"{r.randint(0, 150)}.{r.randint(0, 99):02d}",
+    ),
+    ("flight status", "of", ["flight", "flight_number"], None, lambda r: r.choice(STATES)),
+    ("order status", "of", ["order_id", "order"], None, lambda r: r.choice(STATES)),
+    ("capital", "of", ["country", "country_name"], COUNTRIES, lambda r: r.choice(CITIES)),
+    ("currency", "of", ["country", "nation"], COUNTRIES, lambda r: r.choice(["EUR", "JPY", "GBP", "CHF"])),
+    ("email", "of", ["username", "user"], PEOPLE, lambda r: f"{r.choice(PEOPLE)}@example.com"),
+    ("rhyme", "for", ["word", "text"], WORDS, lambda r: r.choice(WORDS)),
+    ("synonym", "for", ["word", "term"], WORDS, lambda r: r.choice(WORDS)),
+    ("score", "of", ["team", "team_name"], CITIES, lambda r: f"{r.randint(0, 9)}-{r.randint(0, 9)}"),
+]
+CODES = {"flight status": _code("QF"), "order status": _code("A")}
+SYSTEM_PROMPTS = [
+    None,
+    "You are a helpful assistant.",
+    "You are a concise assistant.",
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+    "Answer the user's question. Use a tool when it helps.",
+    "You are a support agent. Be brief and exact.",
+    "You help travellers plan their trips.",
+    "You are an assistant with access to tools.",
+]
+QUESTIONS = [
+    "What is the {s} {p} {v}?",
+    "Tell me the {s} {p} {v}.",
+    "Find the {s} {p} {v}.",
+    "I need the {s} {p} {v}.",
+]
+
+
+def _held_out(verb: int, subject: int) -> bool:
+    return (verb + 2 * subject) % 5 == 0
+
+
+def _tool_spec(verb: str, subject: tuple, argument: str) -> dict:
+    noun, prep = subject[0], subject[1]
+    return {
+        "type": "function",
+        "function": {
+            "name": f"{verb}_{noun.replace(' ', '_')}",
+            "description": f"{verb.capitalize()} the {noun} {prep} a given {argument.replace('_', ' ')}.",
+            "parameters": {
+                "type": "object",
+                "properties": {argument: {"type": "string"}},
+                "required": [argument],
+            },
+        },
+    }
+
+
+def generated_tool_use(
+    rng: random.Random, held_out: bool = False
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """A call to a generated tool listed among one to three others, under a varied system prompt:
+    (the conversation up to the call, the whole conversation, the tools). `held_out` draws the
+    called tool from the pairs training never uses."""
+    pairs = [(v, s) for v in range(len(VERBS)) for s in range(len(SUBJECTS)) if _held_out(v, s) == held_out]
+    verb, index = rng.choice(pairs)
+    subject = SUBJECTS[index]
+    noun, prep, arguments, values, make_result = subject
+    argument = rng.choice(arguments)
+    value = CODES[noun](rng) if values is None else rng.choice(values)
+    tool = _tool_spec(VERBS[verb], subject, argument)
+    others = rng.sample([i for i in range(len(SUBJECTS)) if i != index], rng.randint(0, 2))
+    tools = [tool] + [_tool_spec(rng.choice(VERBS), SUBJECTS[i], rng.choice(SUBJECTS[i][2])) for i in others]
+    rng.shuffle(tools)
+    name = tool["function"]["name"]
+    system = rng.choice(SYSTEM_PROMPTS)
+    call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": {argument: value}}}
+    first = [{"role": "system", "content": system}] if system else []
+    first += [
+        {"role": "user", "content": rng.choice(QUESTIONS).format(s=noun, p=prep, v=value)},
+        {
+            "role": "assistant",
+            "reasoning_content": f"The user asks for the {noun} {prep} {value}. "
+            f"I should call {name} with {argument} {value}.",
+            "content": "",
+            "tool_calls": [call],
+        },
+    ]
+    result = make_result(rng)
+    response = json.dumps({argument: value, "result": result}) if rng.random() < 0.5 else result
+    whole = first + [
+        {"role": "tool", "content": response},
+        {
+            "role": "assistant",
+            "reasoning_content": f"The tool says {result}. I will tell the user.",
+            "content": f"The {noun} {prep} {value} is {result}.",
+        },
+    ]
+    return first, whole, tools
+
+
 def multi_turn(rng: random.Random) -> list[dict]:
     """Two arithmetic turns: the first answer kept in history without its thinking."""
     first, second = arithmetic(rng), arithmetic(rng)
@@ -160,7 +349,9 @@ def multi_turn(rng: random.Random) -> list[dict]:
 
 
 # Share of each kind of training conversation: arithmetic needs the most examples (its
-# single-digit sums are a table to memorise), tool calls learn from few.
+# single-digit sums are a table to memorise), tool calls learn from few. Multiplication,
+# unspaced questions and generated tools are in the held-out evaluation only: a 1,500-step
+# run that trained on them too lost the tool calls (see the README).
 MIX = {"arithmetic": 0.55, "multi_turn": 0.1, "multiple_choice": 0.1, "tool_use": 0.25}
 
 
@@ -169,10 +360,15 @@ def conversation(rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[
     kind = rng.choices(list(mix), weights=list(mix.values()))[0]
     if kind == "arithmetic":
         return arithmetic(rng), None
+    if kind == "multiplication":
+        return multiplication(rng), None
     if kind == "multi_turn":
         return multi_turn(rng), None
     if kind == "multiple_choice":
         return multiple_choice(rng), None
+    if kind == "generated_tool_use":
+        first, whole, tools = generated_tool_use(rng)
+        return (first if rng.random() < 0.5 else whole), tools
     first, whole = tool_use(rng)
     return (first if rng.random() < 0.5 else whole), TOOLS
 

@@ -6,10 +6,13 @@ import re
 
 from qthink.engine.offline import LLM
 from qthink.engine.sampling_params import SamplingParams
-from qthink.nano.data import TOOLS, arithmetic, multiple_choice, tool_use
+from qthink.nano.data import TOOLS, arithmetic, generated_tool_use, multiple_choice, multiplication, tool_use
 from qthink.parsing.tool_calls import parse_tool_calls
 
 HELD_OUT_SEED = 2_000_003  # training draws from other seeds
+# the tasks nano is trained on; the others (multiplication, unspaced questions, tools it has never
+# seen) measure how far it generalises
+TRAINED = ("arithmetic", "multiple_choice", "tool_call", "tool_answer")
 
 
 def _boxed(text: str | None) -> str | None:
@@ -17,7 +20,30 @@ def _boxed(text: str | None) -> str | None:
     return found[-1] if found else None
 
 
-def evaluate(model_path, n: int = 100, quantization: str | None = None) -> dict[str, float]:
+def held_out_problems(n: int) -> dict[str, list[tuple[list[dict], list[dict] | None, dict]]]:
+    """Each task's problems as (prompt messages, tools, the expected last message)."""
+    rng = random.Random(HELD_OUT_SEED)
+    math = [arithmetic(rng) for _ in range(n)]
+    choice = [multiple_choice(rng) for _ in range(n)]
+    tools = [tool_use(rng) for _ in range(n)]
+    times = [multiplication(rng) for _ in range(n)]
+    unspaced = [(arithmetic if i % 2 else multiplication)(rng, spaced=False) for i in range(n)]
+    unseen = [generated_tool_use(rng, held_out=True) for _ in range(n)]
+    return {
+        "arithmetic": [(m[:-1], None, m[-1]) for m in math],
+        "multiple_choice": [(m[:-1], None, m[-1]) for m in choice],
+        "tool_call": [(first[:-1], TOOLS, first[-1]) for first, _ in tools],
+        "tool_answer": [(whole[:-1], TOOLS, whole[-2]) for _, whole in tools],
+        "multiplication": [(m[:-1], None, m[-1]) for m in times],
+        "unspaced": [(m[:-1], None, m[-1]) for m in unspaced],
+        "unseen_tool_call": [(first[:-1], specs, first[-1]) for first, _, specs in unseen],
+        "unseen_tool_answer": [(whole[:-1], specs, whole[-2]) for _, whole, specs in unseen],
+    }
+
+
+def evaluate(
+    model_path, n: int = 100, quantization: str | None = None, progress: bool = False
+) -> dict[str, float]:
     llm = LLM(
         model=str(model_path),
         max_model_len=1024,
@@ -25,39 +51,49 @@ def evaluate(model_path, n: int = 100, quantization: str | None = None) -> dict[
         max_num_seqs=64,
         quantization=quantization,
     )
-    rng = random.Random(HELD_OUT_SEED)
-    greedy = SamplingParams(temperature=0, max_tokens=300)
-    math = [arithmetic(rng) for _ in range(n)]
-    choice = [multiple_choice(rng) for _ in range(n)]
-    tools = [tool_use(rng) for _ in range(n)]
-    outs_math = llm.chat([m[:-1] for m in math], greedy)
-    outs_choice = llm.chat([m[:-1] for m in choice], greedy)
-    outs_call = llm.chat([first[:-1] for first, _ in tools], greedy, tools=TOOLS)
-    outs_answer = llm.chat([whole[:-1] for _, whole in tools], greedy, tools=TOOLS)
-    every = [o.outputs[0] for o in outs_math + outs_choice + outs_call + outs_answer]
+    tokenizer = llm.get_tokenizer()
+    problems = held_out_problems(n)
+    every = [p for task in problems.values() for p in task]
+    prompts = [
+        {"prompt_token_ids": tokenizer.apply_chat_template(m, tools=t, add_generation_prompt=True)}
+        for m, t, _ in every
+    ]
+    outputs = iter(
+        o.outputs[0] for o in llm.generate(prompts, SamplingParams(temperature=0, max_tokens=400), progress)
+    )
+    done = {
+        task: [(next(outputs), tools, want) for _, tools, want in items] for task, items in problems.items()
+    }
     think_end = llm.engine.thinking_format.end_id
+    boxed = lambda task: _rate(_boxed(o.content) == _boxed(w["content"]) for o, _, w in done[task])  # noqa: E731
+    calls = lambda task: _rate(_call_matches(o.content, t, w) for o, t, w in done[task])  # noqa: E731
+    uses = lambda task: _rate(_result(w) in (o.content or "") for o, _, w in done[task])  # noqa: E731
     return {
-        "arithmetic_boxed_correct": _rate(
-            _boxed(o.outputs[0].content) == _boxed(m[-1]["content"]) for o, m in zip(outs_math, math)
-        ),
+        "arithmetic_boxed_correct": boxed("arithmetic"),
+        "multiplication_boxed_correct": boxed("multiplication"),
+        "unspaced_boxed_correct": boxed("unspaced"),
         "multiple_choice_json_correct": _rate(
-            _json_answer(o.outputs[0].content) == json.loads(m[-1]["content"])
-            for o, m in zip(outs_choice, choice)
+            _json_answer(o.content) == json.loads(w["content"]) for o, _, w in done["multiple_choice"]
         ),
-        "tool_call_correct": _rate(
-            _call_matches(o.outputs[0].content, first[-1]) for o, (first, _) in zip(outs_call, tools)
-        ),
-        "answer_uses_tool_result": _rate(
-            json.loads(whole[-2]["content"])["result"] in (o.outputs[0].content or "")
-            for o, (_, whole) in zip(outs_answer, tools)
-        ),
-        "think_end_produced": _rate(think_end in c.token_ids for c in every),
+        "tool_call_correct": calls("tool_call"),
+        "answer_uses_tool_result": uses("tool_answer"),
+        "unseen_tool_call_correct": calls("unseen_tool_call"),
+        "unseen_tool_answer_uses_result": uses("unseen_tool_answer"),
+        "think_end_produced": _rate(think_end in o.token_ids for task in TRAINED for o, _, _ in done[task]),
     }
 
 
 def _rate(hits) -> float:
     hits = list(hits)
     return sum(map(bool, hits)) / len(hits)
+
+
+def _result(tool_message: dict) -> str:
+    """The result a tool message carries: its JSON's "result", or the whole text."""
+    try:
+        return json.loads(tool_message["content"])["result"]
+    except (json.JSONDecodeError, TypeError, KeyError):
+        return tool_message["content"]
 
 
 def _json_answer(text: str | None):
@@ -67,8 +103,8 @@ def _json_answer(text: str | None):
         return None
 
 
-def _call_matches(content: str | None, expected: dict) -> bool:
-    _, calls = parse_tool_calls(content, TOOLS)
+def _call_matches(content: str | None, tools: list[dict], expected: dict) -> bool:
+    _, calls = parse_tool_calls(content, tools)
     want = expected["tool_calls"][0]["function"]
     return (
         len(calls) == 1
