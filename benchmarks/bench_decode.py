@@ -4,6 +4,7 @@ qthink (bf16, int8, int4) against llama.cpp (BF16, Q8_0, Q4_K_M) and HF transfor
     python benchmarks/make_4b_checkpoint.py /data/qwen3-4b-random          # once, ~8 GB, outside git
     python benchmarks/make_llama_cpp.py /data/qwen3-4b-random /data/llama   # once: tools and GGUF files
     python benchmarks/bench_decode.py /data/qwen3-4b-random --llama /data/llama [--rounds 3] [--busy]
+        [--weights bf16 int8 int4] [--decode-only]
 
 Goal figures need a quiet machine: the script refuses to print a goal table when the 1-minute
 load average is over 0.5 before it starts or the hypervisor's CPU steal climbs (/proc/stat),
@@ -13,6 +14,8 @@ ratios are per round. `--busy` measures decode@1 only, each round once on the qu
 once beside one competing CPU-bound process that the script starts, and prints each engine's
 slowdown. Decode: prompt 128 tokens, 64 forced output tokens. Prefill: one 2,048-token prompt.
 Throughput: 16 concurrent requests (qthink's continuous batching; llama-batched-bench -npl 16).
+The whole table takes about 40 minutes on 2 cores; `--decode-only` (decode@1 of the chosen
+`--weights`) about 3-4 minutes a format, `--busy` about 7 minutes a format.
 """
 
 import argparse
@@ -112,7 +115,7 @@ def rounds_of(rounds: int, runs: dict[str, Callable[[], float]]) -> dict[str, li
     return figures
 
 
-def paired_rows(model: str, weights: str, llama: Path, rounds: int) -> tuple[dict, dict]:
+def paired_rows(model: str, weights: str, llama: Path, rounds: int, decode_only: bool) -> tuple[dict, dict]:
     """qthink and llama.cpp on one weight format, interleaved round by round."""
     tools, gguf = llama_files(model, weights, llama)
     engine = qthink_engine(model, WEIGHTS[weights][1], PREFILL + 16)
@@ -123,6 +126,8 @@ def paired_rows(model: str, weights: str, llama: Path, rounds: int) -> tuple[dic
         "llama.cpp": lambda: llama_bench(tools, gguf, 0, OUTPUT),
     }
     one = rounds_of(rounds, runs)
+    if decode_only:
+        return {"decode@1": one["qthink"]}, {"decode@1": one["llama.cpp"]}
     print(f"{weights}: decode@{BATCH}, tok/s", flush=True)
     runs = {
         "qthink": lambda: measure(engine, PROMPT, OUTPUT, BATCH)["decode_tok_s"],
@@ -244,33 +249,40 @@ def header() -> str:
     return f"\n{'goal':42s} " + " ".join(f"{c:>22s}" for c in columns) + "   target"
 
 
-def goal_table(model: str, llama: Path, rounds: int) -> list[str]:
+def goal_table(model: str, llama: Path, rounds: int, weights: list[str], decode_only: bool) -> list[str]:
     q, ll = {}, {}
-    for w, (label, _) in WEIGHTS.items():
-        q[w], ll[label] = paired_rows(model, w, llama, rounds)
+    for w in weights:
+        q[w], ll[w] = paired_rows(model, w, llama, rounds, decode_only)
         gc.collect()
-    hf = [hf_decode(model)]
-    print(f"transformers bf16 decode@1 {hf[0]:.2f}", flush=True)
     rows = [header()]
-    for w, (label, _) in WEIGHTS.items():
-        rows.append(goal(f"decode@1 {w} vs llama.cpp {label}", q[w]["decode@1"], ll[label]["decode@1"], 1.0))
-    rows.append(goal("decode@1 bf16 vs transformers bf16", q["bf16"]["decode@1"], hf * rounds, 3.0))
+    for w in weights:
+        rows.append(
+            goal(f"decode@1 {w} vs llama.cpp {WEIGHTS[w][0]}", q[w]["decode@1"], ll[w]["decode@1"], 1.0)
+        )
+    if decode_only:
+        return rows
+    if "bf16" in weights:
+        hf = [hf_decode(model)]
+        print(f"transformers bf16 decode@1 {hf[0]:.2f}", flush=True)
+        rows.append(goal("decode@1 bf16 vs transformers bf16", q["bf16"]["decode@1"], hf * rounds, 3.0))
     b = f"decode@{BATCH}"
-    for w, (label, _) in WEIGHTS.items():
-        rows.append(goal(f"{b} {w} vs llama.cpp {label} -npl {BATCH}", q[w][b], ll[label][b], 2.0))
-    for w in WEIGHTS:
+    for w in weights:
+        rows.append(goal(f"{b} {w} vs llama.cpp {WEIGHTS[w][0]} -npl {BATCH}", q[w][b], ll[w][b], 2.0))
+    for w in weights:
         rows.append(goal(f"{b} {w} vs qthink {w} decode@1", q[w][b], q[w]["decode@1"], 6.0))
-    p = "prefill@2048"
-    rows.append(goal("prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], ll["BF16"][p], 1.1))
+    if "bf16" in weights:
+        p = "prefill@2048"
+        rows.append(goal("prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], ll["bf16"][p], 1.1))
     return rows
 
 
-def busy_table(model: str, llama: Path, rounds: int) -> list[str]:
+def busy_table(model: str, llama: Path, rounds: int, weights: list[str]) -> list[str]:
     """Slowdown (quiet / busy decode@1) of each engine; the goal: qthink's no worse."""
     rows = [
         f"\n{'decode@1 beside one busy process':42s} {'qthink slowdown':>22s} {'llama.cpp slowdown':>22s}"
     ]
-    for w, (label, _) in WEIGHTS.items():
+    for w in weights:
+        label = WEIGHTS[w][0]
         f = busy_rows(model, w, llama, rounds)
         gc.collect()
         ours = [a / b for a, b in zip(f["qthink"], f["qthink busy"])]
@@ -291,6 +303,12 @@ def main() -> None:
     )
     ap.add_argument("--busy", action="store_true", help="decode@1 quiet and beside one CPU-bound process")
     ap.add_argument("--force", action="store_true", help="measure on a busy machine (figures, no goal table)")
+    ap.add_argument(
+        "--weights", nargs="+", choices=list(WEIGHTS), default=list(WEIGHTS), help="formats to compare"
+    )
+    ap.add_argument(
+        "--decode-only", action="store_true", help="decode@1 only: no batch, prefill or transformers"
+    )
     ap.add_argument("--ttft", type=int, nargs="*", default=[], help="prompt lengths for time to first token")
     args = ap.parse_args()
     if args.rounds < 3:
@@ -305,9 +323,9 @@ def main() -> None:
     rows = []
     if args.llama:
         rows = (
-            busy_table(args.model, args.llama, args.rounds)
+            busy_table(args.model, args.llama, args.rounds, args.weights)
             if args.busy
-            else goal_table(args.model, args.llama, args.rounds)
+            else goal_table(args.model, args.llama, args.rounds, args.weights, args.decode_only)
         )
     rows.append(memory_goal(args.model))
     for tokens in args.ttft:
