@@ -35,7 +35,7 @@ from qthink.bench_cli import measure
 from qthink.config import ModelConfig
 from qthink.engine.engine import LLMEngine
 from qthink.memory import kv_bytes_per_token
-from qthink.plan_cli import GiB, plan
+from qthink.plan_cli import Format, GiB, plan
 
 PROMPT, OUTPUT, PREFILL, BATCH, THREADS = 128, 64, 2048, 16, 2
 WEIGHTS = {"bf16": ("BF16", None), "int8": ("Q8_0", "int8"), "int4": ("Q4_K_M", "int4")}
@@ -235,7 +235,7 @@ def goal(name: str, ours: list[float], reference: list[float], target: float) ->
 
 
 def memory_goal(model: str) -> str:
-    budget = plan(ModelConfig.from_pretrained(Path(model)), 262_144, 1, "bfloat16", "int4", "int8")
+    budget = plan(ModelConfig.from_pretrained(Path(model)), 262_144, 1, Format("bfloat16", "int4", "int8"))
     fits = budget["total"] <= 24 * GiB
     parts = " + ".join(f"{budget[k] / GiB:.2f}" for k in ("weights", "kv_cache", "overhead"))
     return (
