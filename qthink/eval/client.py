@@ -93,6 +93,7 @@ class EndpointPool:
                 self.in_flight[url] -= 1
             delay = min(60.0, self.backoff * 2**attempt)
             await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _answer(self, response, url: str, attempts: int, tools) -> Answer:
         choice = response.choices[0]

@@ -6,8 +6,9 @@ spaces or `,./-_*^`; an int passes for a float; parallel calls match in any orde
 """
 
 import re
+from typing import Any
 
-PYTHON_TYPES = {
+PYTHON_TYPES: dict[str, type[Any]] = {
     "string": str,
     "integer": int,
     "float": float,

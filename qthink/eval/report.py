@@ -10,7 +10,7 @@ from qthink.eval.metrics import interval, majority, pass_at_k
 
 def latest_per_sample(records: list[dict]) -> dict[tuple, dict]:
     """One record per (task, id, sample): a success beats an earlier failure."""
-    latest = {}
+    latest: dict[tuple, dict] = {}
     for r in records:
         key = (r["task"], str(r["id"]), r["sample"])
         if key not in latest or "failed" in latest[key]:

@@ -165,8 +165,8 @@ def score(item: dict, reply: Reply, seed: int) -> dict:
     """{"correct": bool, "extracted": the answer as read, ...}: one sample's verdict."""
     kind = item["kind"]
     if kind == "math":
-        answer, source = math_answer(reply.content, reply.reasoning)
-        return {"correct": math_equal(answer, str(item["answer"])), "extracted": answer, "source": source}
+        answer, found_in = math_answer(reply.content, reply.reasoning)
+        return {"correct": math_equal(answer, str(item["answer"])), "extracted": answer, "source": found_in}
     if kind == "choice":
         letter = choice_letter(reply.content)
         return {"correct": letter == gold(item, seed), "extracted": letter}

@@ -16,7 +16,7 @@ class JsonPrefix:
     value (RFC 8259: no NaN, no trailing commas), `done` says the value is complete, `broken`
     that the next character could not continue it."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.stack: list[str] = []  # open containers, "{" or "["
         self.expect = "value"  # value | value_or_end | key | key_or_end | colon | comma_or_end
         self.mode: str | None = None  # string | number | literal, while inside one

@@ -3,6 +3,7 @@
 import json
 import re
 import uuid
+from typing import cast
 
 from qthink.parsing.json_prefix import JsonPrefix
 from qthink.parsing.text_stream import partial_suffix
@@ -85,7 +86,7 @@ def parse_tool_calls(text: str | None, tools: list[dict] | None) -> tuple[str | 
 class _Block:
     """One `<tool_call>` being read: its text so far and, once its name is known, its call."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.body = ""
         self.index: int | None = None  # set when the call has been announced
         self.args_start = 0
@@ -118,14 +119,15 @@ class ToolCallStreamParser:
         while True:
             if self.block is None and not self._open_block(deltas, final):
                 return deltas
+            block = cast(_Block, self.block)  # _open_block set it
             end = self.buffer.find(END)
             if end >= 0:
-                self.block.body += self.buffer[:end]
+                block.body += self.buffer[:end]
                 self.buffer = self.buffer[end + len(END) :]
                 deltas += self._close(closed=True)
                 continue
             keep = 0 if final else partial_suffix(self.buffer, END)
-            self.block.body += self.buffer[: len(self.buffer) - keep]
+            block.body += self.buffer[: len(self.buffer) - keep]
             self.buffer = self.buffer[len(self.buffer) - keep :]
             deltas += self._close(closed=False) if final else self._progress()
             return deltas
@@ -148,7 +150,7 @@ class ToolCallStreamParser:
 
     def _progress(self) -> list[dict]:
         """What an open block can send already: its announcement, then new argument text."""
-        block, deltas = self.block, []
+        block, deltas = cast(_Block, self.block), []
         if block.undecided:
             head = STREAMABLE_HEAD.match(block.body)
             if head is None:
@@ -171,7 +173,7 @@ class ToolCallStreamParser:
 
     def _close(self, closed: bool) -> list[dict]:
         """Decide a block at its `</tool_call>`, or at the end of the output without one."""
-        block, self.block = self.block, None
+        block, self.block = cast(_Block, self.block), None
         call = parse_call(block.body, self.names)
         if block.index is None:
             if call is None:

@@ -169,7 +169,7 @@ class Step:
 
 def segment_thinking(text: str) -> list[Step]:
     """Paragraphs of the thinking, each labelled from the cue phrase that opens it."""
-    steps = []
+    steps: list[Step] = []
     for start, end in _paragraph_spans(text):
         body = text[start:end]
         label, cue = label_step(body)

@@ -18,14 +18,17 @@ import json
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qthink.parsing.thinking import ThinkingFormat
 
-FORMAT = "qthink-trace"
+FORMAT: Final = "qthink-trace"
 VERSION = 1
+
+
+Part = Literal["thinking", "answer", "tool"]
 
 
 class TraceError(ValueError):
@@ -35,35 +38,36 @@ class TraceError(ValueError):
 class TopLogprob(BaseModel):
     text: str = Field(description="the alternative token's text")
     logprob: float = Field(description="its natural-log probability")
-    id: int | None = Field(None, description="its token id, when known")
+    id: int | None = Field(default=None, description="its token id, when known")
 
 
 class TraceToken(BaseModel):
     text: str = Field(description="the token's text as it was streamed")
-    id: int | None = Field(None, description="token id, when the producer knows it")
-    logprob: float | None = Field(None, description="natural-log probability of this token")
+    id: int | None = Field(default=None, description="token id, when the producer knows it")
+    logprob: float | None = Field(default=None, description="natural-log probability of this token")
     top: list[TopLogprob] = Field(default_factory=list, description="most likely alternatives")
-    part: Literal["thinking", "answer", "tool"] = Field(description="the part it belongs to")
-    t: float | None = Field(None, description="seconds from the request to this token")
+    part: Part = Field(description="the part it belongs to")
+    t: float | None = Field(default=None, description="seconds from the request to this token")
 
 
 class Answer(BaseModel):
     model_config = ConfigDict(extra="allow")
-    reasoning_content: str | None = Field(None, description="the thinking")
-    content: str | None = Field(None, description="the answer shown to the user")
+    reasoning_content: str | None = Field(default=None, description="the thinking")
+    content: str | None = Field(default=None, description="the answer shown to the user")
     tool_calls: list[dict[str, Any]] = Field(default_factory=list, description="OpenAI shape")
     finish_reason: str | None = None
     thinking_closed_by: str | None = Field(
-        None, description="thinking_budget, end_thinking or loop_guard: the engine closed the thinking"
+        default=None,
+        description="thinking_budget, end_thinking or loop_guard: the engine closed the thinking",
     )
     tokens: list[TraceToken] = Field(default_factory=list, description="generated tokens")
 
 
 class Timings(BaseModel):
-    first_token: float | None = Field(None, description="seconds to the first token")
-    first_thinking_token: float | None = Field(None, description="seconds to the first thought")
-    first_answer_token: float | None = Field(None, description="seconds to the first answer token")
-    end: float | None = Field(None, description="seconds to the last token")
+    first_token: float | None = Field(default=None, description="seconds to the first token")
+    first_thinking_token: float | None = Field(default=None, description="seconds to the first thought")
+    first_answer_token: float | None = Field(default=None, description="seconds to the first answer token")
+    end: float | None = Field(default=None, description="seconds to the last token")
 
 
 class Trace(BaseModel):
@@ -72,7 +76,7 @@ class Trace(BaseModel):
     version: int = VERSION
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     model: str | None = None
-    title: str | None = Field(None, description="a short name shown in the viewer")
+    title: str | None = Field(default=None, description="a short name shown in the viewer")
     settings: dict[str, Any] = Field(default_factory=dict, description="sampling settings")
     messages: list[dict[str, Any]] = Field(description="the conversation sent to the model")
     answer: Answer
@@ -139,7 +143,7 @@ def trace_from_output(
     texts = _token_texts(ids, tokenizer)
     fmt = ThinkingFormat.from_tokenizer(tokenizer)
     in_thinking = fmt.token_parts(ids, output.reasoning_content is not None)
-    parts = ["thinking" if t else "answer" for t in in_thinking]
+    parts: list[Part] = ["thinking" if t else "answer" for t in in_thinking]
     logprobs = output.logprobs or [None] * len(ids)
     tokens = [
         _trace_token(i, text, part, lp)
@@ -178,7 +182,7 @@ def _token_texts(ids: list[int], tokenizer) -> list[str]:
     return [detok.push([i]) for i in ids]
 
 
-def _trace_token(token_id: int, text: str, part: str, logprobs: dict | None) -> TraceToken:
+def _trace_token(token_id: int, text: str, part: Part, logprobs: dict | None) -> TraceToken:
     if not logprobs:
         return TraceToken(text=text, id=token_id, part=part)
     chosen = logprobs.get(token_id)
