@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_agent_loop import ScriptedEndpoint, reply
+from tests.helpers.scripted_endpoint import ScriptedEndpoint, reply
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from qthink.agent.code_interpreter import CodeInterpreter
-from tests.test_agent_loop import ScriptedEndpoint, agent, reply, tool_messages
+from tests.helpers.scripted_endpoint import ScriptedEndpoint, agent, reply, tool_messages
 
 TIMEOUT = 3
 

@@ -12,7 +12,8 @@ import pytest
 from qthink.agent import Assistant, Tool
 from qthink.agent.mcp_client import MCPManager
 from qthink.nano.data import TOOLS as NANO_TOOLS
-from tests.server_harness import RunningServer, free_port
+from tests.helpers.nano import nano_available
+from tests.helpers.server import RunningServer, free_port
 
 TIME_SERVER = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone=Asia/Shanghai"]}
 CITY_ZONES = {"Paris": "Europe/Paris", "Tokyo": "Asia/Tokyo"}
@@ -59,12 +60,6 @@ def test_local_engine_in_process(tiny_model_dir):
     assert (
         len(response) == 1 and response[0]["role"] == "assistant" and isinstance(response[0]["content"], str)
     )
-
-
-def nano_available() -> bool:
-    from qthink.nano.build import ARTIFACT
-
-    return ARTIFACT.is_file()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """An agent given several endpoint URLs spreads its model calls over them (data parallelism)."""
 
 from qthink.agent import Assistant
-from tests.test_agent_loop import ScriptedEndpoint, reply
+from tests.helpers.scripted_endpoint import ScriptedEndpoint, reply
 
 
 def test_model_calls_alternate_between_endpoints():

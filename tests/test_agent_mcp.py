@@ -11,8 +11,8 @@ import pytest
 
 from qthink.agent.mcp_client import MCPManager
 from qthink.agent.tools import run_tool
-from tests.server_harness import free_port
-from tests.test_agent_loop import CRASHY_MCP_SERVER
+from tests.helpers.scripted_endpoint import CRASHY_MCP_SERVER
+from tests.helpers.server import free_port
 
 HTTP_MCP_SERVER = '''
 import sys

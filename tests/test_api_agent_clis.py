@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.nano_serve import nano_available, serve_nano
+from tests.helpers.nano import nano_available, serve_nano
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIS = (

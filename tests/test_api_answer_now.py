@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from qthink.server.thinking_budget import EARLY_STOP_TEXT
-from tests.server_harness import RunningServer
+from tests.helpers.server import RunningServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from qthink.server.thinking_budget import EARLY_STOP_TEXT
-from tests.nano_serve import NANO_TOOLS, nano_available, serve_nano
+from tests.helpers.nano import NANO_TOOLS, nano_available, serve_nano
 
 pytestmark = pytest.mark.skipif(not nano_available(), reason="qthink-nano's weights are not built")
 KEY = "sk-local"

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from tests.server_harness import RunningServer
+from tests.helpers.server import RunningServer
 
 HI = [{"role": "user", "content": "hi"}]
 CASES = [

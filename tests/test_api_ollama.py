@@ -7,8 +7,8 @@ import ollama
 import pytest
 
 from qthink.server.thinking_budget import EARLY_STOP_TEXT
-from tests.nano_serve import NANO_TOOLS, nano_available, serve_nano
-from tests.server_harness import free_port
+from tests.helpers.nano import NANO_TOOLS, nano_available, serve_nano
+from tests.helpers.server import free_port
 
 pytestmark = pytest.mark.skipif(not nano_available(), reason="qthink-nano's weights are not built")
 ASK = [{"role": "user", "content": "What is 17 + 25?"}]

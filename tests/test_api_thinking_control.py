@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from qthink.server.thinking_budget import EARLY_STOP_TEXT, EffortBudgets
-from tests.server_harness import RunningServer
+from tests.helpers.server import RunningServer
 
 
 @pytest.fixture(scope="module")

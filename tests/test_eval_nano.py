@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from tests.server_harness import free_port
-from tests.test_eval_serve import serve, wait_healthy
+from tests.helpers.server import free_port, serve_subprocess, wait_healthy
 
 N = 12
 
@@ -76,7 +75,7 @@ def test_eval_on_nano_matches_its_quality_evaluation(nano_dir, tmp_path):
         files.append(tmp_path / f"{name}.jsonl")
         files[-1].write_text("".join(json.dumps(item) + "\n" for item in items))
     port = free_port()
-    proc = serve(nano_dir, port, (tmp_path / "serve.log").open("w"), max_model_len=1024)
+    proc = serve_subprocess(nano_dir, port, (tmp_path / "serve.log").open("w"), max_model_len=1024)
     try:
         wait_healthy(proc, f"http://127.0.0.1:{port}")
         cmd = [sys.executable, "-m", "qthink", "eval", "run", *map(str, files), "--temperature", "0"]

@@ -4,37 +4,17 @@ the thinking/answer token split comes from the server's usage, not an estimate."
 import json
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 
-from tests.server_harness import free_port
-
-
-def serve(model_dir, port: int, log, max_model_len: int = 512) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "qthink", "serve", str(model_dir), "--port", str(port), "--dtype", "float32"]
-    cmd += ["--max-model-len", str(max_model_len), "--kv-cache-memory", str(16 << 20), "--max-num-seqs", "8"]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"qthink serve exited with {proc.returncode}"
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("qthink serve did not become healthy")
+from tests.helpers.server import free_port, serve_subprocess, wait_healthy
 
 
 @pytest.fixture
 def served_url(tiny_model_dir, tmp_path):
     port = free_port()
     # a file, not a pipe: a full pipe would stall the server's logging
-    proc = serve(tiny_model_dir, port, (tmp_path / "serve.log").open("w"))
+    proc = serve_subprocess(tiny_model_dir, port, (tmp_path / "serve.log").open("w"))
     try:
         wait_healthy(proc, f"http://127.0.0.1:{port}")
         yield f"http://127.0.0.1:{port}/v1"

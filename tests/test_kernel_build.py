@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from qthink.kernels import build, linear_kernels_available
-from tests.server_harness import free_port
+from tests.helpers.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 needs_kernels = pytest.mark.skipif(

@@ -12,7 +12,7 @@ from qthink.parsing.thinking import ThinkingFormat
 from qthink.parsing.tool_calls import ToolCallStreamParser, parse_tool_calls
 from qthink.server.streaming import last_output
 from qthink.tokenizer import IncrementalDetokenizer, Tokenizer
-from tests.test_server_chat_view import engine_outputs, streamed, view_for
+from tests.helpers.chat_view import engine_outputs, streamed, view_for
 
 OPEN_PROMPT = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n"  # 2507 templates
 PLAIN_PROMPT = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"  # hybrid, thinking on

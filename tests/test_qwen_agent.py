@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 
 from qthink.nano.data import TOOLS as NANO_TOOLS
-from tests.server_harness import free_port
-from tests.test_agent_e2e import nano_available
+from tests.helpers.nano import nano_available
+from tests.helpers.server import free_port
 
 qwen_agent = pytest.importorskip("qwen_agent")
 from qwen_agent.agents import Assistant  # noqa: E402

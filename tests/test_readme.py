@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_harness import free_port
+from tests.helpers.server import free_port
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 # nano's answer to the README's question, read from the model's own boxed answer

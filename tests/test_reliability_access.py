@@ -1,16 +1,11 @@
 """Access: the API key guards every route but the public ones; CORS is off unless origins are allowed."""
 
-import threading
-import time
-from contextlib import contextmanager
-
 import httpx
 import pytest
-import uvicorn
 from starlette.routing import Mount
 
 from qthink.server.app import build_app
-from tests.server_harness import RunningServer, free_port
+from tests.helpers.server import RunningServer, serving
 
 KEY = "sk-reliability"
 # Public without the key: the health probe, and the chat page's shell (the page loads before the
@@ -22,23 +17,6 @@ PUBLIC = {"/health", "/", "/viewer/config", "/viewer/segment", "/viewer/static"}
 def keyed(tiny_model_dir):
     with RunningServer(tiny_model_dir, api_key=KEY) as running:
         yield running
-
-
-@contextmanager
-def serving(app):
-    """Another app over the same engine, on its own port; lifespan off, so it leaves the engine running."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def every_route(app) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.server_harness import RunningServer, free_port
+from tests.helpers.server import RunningServer, free_port
 
 FAULTY_SEED = 4242  # the one request the injected fault breaks
 FAIL_AFTER = 3  # output tokens it produces before its step raises

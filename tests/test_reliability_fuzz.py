@@ -4,7 +4,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.server_harness import RunningServer
+from tests.helpers.server import RunningServer
 
 EXAMPLES_PER_OPERATION = 15
 cases_run: dict[str, int] = {}

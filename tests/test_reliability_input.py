@@ -7,8 +7,7 @@ import httpx
 import pytest
 
 from qthink.server.app import build_app
-from tests.server_harness import RunningServer
-from tests.test_reliability_access import serving
+from tests.helpers.server import RunningServer, serving
 
 IM_START, IM_END, THINK, THINK_END, TOOL_CALL = 151644, 151645, 151667, 151668, 151657
 LIMIT = 1 << 20

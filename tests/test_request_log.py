@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server_harness import RunningServer
+from tests.helpers.server import RunningServer
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ import pytest
 
 from qthink.config import ConfigError, EngineConfig, ModelConfig
 from qthink.engine_flags import add_engine_arguments, engine_config_from_args
-from tests.server_harness import free_port
-from tests.test_server_cli import stop, wait_healthy
+from tests.helpers.server import free_port, stop, wait_healthy
 
 
 def qthink(*args: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server_harness import free_port
+from tests.helpers.server import free_port, stop, wait_healthy
 
 
 def start_server(model_dir, port: int) -> subprocess.Popen:
@@ -19,31 +19,6 @@ def start_server(model_dir, port: int) -> subprocess.Popen:
     command += ["--served-model-name", "tiny", "--dtype", "float32", "--max-model-len", "512"]
     command += ["--kv-cache-memory", str(8 << 20), "--max-num-seqs", "4", "--seed", "1"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server did not become healthy")
-
-
-def stop(proc: subprocess.Popen, sig: signal.Signals) -> str:
-    proc.send_signal(sig)
-    try:
-        log, _ = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    return log
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server_harness import RunningServer
+from tests.helpers.server import RunningServer
 
 PROMPTS = ["Once upon a time", "The capital of France is"]
 

@@ -3,7 +3,7 @@
 import openai
 import pytest
 
-from tests.server_harness import RunningServer
+from tests.helpers.server import RunningServer
 
 ASK = [{"role": "user", "content": "What is 2+2?"}]
 # the random model repeats "\n\n" (stripped away) unless repetition is penalized

@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from tests.server_harness import RunningServer
+from tests.helpers.server import RunningServer
 
 LONE_HIGH = '{"model": "qthink-test", "messages": [{"role": "user", "content": "hi \\ud800 there"}]}'
 

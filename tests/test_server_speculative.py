@@ -4,7 +4,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server_harness import RunningServer
+from tests.helpers.server import RunningServer
 
 SPEC = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1}
 

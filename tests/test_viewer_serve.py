@@ -1,7 +1,6 @@
 """The page against a real `qthink serve` (tiny random-weight Qwen3) in headless Chromium."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ import httpx
 import pytest
 
 from qthink.viewer.trace import load_trace
+from tests.helpers.server import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -26,12 +26,6 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
 ]
 API_KEY = "viewer-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +122,10 @@ def test_chat_and_trace_against_qthink_serve(server, page, tmp_path):
     reasoning_tokens = trace.usage["completion_tokens_details"]["reasoning_tokens"]
     assert parts.count("thinking") == reasoning_tokens + 1, "the thinking ends with </think>"
     assert all(t.logprob is not None for t in tokens)
-    # Sampled tokens carry their top 5; the budget's forced closing words have no alternatives.
-    assert len(tokens[0].top) == 5 and {len(t.top) for t in tokens} <= {0, 5}
+    # Sampled tokens carry their top 5; the budget's forced closing words have no alternatives: the
+    # first is chosen through the constrained logits (itself the only candidate), the rest appended.
+    assert len(tokens[0].top) == 5 and {len(t.top) for t in tokens} <= {0, 1, 5}
+    assert all(t.top[0].text == t.text for t in tokens if len(t.top) == 1)
     assert trace.timings.first_thinking_token <= trace.timings.first_answer_token
     assert trace.settings["max_thinking_tokens"] == 12
     assert trace.model == "tiny-qwen3"

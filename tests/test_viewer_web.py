@@ -1,6 +1,5 @@
 """`qthink view` over a real socket: the page, its static files, config and segmentation."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -9,12 +8,7 @@ import httpx
 import pytest
 
 from qthink.viewer.trace import Answer, Trace, TraceToken, save_trace
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers.server import free_port
 
 
 def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 60) -> None:

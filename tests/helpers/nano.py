@@ -7,7 +7,7 @@ import urllib.request
 from contextlib import contextmanager
 
 from qthink.nano.data import TOOLS as NANO_TOOLS
-from tests.server_harness import free_port
+from tests.helpers.server import free_port
 
 __all__ = ["NANO_TOOLS", "nano_available", "serve_nano"]
 
