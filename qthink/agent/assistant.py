@@ -3,9 +3,13 @@
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
 
 from qthink.agent.model_client import make_chat_model
 from qthink.agent.tools import TOOL_REGISTRY, Tool, function_tool, run_tool
+
+if TYPE_CHECKING:
+    from qthink.agent.mcp_client import MCPManager
 
 log = logging.getLogger("qthink.agent")
 
@@ -31,7 +35,7 @@ class Assistant:
         self.name = name
         self.system_message = system_message
         self.max_rounds = max_rounds
-        self.mcp_managers = []
+        self.mcp_managers: list[MCPManager] = []
         self.tools: dict[str, Tool] = {}
         try:
             for item in function_list or []:
@@ -51,7 +55,7 @@ class Assistant:
         for round_index in range(self.max_rounds):
             last_round = round_index == self.max_rounds - 1
             tools = None if last_round or not self.tools else self.tool_schemas()
-            message = {"role": "assistant", "content": ""}
+            message: dict[str, Any] = {"role": "assistant", "content": ""}
             for message in self.model.stream(history + response, tools):
                 yield response + [message]
             if not tools:
@@ -129,7 +133,7 @@ class Assistant:
 
             manager = MCPManager(item)
             self.mcp_managers.append(manager)
-            return manager.tools()
+            return list(manager.tools())
         if isinstance(item, dict):
             cfg = {k: v for k, v in item.items() if k != "name"}
             return [_registered(item["name"], cfg)]

@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 from qthink.agent.kernel_process import KernelLimits, KernelProcess
 from qthink.agent.tools import Tool, register_tool
@@ -92,7 +93,7 @@ class CodeInterpreter(Tool):
     def execute(self, code: str) -> str:
         """Run code; at the timeout the cell is interrupted, and the jail killed and restarted when
         the cell does not stop or leaves threads or processes running."""
-        kernel = self.kernel
+        kernel = cast(KernelProcess, self.kernel)  # `call` starts it first
         tasks_before = kernel.task_count()
         msg_id = kernel.client.execute(code, allow_stdin=False, stop_on_error=False)
         out = _Output(self.max_output)
@@ -204,6 +205,7 @@ class _Output:
     """A call's output, capped: past the cap the rest is counted and a notice says so."""
 
     def __init__(self, cap: int):
+        self.parts: list[str]
         self.cap, self.parts, self.size, self.dropped, self.images = cap, [], 0, 0, 0
 
     def add(self, part: str) -> None:

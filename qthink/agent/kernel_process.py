@@ -19,8 +19,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 from jupyter_client.blocking import BlockingKernelClient
@@ -33,7 +35,7 @@ from qthink.sandbox.seccomp_filter import compile_filter
 LAUNCHER = Path(__file__).with_name("kernel_launcher.py")
 MAX_MESSAGE_BYTES = 16 << 20  # a larger message from the kernel drops the connection
 RECEIVE_BUFFER_MESSAGES = 64
-_PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
+_PORTS: dict[str, Any] = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 # The kernel's environment: nothing from ours, only these and the tool's `env`.
 KERNEL_ENV = {
     "LANG": "C.UTF-8",
@@ -134,6 +136,7 @@ class KernelProcess:
         sockets.mkdir()
         key = secrets.token_hex(32).encode()
         host_file = str(self.private / "connection.json")
+        info: Mapping[str, Any]
         if allow_network and self.jailed:
             _, info = write_connection_file(host_file, ip="127.0.0.1", key=key, transport="tcp")
         else:

@@ -7,6 +7,7 @@ import logging
 import threading
 import weakref
 from contextlib import AsyncExitStack
+from typing import cast
 
 import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
@@ -47,7 +48,7 @@ class ServerConnection:
     async def stop(self) -> None:
         if self._task is None:
             return
-        self._stop.set()
+        cast(asyncio.Event, self._stop).set()  # start made it with the task
         try:
             await asyncio.wait_for(self._task, timeout=15)
         except (TimeoutError, asyncio.CancelledError):
@@ -66,14 +67,16 @@ class ServerConnection:
         """A ping: a server that died while idle is restarted before the call, not after it fails."""
         try:
             with anyio.fail_after(10):
-                await self.session.send_ping()
+                await cast(ClientSession, self.session).send_ping()
         except Exception:  # noqa: BLE001 — any failure means the connection is gone
             return False
         return True
 
     async def call(self, tool_name: str, arguments: dict):
         try:
-            return await self.session.call_tool(tool_name, arguments, read_timeout_seconds=self.timeout)
+            return await cast(ClientSession, self.session).call_tool(
+                tool_name, arguments, read_timeout_seconds=self.timeout
+            )
         except MCPError as exc:
             if exc.error.code != CONNECTION_CLOSED:
                 raise
@@ -89,7 +92,7 @@ class ServerConnection:
                 await self.session.initialize()
                 self.tools = (await self.session.list_tools()).tools
                 ready.set_result(None)
-                await self._stop.wait()
+                await cast(asyncio.Event, self._stop).wait()
         except BaseException as exc:  # noqa: BLE001 — a dying server must not kill the loop
             if not ready.done():
                 ready.set_exception(RuntimeError(f"MCP server {self.name!r} failed to start: {exc!r}"))

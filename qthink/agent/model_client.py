@@ -3,8 +3,10 @@
 import itertools
 from collections.abc import Iterator
 from dataclasses import fields
+from typing import Any, cast
 
-from openai import OpenAI
+from openai import OpenAI, Stream
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 # Qwen-Agent generate_cfg keys that shape its own prompting; qthink's server does that itself.
 _QWEN_AGENT_ONLY = {
@@ -61,8 +63,17 @@ class OpenAIChat:
             args.pop("tool_choice", None)
             args.pop("parallel_tool_calls", None)
         client = self.clients[next(self._turn) % len(self.clients)]
-        stream = client.chat.completions.create(model=self.model, messages=messages, stream=True, **args)
-        message, calls = {"role": "assistant", "content": ""}, {}
+        stream = cast(
+            Stream[ChatCompletionChunk],
+            client.chat.completions.create(
+                model=self.model,
+                messages=cast(list[ChatCompletionMessageParam], messages),
+                stream=True,
+                **args,
+            ),
+        )
+        message: dict[str, Any] = {"role": "assistant", "content": ""}
+        calls: dict[int, dict] = {}
         for chunk in stream:
             if not chunk.choices:
                 continue
@@ -101,7 +112,7 @@ class LocalChat:
 
         out = self.llm.chat(messages, self.params, tools=tools)[0].outputs[0]
         content, calls = parse_tool_calls(out.content, tools)
-        message = {"role": "assistant", "content": content or ""}
+        message: dict[str, Any] = {"role": "assistant", "content": content or ""}
         if out.reasoning_content:
             message["reasoning_content"] = out.reasoning_content
         if calls:
