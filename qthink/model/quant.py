@@ -45,7 +45,7 @@ def rows_of(x: torch.Tensor) -> int:
     return x.numel() // x.shape[-1]
 
 
-def _float_bias(linear: nn.Linear) -> torch.Tensor | None:
+def _float_bias(linear: "nn.Linear | Bf16Linear") -> torch.Tensor | None:
     return None if linear.bias is None else linear.bias.detach().float().contiguous()
 
 
@@ -55,6 +55,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 class Bf16Linear(nn.Module):
     """A bf16 `nn.Linear` whose decode-sized inputs use the native GEMV; shares the weight."""
+
+    bias: torch.Tensor | None
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -106,7 +108,11 @@ class Int8Linear(nn.Module):
     layer: its logits are sampled from directly, and rounding its input moved qthink-nano's
     next-token KL 500x)."""
 
-    def __init__(self, linear: nn.Linear, exact_activations: bool = False):
+    weight: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, linear: nn.Linear | Bf16Linear, exact_activations: bool = False):
         super().__init__()
         self.exact_activations = exact_activations
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -189,7 +195,12 @@ class Int4Linear(nn.Module):
     """4-bit weights, packed two per byte, with a bf16 scale and offset per group of inputs;
     where the native kernels can take them, in their blocked layout (`block_rows`)."""
 
-    def __init__(self, linear: nn.Linear, group_size: int = 128):
+    weight: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    bias: torch.Tensor | None
+
+    def __init__(self, linear: nn.Linear | Bf16Linear, group_size: int = 128):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.group_size = int4_group_size(linear.in_features, group_size)
@@ -233,8 +244,9 @@ def _replacement(
 def uses_native_kernels(model: nn.Module, quantization: str | None) -> bool:
     """CPU weights that are quantized or bf16 run on the native kernels where they exist."""
     weight = next(model.parameters(), None)
-    on_cpu = weight is not None and weight.device.type == "cpu"
-    return on_cpu and (quantization is not None or weight.dtype == torch.bfloat16)
+    if weight is None:
+        return False
+    return weight.device.type == "cpu" and (quantization is not None or weight.dtype == torch.bfloat16)
 
 
 def quantize_model(model: nn.Module, quantization: str | None, group_size: int = 128) -> None:
