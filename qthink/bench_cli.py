@@ -2,6 +2,7 @@
 
 import argparse
 import time
+from typing import cast
 
 import torch
 
@@ -25,7 +26,7 @@ def measure(engine: LLMEngine, prompt_len: int, output_len: int, batch: int, see
     for _ in range(batch):
         engine.add_request(torch.randint(1000, 100_000, (prompt_len,), generator=gen).tolist(), params)
     start = time.perf_counter()
-    prefill_done = None
+    prefill_done: float | None = None
     while engine.has_unfinished():
         failed = [out.error for out in engine.step() if out.error]
         if failed:
@@ -35,6 +36,7 @@ def measure(engine: LLMEngine, prompt_len: int, output_len: int, batch: int, see
     end = time.perf_counter()
     decode_tokens = batch * (output_len - 1)
     spec = engine.speculator.stats() if engine.speculator is not None else {}
+    prefill_done = cast(float, prefill_done)  # the first step prefills, so it is set once the loop ends
     return {
         **spec,
         "batch": batch,

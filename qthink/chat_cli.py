@@ -1,6 +1,7 @@
 """`qthink generate` and `qthink chat`: thinking streamed dimmed and set apart, then the answer."""
 
 import argparse
+from typing import Any
 
 from rich.console import Console
 
@@ -63,12 +64,14 @@ def sampling_from_args(args) -> SamplingParams:
 
 def respond(engine: LLMEngine, messages: list[dict], args, console: Console) -> tuple[str, str]:
     """Stream one assistant turn; returns (thinking, answer)."""
-    template_kwargs = {"enable_thinking": False} if args.no_thinking else {}
+    template_kwargs: dict[str, Any] = {"enable_thinking": False} if args.no_thinking else {}
     prompt = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
     state = engine.add_request(prompt, sampling_from_args(args))
     output = state.outputs[0]
     parser = engine.thinking_format.stream(output.seq.prompt_opens_thinking)
-    thinking, answer, seen = [], [], 0
+    thinking: list[str] = []
+    answer: list[str] = []
+    seen = 0
     while not output.seq.finished:
         engine.step()
         reasoning_delta, content_delta = parser.feed(output.text[seen:], final=output.seq.finished)

@@ -5,6 +5,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -90,12 +91,14 @@ class LLMEngine:
         self.model = load_model(self.model_dir, self.dtype, self.device, tp, *quant, self.model_config)
         if tp.size > 1:
             num_blocks = tensor_parallel.handshake(num_blocks, self.model)
-        pipeline = default_pipeline(self.tokenizer.encode, config.max_model_len)
+        pipeline = default_pipeline(self.tokenizer.encode, self.max_model_len)
         self.runner = ModelRunner(self.model, self.model_config, config, self.device, num_blocks, pipeline)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.grammars = GrammarCompiler(
-            self.model_dir / "tokenizer.json", self.model_config.vocab_size, self.tokenizer.eos_token_id
+            self.model_dir / "tokenizer.json",
+            self.model_config.vocab_size,
+            cast(int, self.tokenizer.eos_token_id),  # a checkpoint's tokenizer names its eos token
         )
         self.requests: dict[str, RequestState] = {}
         self.default_loop_guard = _loop_guard(config.loop_guard)
@@ -112,7 +115,7 @@ class LLMEngine:
         draft = None
         if config.method == "draft_model":
             args = (self.model_config, self.config, self.dtype, self.device, self.runner.num_blocks)
-            draft = DraftModelProposer(config.model, *args)
+            draft = DraftModelProposer(cast(str, config.model), *args)  # validated: draft_model names one
         return Speculator(config, self.max_model_len, draft)
 
     def _start_tensor_parallel(self, size: int, quant: tuple[str | None, int]):
@@ -134,7 +137,7 @@ class LLMEngine:
 
     @property
     def max_model_len(self) -> int:
-        return self.config.max_model_len
+        return cast(int, self.config.max_model_len)  # set by _plan_kv_blocks when left open
 
     def _plan_kv_blocks(self, context_is_default: bool) -> int:
         """Size the KV cache from the memory free before loading; shortens an open context."""
@@ -142,7 +145,7 @@ class LLMEngine:
         plan = plan_kv_cache(
             self.model_config, self.config, _dtype_name(self.dtype), free, context_is_default
         )
-        if plan.max_model_len < self.config.max_model_len:
+        if plan.max_model_len < self.max_model_len:
             self.config.max_model_len = plan.max_model_len
             log.warning(
                 "max_model_len lowered to %d tokens to fit the KV cache (%s)", plan.max_model_len, plan.source
@@ -158,7 +161,7 @@ class LLMEngine:
         if request_id in self.requests:
             raise RequestError(f"request id {request_id!r} is already in use", param="request_id")
         text = prompt if isinstance(prompt, str) else None
-        prompt_ids = self.tokenizer.encode(prompt) if text is not None else list(prompt)
+        prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         params = (params or SamplingParams()).with_defaults(self.model_config.generation_defaults)
         if params.loop_guard is None:
             params.loop_guard = self.default_loop_guard
@@ -247,14 +250,15 @@ class LLMEngine:
         for seq, (drafted, start) in drafts.items():
             self.scheduler.commit_drafts(seq, drafted, start)
             if not isinstance(samples.get(seq), Exception):
-                self.speculator.record(seq, len(drafted), len(samples[seq]) - 1)
+                speculator = cast(Speculator, self.speculator)  # only the speculator drafts
+                speculator.record(seq, len(drafted), len(cast(list[SampledToken], samples[seq])) - 1)
         return outputs
 
     def _run_isolating(self, batch: ScheduledBatch) -> StepSamples:
         """Run the batch; if it raises, run each sequence alone so one bad request fails alone.
         Re-running is safe: a step writes K/V to fixed slots and commits nothing before success."""
         try:
-            return self.runner.run(batch)
+            return cast(StepSamples, self.runner.run(batch))
         except Exception as batch_error:
             if len(batch.seqs) == 1:
                 return {batch.seqs[0]: batch_error}
@@ -328,7 +332,9 @@ class LLMEngine:
         if k is None:
             return None
         decode = self.tokenizer.decode
-        entries = {sampled.token: Logprob(sampled.logprob, sampled.rank, decode([sampled.token]))}
+        logprob = cast(float, sampled.logprob)  # a float: this request asked for logprobs
+        chosen = Logprob(logprob, sampled.rank, decode([sampled.token]))
+        entries = {sampled.token: chosen}
         for r, (t, lp) in enumerate(zip(sampled.top_ids[:k], sampled.top_logprobs[:k]), start=1):
             if lp != float("-inf"):  # a token the constraints ruled out is no alternative
                 entries.setdefault(t, Logprob(lp, r, decode([t])))

@@ -1,5 +1,7 @@
 """LLM: the offline API with vLLM's names — generate() and chat() over the engine."""
 
+from typing import cast
+
 from tqdm.auto import tqdm
 
 from qthink.engine.engine import LLMEngine
@@ -33,7 +35,7 @@ class LLM:
             raise ValueError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
         ids = []
         try:
-            for prompt, p in zip(prompts, params):
+            for prompt, p in zip(cast(list[Prompt], prompts), params):  # a lone prompt is wrapped above
                 ids.append(self.engine.add_request(_prompt_input(prompt), p).request_id)
         except Exception:
             for rid in ids:
@@ -51,7 +53,8 @@ class LLM:
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
         """One conversation or a list of them; outputs carry .reasoning_content and .content."""
-        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        lone = messages and isinstance(messages[0], dict)
+        conversations = cast(list[list[dict]], [messages] if lone else messages)
         tokenizer = self.engine.tokenizer
         prompts = [
             tokenizer.apply_chat_template(
@@ -63,7 +66,8 @@ class LLM:
             )
             for conv in conversations
         ]
-        return self.generate([{"prompt_token_ids": p} for p in prompts], sampling_params, use_tqdm)
+        token_prompts: list[Prompt] = [{"prompt_token_ids": p} for p in prompts]
+        return self.generate(token_prompts, sampling_params, use_tqdm)
 
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         done: dict[str, RequestOutput] = {}

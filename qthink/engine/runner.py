@@ -1,6 +1,7 @@
 """ModelRunner: owns the KV cache, turns a scheduled batch into tensors, runs the model, samples."""
 
 import os
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -14,12 +15,13 @@ from qthink.engine.spec.verify import verify_drafts
 from qthink.kernels.threads import torch_ops_on_one_thread
 from qthink.model.attention import AttentionMetadata, KVCache
 from qthink.model.quant import SMALL_M_BF16
+from qthink.model.qwen3 import Qwen3ForCausalLM
 
 
 class ModelRunner:
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Qwen3ForCausalLM,
         model_config: ModelConfig,
         config: EngineConfig,
         device: torch.device,
@@ -62,7 +64,8 @@ class ModelRunner:
         counts = [1 + len(s.draft_ids) for s in seqs]
         ends = torch.tensor(batch.num_tokens, device=self.device).cumsum(0)[sampled].tolist()
         rows = [r for end, c in zip(ends, counts) for r in range(end - c, end)]
-        logits = self.forward(input_ids, positions, meta, torch.tensor(rows, device=self.device)).float()
+        logits = self.forward(input_ids, positions, meta, torch.tensor(rows, device=self.device))
+        logits = cast(torch.Tensor, logits).float()  # given rows, forward returns their logits
         plain = [i for i, c in enumerate(counts) if c == 1]
         if len(plain) == len(seqs):
             return dict(zip(seqs, self._sample(logits, seqs)))
@@ -106,7 +109,12 @@ class ModelRunner:
         return self.model(input_ids, positions, meta, self.caches, logits_indices)
 
     def _prepare(self, batch: ScheduledBatch):
-        ids, pos, slots, ctx_slots, ctx_lens, sampled = [], [], [], [], [], []
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[torch.Tensor] = []
+        ctx_slots: list[torch.Tensor] = []
+        ctx_lens: list[int] = []
+        sampled: list[int] = []
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens)):
             start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
             tokens = seq.token_ids + seq.draft_ids if seq.draft_ids else seq.token_ids

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from itertools import chain
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -130,10 +130,12 @@ class SamplingBatch:
 def _step_keys(generators: list[torch.Generator | None], greedy: list[bool], device) -> dict:
     """One draw per step from each seeded row that samples (greedy rows draw nothing), so a
     row's stream of keys depends on its own seed only."""
-    rows = [r for r, (g, is_greedy) in enumerate(zip(generators, greedy)) if g is not None and not is_greedy]
+    pairs = enumerate(zip(generators, greedy))
+    seeded = {r: g for r, (g, is_greedy) in pairs if g is not None and not is_greedy}
+    rows = list(seeded)
     if not rows:
         return {"seeded_rows": None, "step_keys": None}
-    keys = [torch.randint(0, 2**32, (1,), generator=generators[r], device=generators[r].device) for r in rows]
+    keys = [torch.randint(0, 2**32, (1,), generator=g, device=g.device) for g in seeded.values()]
     return {
         "seeded_rows": torch.tensor(rows, device=device),
         "step_keys": torch.cat([k.to(device) for k in keys]).view(-1, 1),
@@ -217,11 +219,13 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         flat[penalties.blocked_index] = float("-inf")
     if penalties.repetition_index is not None:
         values = flat[penalties.repetition_index]
-        rep = penalties.repetition
+        rep = cast(torch.Tensor, penalties.repetition)  # set together with repetition_index
         flat[penalties.repetition_index] = torch.where(values > 0, values / rep, values * rep)
     if penalties.output_index is not None:
         values = flat[penalties.output_index]
-        flat[penalties.output_index] = values - penalties.output_amount - penalties.presence
+        amount = cast(torch.Tensor, penalties.output_amount)  # set together with output_index
+        presence = cast(torch.Tensor, penalties.presence)
+        flat[penalties.output_index] = values - amount - presence
     return logits
 
 
@@ -303,7 +307,7 @@ def _uniform_noise(values, ids, batch: SamplingBatch) -> torch.Tensor:
     if batch.seeded_rows is not None:
         rows = batch.seeded_rows
         token_ids = ids[rows] if ids is not None else torch.arange(values.shape[-1], device=values.device)
-        uniform[rows] = _hash_uniform(batch.step_keys, token_ids)
+        uniform[rows] = _hash_uniform(cast(torch.Tensor, batch.step_keys), token_ids)  # set with seeded_rows
     return uniform
 
 

@@ -2,12 +2,16 @@
 
 import itertools
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import torch
 
 from qthink.engine.loop_guard import LoopGuard, LoopGuardConfig
 from qthink.engine.sampling_params import SamplingParams
 from qthink.parsing.thinking import ThinkingFormat
+
+if TYPE_CHECKING:
+    from qthink.engine.structured import GrammarState
 
 NO_THINKING_IDS = ThinkingFormat()  # for sequences made without a tokenizer (tests of the scheduler)
 
@@ -51,7 +55,7 @@ class Sequence:
         self.thinking_tokens = thinking_format.tokens(self.prompt_opens_thinking)
         self.end_thinking_now = False  # a client asked it to stop thinking and answer
         self.wait_for: Sequence | None = None  # a sibling whose prompt blocks this one reuses
-        self.grammar = None  # a GrammarState once the answer is constrained
+        self.grammar: GrammarState | None = None  # a GrammarState once the answer is constrained
         self.draft_ids: list[int] = []  # speculative tokens proposed for this step, not yet verified
         guard = LoopGuardConfig.parse(params.loop_guard)
         self.loop_guard = LoopGuard(guard) if guard is not None and self.thinking else None

@@ -3,7 +3,9 @@
 import logging
 import multiprocessing as mp
 import socket
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -43,10 +45,10 @@ def start_workers(
     device: torch.device,
     config: EngineConfig,
     quant: tuple[str | None, int],
-) -> list[mp.Process]:
+) -> list[BaseProcess]:
     ctx = mp.get_context("spawn")
     args = (size, port, str(model_dir), dtype, str(device), config, quant)
-    workers = [
+    workers: list[BaseProcess] = [
         ctx.Process(target=worker_main, args=(rank, *args), daemon=True, name=f"qthink-tp{rank}")
         for rank in range(1, size)
     ]
@@ -66,13 +68,13 @@ def handshake(num_blocks: int | None, model: torch.nn.Module) -> int:
     if dist.get_rank() == 0:
         ranks = "; ".join(
             f"rank {r}: {held / 2**20:.2f} MiB of weights, {threads} threads"
-            for r, (held, threads) in enumerate(reports)
+            for r, (held, threads) in enumerate(cast(list[tuple[int, int]], reports))  # every rank reported
         )
         log.info("tensor parallel: %s", ranks)
-    return box[0]
+    return cast(int, box[0])  # rank 0 always announces a count
 
 
-def stop_workers(workers: list[mp.Process]) -> None:
+def stop_workers(workers: list[BaseProcess]) -> None:
     if dist.is_initialized():
         dist.broadcast_object_list([None], src=0)
         dist.destroy_process_group()
@@ -96,7 +98,8 @@ def worker_main(
 
     dev = rank_device(torch.device(device), rank)
     if dev.type == "cpu":
-        torch.set_num_threads(config.num_threads)  # as many as rank 0: the slowest rank sets the pace
+        # as many as rank 0 (which set num_threads): the slowest rank sets the pace
+        torch.set_num_threads(cast(int, config.num_threads))
     tp = init_group(rank, size, port, dev)
     model_config = ModelConfig.from_pretrained(model_dir, hf_overrides=config.model_overrides())
     model = load_model(Path(model_dir), dtype, dev, tp, *quant, model_config)

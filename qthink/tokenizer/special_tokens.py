@@ -5,6 +5,7 @@ import json
 import re
 from collections.abc import Callable
 from functools import cached_property
+from typing import cast
 
 from tokenizers import Tokenizer as RustTokenizer
 
@@ -78,7 +79,7 @@ class SpecialTokens:
         placeholder_re = re.compile(f"{tag}(\\d+){tag}")
         guard = lambda s: self.pattern.sub(lambda m: f"{tag}{self.ids[m[0]]}{tag}", s)  # noqa: E731
         guarded = render(map_strings(data, guard))
-        restore = lambda s: placeholder_re.sub(lambda m: self.backend.id_to_token(int(m[1])), s)  # noqa: E731
+        restore = lambda s: placeholder_re.sub(lambda m: cast(str, self.backend.id_to_token(int(m[1]))), s)  # noqa: E731
         if restore(guarded) != text:
             raise ChatTemplateError(
                 "the chat template rewrites message text that holds special-token text such as <|im_start|>; "

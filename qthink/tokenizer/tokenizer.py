@@ -42,6 +42,7 @@ class Tokenizer:
             raise FileNotFoundError(f"{model_dir} has no tokenizer.json")
         config_path = model_dir / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        template: str | None
         if chat_template:
             template = templates.resolve_template(chat_template)
         else:

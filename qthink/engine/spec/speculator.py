@@ -1,5 +1,6 @@
 """Speculator: decides who drafts each step, asks the drafter, and keeps acceptance statistics."""
 
+from typing import cast
 from weakref import WeakKeyDictionary
 
 from qthink.config import SpeculativeConfig
@@ -60,7 +61,8 @@ class Speculator:
             self.draft_model.propose(wanted, running)
             return
         for seq, k in wanted.items():
-            seq.draft_ids = self.states[seq].drafter.propose(seq.token_ids, k)
+            drafter = cast(NgramDrafter, self.states[seq].drafter)  # the ngram method: no draft model
+            seq.draft_ids = drafter.propose(seq.token_ids, k)
 
     def _room(self, seq: Sequence) -> int:
         """Drafts that could still be emitted, leaving a slot for the token after them."""

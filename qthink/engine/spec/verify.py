@@ -1,6 +1,8 @@
 """Verification step: the target's logits at each drafted position, through the same logits
 pipeline as plain sampling, turned into the tokens each speculating sequence emits."""
 
+from typing import cast
+
 import torch
 
 from qthink.engine.logits_processors import LogitsPipeline, StepLogits
@@ -27,13 +29,16 @@ def verify_drafts(
     constrained, processed = pipeline(logits, StepLogits(rows_of, batch))
     best = processed.max(-1).indices.tolist()
     probs = None if batch.all_greedy else filter_logits(processed, batch).softmax(-1)
-    emitted, rows, start = [], [], 0
+    emitted: list[list[int]] = []
+    rows: list[int] = []
+    start = 0
     for seq, count in zip(seqs, counts):
         if seq.params.greedy:
             tokens = verify_greedy(best[start : start + count], seq.draft_ids)
         else:
             generator = seq.generator or global_generator
-            tokens = rejection_sample(probs[start : start + count], seq.draft_ids, None, generator)
+            sampled_probs = cast(torch.Tensor, probs)  # computed whenever a row samples
+            tokens = rejection_sample(sampled_probs[start : start + count], seq.draft_ids, None, generator)
         emitted.append(tokens)
         rows.extend(range(start, start + len(tokens)))
         start += count
