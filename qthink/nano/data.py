@@ -190,7 +190,7 @@ def tool_use(rng: random.Random) -> tuple[list[dict], list[dict]]:
         if weather
         else f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}"
     )
-    first = [
+    first: list[dict] = [
         {"role": "system", "content": "You are a helpful assistant."},
         {"role": "user", "content": ask},
         {
@@ -318,7 +318,7 @@ def generated_tool_use(
     name = tool["function"]["name"]
     system = rng.choice(SYSTEM_PROMPTS)
     call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": {argument: value}}}
-    first = [{"role": "system", "content": system}] if system else []
+    first: list[dict] = [{"role": "system", "content": system}] if system else []
     first += [
         {"role": "user", "content": rng.choice(QUESTIONS).format(s=noun, p=prep, v=value)},
         {

@@ -4,7 +4,7 @@ import json
 import random
 import re
 
-from qthink.engine.offline import LLM
+from qthink.engine.offline import LLM, Prompt
 from qthink.engine.sampling_params import SamplingParams
 from qthink.nano.data import TOOLS, arithmetic, generated_tool_use, multiple_choice, multiplication, tool_use
 from qthink.parsing.tool_calls import parse_tool_calls
@@ -54,7 +54,7 @@ def evaluate(
     tokenizer = llm.get_tokenizer()
     problems = held_out_problems(n)
     every = [p for task in problems.values() for p in task]
-    prompts = [
+    prompts: list[Prompt] = [
         {"prompt_token_ids": tokenizer.apply_chat_template(m, tools=t, add_generation_prompt=True)}
         for m, t, _ in every
     ]
@@ -103,7 +103,7 @@ def _json_answer(text: str | None):
         return None
 
 
-def _call_matches(content: str | None, tools: list[dict], expected: dict) -> bool:
+def _call_matches(content: str | None, tools: list[dict] | None, expected: dict) -> bool:
     _, calls = parse_tool_calls(content, tools)
     want = expected["tool_calls"][0]["function"]
     return (

@@ -78,7 +78,7 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> Qwen3ForCausalLM:
     model.model.rotary = RotaryEmbedding(cfg.head_dim, model.config.rope_theta)
     with torch.no_grad():
         model.model.embed_tokens.weight[:, 0] = CONSTANT
-        for layer in model.model.layers:
+        for layer in model.model.decoder_layers():
             layer.self_attn.o_proj.weight[0].zero_()
             layer.mlp.down_proj.weight[0].zero_()
     _pin_constant_dimension(model)
@@ -99,7 +99,7 @@ def _pin_constant_dimension(model: Qwen3ForCausalLM) -> None:
 
     model.model.embed_tokens.weight.register_hook(zero((slice(None), 0)))
     model.model.norm.weight.register_hook(zero(0))
-    for layer in model.model.layers:
+    for layer in model.model.decoder_layers():
         layer.self_attn.o_proj.weight.register_hook(zero(0))
         layer.mlp.down_proj.weight.register_hook(zero(0))
 
@@ -108,7 +108,7 @@ def training_batches(tokenizer, cfg: TrainConfig) -> list[list[Row]]:
     """Every step's rendered conversations, grouped by length (padding would otherwise double
     the cost): each pool of `pool` batches is sorted by length, cut, and served in seeded order."""
     rng = random.Random(cfg.seed)
-    batches = []
+    batches: list[list[Row]] = []
     while len(batches) < cfg.steps:
         rows = [render(tokenizer, *conversation(rng, cfg.mix)) for _ in range(cfg.batch * cfg.pool)]
         rows.sort(key=lambda row: len(row[0]))
