@@ -3,7 +3,7 @@
 import hashlib
 import json
 import uuid
-from typing import Literal
+from typing import Literal, cast
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -86,11 +86,12 @@ async def create_message(req: MessagesRequest, server, request: Request):
     if whole.text:
         content.append({"type": "text", "text": whole.text})
     content += [_tool_use_block(c) for c in whole.calls]
+    finish = cast(Finish, whole.finish)  # the turn ran to its Finish
     body = {
         **_message(message_id, server.model_name, content),
-        **_stop(whole.finish, req),
-        "usage": _usage(whole.finish),
-        "thinking_budget": turn.chat.plan.metadata(whole.finish.thinking_cut_by),
+        **_stop(finish, req),
+        "usage": _usage(finish),
+        "thinking_budget": turn.chat.plan.metadata(finish.thinking_cut_by),
     }
     return request_id_header(body, message_id)
 
@@ -200,7 +201,7 @@ def _thinking(thinking: dict | None) -> tuple[int | None, dict]:
         return None, {}
     if kind == "disabled":
         return None, {"enable_thinking": False}
-    budget = thinking.get("budget_tokens")
+    budget = cast(dict, thinking).get("budget_tokens")  # a kind was given, so thinking is set
     if kind != "enabled" or not isinstance(budget, int) or budget < 0:
         raise APIError(
             400,

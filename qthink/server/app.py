@@ -4,6 +4,7 @@ import hmac
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -232,7 +233,7 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         if req.prompt is not None:
             tokens = server.tokenizer.encode(req.prompt)
         else:
-            messages = [m.for_template() for m in req.messages]
+            messages = [m.for_template() for m in cast(list, req.messages)]  # exactly one is given
             tokens = server.tokenizer.apply_chat_template(
                 messages,
                 tools=req.tools,

@@ -4,6 +4,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
 from fastapi import Request
 
@@ -129,7 +130,7 @@ class ChatView:
     def _choice(self, c: CompletionOutput) -> dict:
         reasoning, content = c.reasoning_content, c.content
         message: dict = {"role": "assistant"}
-        calls = []
+        calls: list[dict] = []
         if self.tools:
             content, calls = parse_tool_calls(content, self.tools)
         if self.req.include_reasoning:  # null rather than absent: clients read the attribute
@@ -153,7 +154,8 @@ class ChatView:
         for token, entry in zip(c.token_ids[start:end], c.logprobs[start:end]):
             chosen = entry[token]
             top = sorted(
-                (e for e in entry.values() if e.rank is not None and e.rank <= k), key=lambda e: e.rank
+                (e for e in entry.values() if e.rank is not None and e.rank <= k),
+                key=lambda e: cast(int, e.rank),
             )
             content.append({**_token_logprob(chosen), "top_logprobs": [_token_logprob(e) for e in top]})
         return {"content": content}
@@ -236,7 +238,7 @@ class ChoiceStream:
         out = []
         for d in self.tools.feed(text, final=final):
             if "content" in d:
-                trimmed = self.content.push(d["content"])
+                trimmed = cast(StrippedStream, self.content).push(d["content"])  # tools set it
                 if trimmed:
                     out.append({"content": trimmed})
             else:
@@ -268,7 +270,8 @@ def coalesce(deltas: list[dict]) -> list[dict]:
 
 
 def finish_reason(c: CompletionOutput) -> str | None:
-    return {"abort": "abort", "error": "error"}.get(c.finish_reason, c.finish_reason)
+    renamed: dict[str | None, str | None] = {"abort": "abort", "error": "error"}
+    return renamed.get(c.finish_reason, c.finish_reason)
 
 
 def usage(out: RequestOutput, fmt: ThinkingFormat, thinking: bool) -> dict:

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+from pathlib import Path
 
 from qthink.chat_cli import add_model_arguments, model_and_engine_kwargs
 from qthink.engine.async_engine import AsyncEngine
@@ -93,7 +94,7 @@ def served_names(args, model: str) -> list[str]:
         return [named]
     from qthink.demo import model_display_name
 
-    return [model_display_name(model, None)]
+    return [model_display_name(Path(model), None)]
 
 
 def run(args) -> int:

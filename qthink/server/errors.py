@@ -1,5 +1,8 @@
 """OpenAI-style error bodies, and the exceptions that map to them."""
 
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi.responses import JSONResponse
 
 from qthink.errors import RequestError
@@ -39,7 +42,7 @@ def error_response(
     return JSONResponse(error_body(message, kind, param, code), status_code=status)
 
 
-def validation_message(errors: list[dict], body=None) -> tuple[str, str | None]:
+def validation_message(errors: Sequence[Any], body=None) -> tuple[str, str | None]:
     """One readable sentence from pydantic's errors, and the offending parameter."""
     first = errors[0]
     if first.get("type") == "json_invalid":

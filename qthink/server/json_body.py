@@ -2,6 +2,8 @@
 
 import json
 import re
+from collections.abc import Iterable
+from typing import Any
 
 from fastapi import Request
 from fastapi.routing import APIRoute
@@ -50,6 +52,7 @@ def surrogate_path(data, path: str = "") -> str | None:
     None when there is none (a valid pair decodes to one character and is fine)."""
     if isinstance(data, str):
         return path if SURROGATE.search(data) else None
+    items: Iterable[tuple[Any, Any]]
     if isinstance(data, dict):
         items = data.items()
     elif isinstance(data, list):

@@ -5,6 +5,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import cast
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,17 +38,17 @@ class Options(BaseModel):
     """Ollama's sampling options that qthink has; any other option is refused by name."""
 
     model_config = ConfigDict(extra="forbid")
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
     num_predict: int | None = None  # -1: no limit but the context
     seed: int | None = None
     stop: list[str] | None = None
-    num_ctx: int | None = Field(None, ge=1)  # a smaller context than the server's is honoured
-    repeat_penalty: float | None = Field(None, gt=0)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    num_ctx: int | None = Field(default=None, ge=1)  # a smaller context than the server's is honoured
+    repeat_penalty: float | None = Field(default=None, gt=0)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
 
 
 class OllamaMessage(BaseModel):
@@ -290,7 +291,11 @@ async def _respond(req: GenerateFields, server, request: Request, messages, tool
         return event_stream(_stream(turn, shape), request_id, media_type="application/x-ndjson")
     whole = await whole_turn(turn, request)
     body = shape.chunk(whole.text or "", whole.reasoning, whole.calls)
-    return request_id_header({**body, **shape.done(whole.finish, turn)}, request_id)
+    finish = cast(Finish, whole.finish)  # the turn ran to its Finish
+    return request_id_header({**body, **shape.done(finish, turn)}, request_id)
+
+
+_DONE_REASONS: dict[str | None, str] = {"length": "length", "tool_calls": "stop"}
 
 
 class _Shape:
@@ -324,7 +329,7 @@ class _Shape:
         u = finish.usage
         return {
             "done": True,
-            "done_reason": {"length": "length", "tool_calls": "stop"}.get(finish.reason, "stop"),
+            "done_reason": _DONE_REASONS.get(finish.reason, "stop"),
             "total_duration": int((time.monotonic() - self.started) * 1e9),
             "load_duration": 0,
             "prompt_eval_count": u["prompt_tokens"],
@@ -349,7 +354,7 @@ async def _stream(turn, shape: _Shape):
     try:
         async for e in events(turn):
             if isinstance(e, ToolArguments):
-                call.arguments += e.text
+                cast(ToolCall, call).arguments += e.text  # arguments follow their call
                 continue
             if call is not None:
                 yield json.dumps(shape.chunk("", None, [call])) + "\n"

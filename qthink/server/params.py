@@ -1,6 +1,7 @@
 """From an OpenAI request to SamplingParams: limits, thinking budget, structured output, tool choice."""
 
 import json
+from typing import Any
 
 from qthink.engine.sampling_params import SamplingParams
 from qthink.engine.structured import tool_call_grammar
@@ -24,7 +25,7 @@ def sampling_params(req: SamplingFields, logprobs: int | None, structured: dict 
         seed=req.seed,
         max_tokens=getattr(req, "max_completion_tokens", None) or req.max_tokens,
         min_tokens=req.min_tokens,
-        stop=req.stop or [],
+        stop=[req.stop] if isinstance(req.stop, str) else req.stop or [],
         stop_token_ids=req.stop_token_ids or [],
         include_stop_str_in_output=req.include_stop_str_in_output,
         ignore_eos=req.ignore_eos,
@@ -40,7 +41,7 @@ def sampling_params(req: SamplingFields, logprobs: int | None, structured: dict 
 
 def structured_output(req: SamplingFields) -> dict | None:
     """vLLM's guided_* extras and OpenAI's response_format, as one structured_output spec."""
-    specs = []
+    specs: list[dict[str, Any]] = []
     fmt = req.response_format
     if fmt is not None:
         kind = fmt.get("type")

@@ -4,7 +4,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from typing import Literal
+from typing import Any, Literal, cast
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -119,7 +119,7 @@ async def create_response(req: ResponsesRequest, server, request: Request):
     whole = await whole_turn(turn, request)
     for item in _reasoning_items(whole.reasoning) + _message_items(whole.text) + _call_items(whole.calls):
         response.add(item)
-    body = response.finish(whole.finish, turn)
+    body = response.finish(cast(Finish, whole.finish), turn)  # the turn ran to its Finish
     _store(server, req, body, conversation, response)
     return request_id_header(body, response.id)
 
@@ -139,7 +139,8 @@ def input_messages(value: str | list[dict]) -> list[dict]:
         kind = item.get("type", "message")
         where = f"input[{i}]"
         if kind == "message":
-            role = {"developer": "system"}.get(item.get("role"), item.get("role"))
+            renamed: dict[Any, Any] = {"developer": "system"}
+            role = renamed.get(item.get("role"), item.get("role"))
             if role not in ("system", "user", "assistant"):
                 raise APIError(400, f"{where}.role must be user, assistant, system or developer", param=where)
             message = {"role": role, "content": _text(item.get("content"), where + ".content")}
@@ -422,10 +423,10 @@ async def stream_response(turn: Turn, shape: ResponseShape, server, conversation
                 for chunk in item.open(emit, event):
                     yield chunk
             elif step == "delta":
-                for chunk in item.delta(emit, event):
+                for chunk in cast(_OpenItem, item).delta(emit, event):  # opened by start
                     yield chunk
             elif step == "stop":
-                for chunk in item.close(emit):
+                for chunk in cast(_OpenItem, item).close(emit):
                     yield chunk
             else:
                 body = shape.finish(event, turn)

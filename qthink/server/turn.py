@@ -5,10 +5,12 @@ protocols to translate."""
 import functools
 import json
 from dataclasses import dataclass, field
+from typing import cast
 
 from fastapi import Request
 from pydantic import ValidationError
 
+from qthink.engine.outputs import RequestOutput
 from qthink.server.chat import ChatView, ChoiceStream, PreparedChat, prepare_chat, usage
 from qthink.server.errors import APIError, validation_message
 from qthink.server.protocol import ChatCompletionRequest
@@ -130,6 +132,7 @@ async def events(turn: Turn):
                     yield ToolCall(d["id"], function["name"], function.get("arguments") or "")
                 elif function.get("arguments"):
                     yield ToolArguments(function["arguments"])
+    last = cast(RequestOutput, last)  # the engine always sends a final output
     c = last.outputs[0]
     reason = "tool_calls" if state.made_calls else c.finish_reason
     used = usage(last, turn.chat.format, turn.chat.thinking)
