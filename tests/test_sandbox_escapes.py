@@ -262,6 +262,22 @@ def test_output_is_capped_with_a_notice(fresh):
     assert run(tool, "1 + 1") == "2"
 
 
+def kernels_working_in(folder: Path, wait: float) -> list[int]:
+    """Pids of processes whose working directory is `folder`, once none is left or `wait` runs out."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.readlink(f"/proc/{pid}/cwd") == str(folder):
+                    found.append(int(pid))
+            except OSError:
+                pass
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def test_the_refusal_without_a_jail_and_the_explicit_unsafe_mode(tmp_path):
     env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # no bwrap on it
     code = "from qthink.agent.code_interpreter import CodeInterpreter; CodeInterpreter({'work_dir': %r})"
@@ -281,6 +297,7 @@ def test_the_refusal_without_a_jail_and_the_explicit_unsafe_mode(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "42" and "WITHOUT a jail" in done.stderr
+    assert not kernels_working_in(tmp_path, wait=10), "the unjailed kernel outlived its parent"
     check = subprocess.run(
         [sys.executable, "-m", "qthink", "agent", "--check-sandbox"], env=env, capture_output=True, text=True
     )

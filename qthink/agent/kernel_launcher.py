@@ -6,7 +6,10 @@ replace it. Soft and hard limits are set equal: the code cannot raise them again
 """
 
 import argparse
+import ctypes
+import os
 import resource
+import signal
 import sys
 
 LIMITS = {
@@ -29,12 +32,23 @@ def set_limits(args: argparse.Namespace) -> None:
         resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_seconds, args.cpu_seconds + 5))
 
 
+def die_with(parent_pid: int) -> None:
+    """SIGKILL this kernel when its parent exits (outside a jail nothing else ends it then)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        sys.exit(1)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cpu-seconds", type=int, default=0)
+    parser.add_argument("--parent-pid", type=int, default=0)
     for name in LIMITS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=0)
     args, kernel_argv = parser.parse_known_args(argv)
+    if args.parent_pid:
+        die_with(args.parent_pid)
     set_limits(args)
     from ipykernel.kernelapp import launch_new_instance
 

@@ -122,7 +122,13 @@ class KernelProcess:
 
     def _unjailed_command(self, env: dict) -> tuple[list, dict, str]:
         connection = str(self.private / "jail-connection.json")
-        argv = [sys.executable, "-I", str(LAUNCHER), *self._kernel_args(connection)]
+        argv = [
+            sys.executable,
+            "-I",
+            str(LAUNCHER),
+            f"--parent-pid={os.getpid()}",
+            *self._kernel_args(connection),
+        ]
         spec = JailSpec(self.work_dir, self.private / "ipc", {}, env=self._kernel_env(env))
         child_env = {**jail_env(spec), "HOME": str(self.private)}
         for name in ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "TMPDIR"):
