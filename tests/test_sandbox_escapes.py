@@ -14,27 +14,14 @@ import pytest
 
 from qthink.agent.code_interpreter import CodeInterpreter
 from qthink.sandbox.seccomp_filter import DENIED, MODE_ARGUMENT, NOT_IMPLEMENTED, _libseccomp
+from tests.helpers.interpreters import interpreters, run
 
 
 @pytest.fixture
 def fresh(tmp_path):
     """A new jailed kernel with its own working dir (tmp_path/work); the rest of tmp_path is 'the host'."""
-    tools = []
-
-    def make(**cfg) -> CodeInterpreter:
-        work = tmp_path / "work"
-        work.mkdir(exist_ok=True)
-        tool = CodeInterpreter({"work_dir": str(work), "timeout": 10, **cfg})
-        tools.append(tool)
-        return tool
-
-    yield make
-    for tool in tools:
-        tool.close()
-
-
-def run(tool: CodeInterpreter, code: str) -> str:
-    return tool.call({"code": code})
+    with interpreters(tmp_path / "work", timeout=10) as make:
+        yield make
 
 
 def test_no_write_into_the_virtualenv_or_the_hosts_tmp(fresh, tmp_path):

@@ -6,27 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from qthink.agent.code_interpreter import CodeInterpreter
+from tests.helpers.interpreters import interpreters, run
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def fresh(tmp_path):
-    tools = []
-
-    def make(**cfg) -> CodeInterpreter:
-        tool = CodeInterpreter({"work_dir": str(tmp_path), "timeout": 4, **cfg})
-        tools.append(tool)
-        return tool
-
-    yield make
-    for tool in tools:
-        tool.close()
-
-
-def run(tool: CodeInterpreter, code: str) -> str:
-    return tool.call({"code": code})
+    with interpreters(tmp_path, timeout=4) as make:
+        yield make
 
 
 def jailed_processes() -> list[int]:
