@@ -9,8 +9,8 @@ from tests.helpers.server import RunningServer, serving
 
 KEY = "sk-reliability"
 # Public without the key: the health probe, and the chat page's shell (the page loads before the
-# user types the key; its text segmentation is model-free and runs from the page without a key).
-PUBLIC = {"/health", "/", "/viewer/config", "/viewer/segment", "/viewer/static"}
+# user types the key; everything it sends text to, /viewer/segment included, goes with the key).
+PUBLIC = {"/health", "/", "/viewer/config", "/viewer/static"}
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +100,33 @@ def test_cors_on_for_the_allowed_origins_only(keyed):
         simple, preflight = cors_headers(url, "http://elsewhere.example")
         assert "access-control-allow-origin" not in simple
         assert "access-control-allow-origin" not in preflight
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        (
+            "/v1/messages/count_tokens",
+            {"model": "qthink-test", "messages": [{"role": "user", "content": "hi"}]},
+            {"x-api-key": KEY},
+        ),
+        ("/api/chat", {"model": "qthink-test", "messages": []}, {"Authorization": f"Bearer {KEY}"}),
+        ("/viewer/segment", {"text": "First, add. Then check."}, {"Authorization": f"Bearer {KEY}"}),
+    ],
+)
+def test_each_protocol_sends_the_key_its_own_way(keyed, path, body, headers):
+    """Anthropic's clients send x-api-key, Ollama's and the chat page a bearer token."""
+    with httpx.Client(base_url=keyed.url, timeout=30) as client:
+        assert client.post(path, json=body).status_code == 401
+        assert client.post(path, json=body, headers=headers).status_code == 200
+
+
+def test_paths_that_only_look_public_need_the_key(keyed):
+    with httpx.Client(base_url=keyed.url, timeout=30) as client:
+        for path in (
+            "/viewer/static/../../v1/models",
+            "/health/../v1/models",
+            "/viewer/",
+            "/viewer/segment/",
+        ):
+            assert client.get(path).status_code == 401, path

@@ -40,7 +40,10 @@ from qthink.server.turn import check_model
 log = logging.getLogger("qthink")
 
 PUBLIC_PATHS = ("/health",)
-UI_PATHS = ("/", "/viewer/")  # the page's own files; every call it makes to the API is authenticated
+# The chat page's own files, and its fixed configuration (step labels, whether a model answers),
+# which it reads before the user has typed the key. Every call it makes with text goes with the key.
+PAGE_PATHS = ("/", "/viewer/config")
+PAGE_FILES = "/viewer/static/"
 
 
 @dataclass
@@ -142,7 +145,7 @@ def _presented_key(request: Request) -> str:
 
 
 def _is_ui(path: str) -> bool:
-    return path == "/" or (path.startswith("/viewer/") and path != "/viewer/")
+    return path in PAGE_PATHS or (path.startswith(PAGE_FILES) and ".." not in path)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

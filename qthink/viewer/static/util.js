@@ -97,9 +97,7 @@ export function traceFilename(trace) {
 export async function segment(thinkingTokens, thinkingText, answer) {
   const body = thinkingTokens.length ? { tokens: thinkingTokens.map((t) => t.text), answer }
     : { text: thinkingText || "", answer };
-  const response = await fetch("/viewer/segment", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
+  const response = await fetch("/viewer/segment", { method: "POST", headers: apiHeaders(), body: JSON.stringify(body) });
   if (!response.ok) throw new Error(`segmentation failed: HTTP ${response.status}`);
   return response.json();
 }
