@@ -65,7 +65,7 @@ def test_streamed_huge_body_is_cut_off(small_limit):
 
 
 def test_a_body_under_the_limit_is_served(small_limit):
-    filler = "x " * (LIMIT // 4)
+    filler = "x " * (LIMIT // 16)  # under the characters a 512-token context can hold (262,144)
     r = httpx.post(small_limit + "/tokenize", json={"prompt": filler}, timeout=30)
     assert r.status_code == 200
 
@@ -149,3 +149,77 @@ def test_stop_token_ids_outside_the_vocabulary_are_refused(server, stop):
     assert "stop token id" in r.json()["error"]["message"]
     stats = server.engine.stats()
     assert stats["kv_blocks_free"] == stats["kv_blocks_total"]
+
+
+# ---- prompts too long for the context, refused by their characters before tokenizing ----------
+
+MAX_CHARS = 512 * 128 * 4  # the context, the longest vocabulary entry, NFC's shrink
+
+
+def too_long_bodies(text: str) -> dict[str, dict]:
+    user = [{"role": "user", "content": text}]
+    model = {"model": "qthink-test"}
+    return {
+        "/v1/chat/completions": {**model, "messages": user},
+        "/v1/completions": {**model, "prompt": text},
+        "/tokenize": {**model, "prompt": text},
+        "/v1/responses": {**model, "input": text},
+        "/v1/messages": {**model, "max_tokens": 16, "messages": user},
+        "/v1/messages/count_tokens": {**model, "messages": user},
+        "/api/chat": {**model, "messages": user, "stream": False},
+        "/api/generate": {**model, "prompt": text, "stream": False},
+    }
+
+
+def test_the_character_bound_is_this_tokenizers(server):
+    prompts = server.app.state.server.prompts
+    assert prompts.chars_per_token == 128 * 4 and prompts.max_chars == MAX_CHARS
+
+
+@pytest.mark.parametrize("path", list(too_long_bodies("")))
+def test_a_text_no_context_could_hold_is_refused_before_tokenizing(server, path):
+    body = too_long_bodies("x" * (MAX_CHARS + 1))[path]
+    started = time.monotonic()
+    r = httpx.post(server.url + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    message = error if isinstance(error, str) else error["message"]  # Ollama's error is the text
+    assert " characters, more than " in message and f"{MAX_CHARS:,}" in message and "512 tokens" in message
+    if path.startswith("/v1/messages"):
+        assert r.json()["type"] == "error" and error["type"] == "invalid_request_error"
+    elif not path.startswith("/api/"):
+        assert error["code"] == "context_length_exceeded"
+    assert time.monotonic() - started < 5  # refused by counting, not by tokenizing 262,145 characters
+
+
+def test_the_longest_text_that_fits_is_not_refused(server, tokenizer_dir):
+    """The bound can refuse nothing that fits: a prompt of the vocabulary's longest entries,
+    in decomposed Unicode that the tokenizer composes, is counted, not refused."""
+    prompts = server.app.state.server.prompts
+    vocab = prompts.tokenizer.backend.get_vocab(with_added_tokens=False)
+    longest = prompts.tokenizer.decode([vocab[max(vocab, key=len)]])
+    text = longest * 500
+    r = httpx.post(server.url + "/tokenize", json={"prompt": text}, timeout=60)
+    assert r.status_code == 200 and r.json()["count"] <= 512, r.text
+    decomposed = "\u1100\u1161\u11a8" * 2000  # Hangul jamo: NFC makes each three one syllable
+    r = httpx.post(server.url + "/tokenize", json={"prompt": decomposed}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_past_reasoning_is_not_counted(server):
+    """Templates drop the thinking of past turns, so it cannot make a prompt too long."""
+    thinking = "x" * (MAX_CHARS + 1)
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": f"<think>{thinking}</think>hello", "reasoning_content": thinking},
+        {"role": "user", "content": "again"},
+    ]
+    r = httpx.post(server.url + "/tokenize", json={"messages": messages}, timeout=60)
+    assert r.status_code == 200, r.text
+
+
+def test_token_ids_longer_than_the_context_are_refused(server):
+    r = httpx.post(server.url + "/detokenize", json={"tokens": [1] * 513}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": [1] * 513}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"

@@ -35,6 +35,7 @@ from qthink.server.request_log import RequestLog
 from qthink.server.responses import ResponseStore, add_responses_routes
 from qthink.server.streaming import ClientGone
 from qthink.server.thinking_budget import EffortBudgets
+from qthink.server.tokenizing import PromptTokenizer
 from qthink.server.turn import check_model
 
 log = logging.getLogger("qthink")
@@ -55,6 +56,10 @@ class Server:
     served_names: tuple[str, ...] = ()  # every name a request's `model` may use
     default_template_kwargs: dict = field(default_factory=dict)  # under each request's own
     responses: ResponseStore = field(default_factory=ResponseStore)
+    prompts: PromptTokenizer = field(init=False)  # tokenizes off the event loop
+
+    def __post_init__(self):
+        self.prompts = PromptTokenizer(self.engine.tokenizer, self.engine.max_model_len)
 
     @property
     def tokenizer(self):
@@ -90,6 +95,7 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        server.prompts.close()
         await engine.shutdown()  # aborts whatever is still in flight, then stops the engine thread
 
     # max_body_size also stops a chunked body, which has no Content-Length for the guard to check
@@ -234,12 +240,12 @@ def _add_routes(app: FastAPI, server: Server) -> None:
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "give exactly one of prompt and messages")
         if req.prompt is not None:
-            tokens = server.tokenizer.encode(req.prompt)
+            tokens = await server.prompts.encode(req.prompt)
         else:
             messages = [m.for_template() for m in cast(list, req.messages)]  # exactly one is given
-            tokens = server.tokenizer.apply_chat_template(
+            tokens = await server.prompts.chat(
                 messages,
-                tools=req.tools,
+                req.tools,
                 add_generation_prompt=req.add_generation_prompt,
                 **template_kwargs(req.chat_template_kwargs, server.default_template_kwargs),
             )
@@ -248,9 +254,10 @@ def _add_routes(app: FastAPI, server: Server) -> None:
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
         check_model(server, req.model)
+        server.prompts.check_ids(req.tokens, "tokens")  # nothing the server reads or writes is longer
         if any(not 0 <= t < len(server.tokenizer) for t in req.tokens):
             raise APIError(400, "a token id is outside the vocabulary", param="tokens")
-        return {"prompt": server.tokenizer.decode(req.tokens)}
+        return {"prompt": await server.prompts.decode(req.tokens)}
 
     @app.get("/metrics")
     async def metrics():

@@ -1,6 +1,5 @@
 """POST /v1/chat/completions: the thinking as reasoning_content, the answer, tool calls, streaming."""
 
-import asyncio
 import time
 import uuid
 from dataclasses import dataclass
@@ -46,13 +45,8 @@ async def render_prompt(req: ChatCompletionRequest, server) -> tuple[ThinkingPla
         req, server.efforts, template_kwargs(req.chat_template_kwargs, server.default_template_kwargs)
     )
     messages = [m.for_template() for m in req.messages]
-    prompt = await asyncio.to_thread(
-        server.tokenizer.apply_chat_template,
-        messages,
-        tools=req.tools,
-        add_generation_prompt=req.add_generation_prompt,
-        tokenize=True,
-        **kwargs,
+    prompt = await server.prompts.chat(
+        messages, req.tools, add_generation_prompt=req.add_generation_prompt, **kwargs
     )
     return plan, prompt
 

@@ -19,11 +19,12 @@ from qthink.server.streaming import (
     stream_outputs,
     unless_disconnected,
 )
+from qthink.server.tokenizing import PromptTokenizer
 
 
 async def create_completion(req: CompletionRequest, server, request: Request):
     raw = _prompts(req.prompt)
-    prompts = [_token_ids(p, server.tokenizer) for p in raw]
+    prompts = [await _token_ids(p, server.prompts) for p in raw]
     structured = structured_output(req)
     streams = []
     try:
@@ -41,7 +42,7 @@ async def create_completion(req: CompletionRequest, server, request: Request):
         "created": created,
         "model": server.reported_name(req.model),
     }
-    prefixes = [_echo(p, ids, server.tokenizer) if req.echo else "" for p, ids in zip(raw, prompts)]
+    prefixes = [await _echo(p, ids, server.prompts) if req.echo else "" for p, ids in zip(raw, prompts)]
     if req.stream:
         events = _stream(merged(streams), head, prefixes, req)
         return event_stream(events)
@@ -63,15 +64,19 @@ def _prompts(prompt) -> list:
     return list(prompt)
 
 
-def _token_ids(prompt: str | list[int], tokenizer) -> list[int]:
-    ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+async def _token_ids(prompt: str | list[int], prompts: PromptTokenizer) -> list[int]:
+    if isinstance(prompt, str):
+        ids = await prompts.encode(prompt)
+    else:
+        prompts.check_ids(prompt, "prompt")
+        ids = list(prompt)
     if not ids:
         raise APIError(400, "the prompt is empty", param="prompt")
     return ids
 
 
-def _echo(prompt: str | list[int], ids: list[int], tokenizer) -> str:
-    return prompt if isinstance(prompt, str) else tokenizer.decode(ids)
+async def _echo(prompt: str | list[int], ids: list[int], prompts: PromptTokenizer) -> str:
+    return prompt if isinstance(prompt, str) else await prompts.decode(ids)
 
 
 async def _stream(outputs, head: dict, prefixes: list[str], req: CompletionRequest):

@@ -16,6 +16,13 @@ from qthink.tokenizer.chat_template import ChatTemplateError, nonce
 TYPED_ROLES = ("system", "user", "tool")
 
 
+def encode_text(backend: RustTokenizer, text: str, add_special_tokens: bool = False) -> list[int]:
+    """Token ids of `text`. Through encode_batch, which lets go of the GIL while it works (encode
+    holds it), so tokenizing a long text on a worker thread leaves the event loop and the engine
+    thread running."""
+    return backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
+
 class SpecialTokens:
     """The vocabulary's added tokens, and the encodings that keep typed control-token text as text."""
 
@@ -46,7 +53,7 @@ class SpecialTokens:
 
     def encode(self, text: str, split_special_tokens: bool = False) -> list[int]:
         backend = self.text_backend if split_special_tokens else self.backend
-        return backend.encode(text, add_special_tokens=False).ids
+        return encode_text(backend, text)
 
     def shield_typed(self, message: dict, typed: dict[str, str]) -> dict:
         """Content of a typed role that holds added-token text goes through the template as a
@@ -65,7 +72,7 @@ class SpecialTokens:
         ids: list[int] = []
         for piece in re.split("(" + "|".join(typed) + ")", text):
             if piece in typed:
-                ids += self.all_text_backend.encode(typed[piece], add_special_tokens=False).ids
+                ids += encode_text(self.all_text_backend, typed[piece])
             elif piece:
                 ids += self.encode(piece, split_special_tokens=split_special_tokens)
         return ids

@@ -8,7 +8,7 @@ from tokenizers import Tokenizer as RustTokenizer
 
 from qthink.tokenizer import chat_template as templates
 from qthink.tokenizer.chat_template import ChatTemplateError
-from qthink.tokenizer.special_tokens import SpecialTokens
+from qthink.tokenizer.special_tokens import SpecialTokens, encode_text
 
 
 class Tokenizer:
@@ -63,7 +63,7 @@ class Tokenizer:
     ) -> list[int]:
         """Token ids of `text`; with split_special_tokens, `<|im_start|>` and the like become plain text."""
         backend = self.special.text_backend if split_special_tokens else self.backend
-        return backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return encode_text(backend, text, add_special_tokens)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
