@@ -1,9 +1,10 @@
 """Per-step time of the batched sampler against a naive per-row loop, on Qwen3's vocabulary.
 
-Three settings: greedy, Qwen's recommended sampling (temperature 0.6, top_p 0.95, top_k 20),
-and every feature on (penalties over a prompt and an output, min-p, min_tokens, top-5
-logprobs, half the rows seeded). A step is what the engine pays per decode: building the
-batch from the rows' settings and token lists, then `sample`. The baseline does the same
+Four settings: greedy, Qwen's recommended sampling (temperature 0.6, top_p 0.95, top_k 20),
+top-p without top-k (temperature 0.7, top_p 0.9), and every feature on (penalties over a
+prompt and an output, min-p, min_tokens, top-5 logprobs, half the rows seeded). A step is
+what the engine pays per decode: building the batch from the rows' settings and token
+lists, then `sample`. The baseline does the same
 work one row at a time with plain torch ops, as a first implementation would; both are
 timed interleaved in one run and reported as a ratio.
 
@@ -26,6 +27,7 @@ EOS = (151645,)
 SETTINGS = {
     "greedy": dict(temperature=0.0, top_p=1.0, top_k=0),
     "qwen default": dict(temperature=0.6, top_p=0.95, top_k=20),
+    "top-p only": dict(temperature=0.7, top_p=0.9, top_k=0),
     "all features": dict(
         temperature=0.8,
         top_p=0.9,

@@ -341,3 +341,51 @@ def test_no_logprobs_unless_asked_and_the_same_tokens():
         assert plain.logprobs is None and plain.ranks is None
         assert with_logprobs.logprobs is not None
         assert plain.token_ids.tolist() == with_logprobs.token_ids.tolist()
+
+
+def full_sort_survivors(logits: torch.Tensor, p: SamplingParams) -> set[int]:
+    """One row through a sort of the whole vocabulary: temperature, min-p, top-k, then top-p
+    with the mass before each token summed best first (what the sampler must equal)."""
+    scaled = logits / p.temperature
+    if p.min_p > 0:
+        scaled = scaled.masked_fill(scaled < scaled.max() + math.log(p.min_p), float("-inf"))
+    values, ids = scaled.sort(descending=True)
+    if p.top_k > 0:
+        values[p.top_k :] = float("-inf")
+    running = (values - values.logsumexp(-1)).exp().cumsum(-1)
+    mass_above = torch.cat([torch.zeros(1), running[:-1]])
+    return set(ids[(values > float("-inf")) & (mass_above < p.top_p)].tolist())
+
+
+@pytest.mark.parametrize("scale", [8.0, 3.0, 0.05], ids=["peaked", "spread", "flat"])
+def test_top_p_without_top_k_keeps_the_full_sort_tokens_and_sorts_nothing(scale):
+    """Top-p rows without top-k take their candidates by partial selection (growing until the
+    mass p is inside: once, a few times, or up to the whole row for a flat row), and keep
+    exactly the tokens a full sort keeps, beside rows that need other numbers of candidates."""
+    vocab = 151_936
+    rows = [
+        params(top_p=0.95, temperature=0.6),
+        params(top_p=0.5),
+        params(top_p=0.9, min_p=0.02, temperature=1.3),
+        params(top_k=40, top_p=0.8),
+        params(temperature=0.0),
+        params(top_p=0.999),
+    ]
+    logits = random_logits(len(rows), seed=20, vocab=vocab, scale=scale)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        filtered = filter_logits(logits, build(rows, vocab=vocab))
+    kept = survivors(filtered)
+    for r, p in enumerate(rows):
+        if p.temperature > 0:
+            assert kept[r] == full_sort_survivors(logits[r], p), (r, p)
+    sorts = [e for e in prof.key_averages() if e.key == "aten::sort"]
+    assert scale < 1 or not sorts  # only a flat row needs every token
+
+
+def test_rows_without_filters_still_sample_the_whole_vocabulary():
+    logits = random_logits(3, seed=21, vocab=5000, scale=0.5)
+    rows = [params(top_p=0.3), params(), params(min_p=0.2)]
+    kept = survivors(filter_logits(logits, build(rows, vocab=5000)))
+    assert kept[1] == set(range(5000))
+    assert kept[0] == full_sort_survivors(logits[0], rows[0])
+    assert kept[2] == full_sort_survivors(logits[2], rows[2])

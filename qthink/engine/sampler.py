@@ -229,29 +229,85 @@ def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     return logits
 
 
+FIRST_CANDIDATES = 64  # tokens per row the top-p search starts with; it grows 8x until enough
+
+
 def _candidates(logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Temperature-scaled logits of the tokens each row may sample (-inf for the rest) and
     their token ids, best first; ids is None when the columns are the whole vocabulary in
-    order. vLLM's order: temperature, min-p, top-k, then top-p on the renormalised rest."""
+    order. vLLM's order: temperature, min-p, top-k, then top-p on the renormalised rest.
+    Never a full sort of the vocabulary: top-k rows need their k best, top-p rows the best
+    tokens up to the mass p, found by a partial selection that grows until it holds them."""
     if batch.top_k is None and batch.top_p is None:
-        values, ids = logits, None
-    elif batch.candidates:  # only the best k per row can survive: skip the full sort
+        return _keep_min_p(_tempered(logits, batch), batch), None
+    if batch.candidates:  # only the best k per row can survive
         values, ids = logits.topk(batch.candidates, dim=-1)
-    else:
-        values, ids = logits.sort(dim=-1, descending=True)
-    if batch.temperature is not None:  # after selecting: it keeps the order, and k columns are cheaper
-        values = values / batch.temperature
-    if batch.log_min_p is not None:
-        best = values.max(dim=-1, keepdim=True).values
-        values = values.masked_fill(values < best + batch.log_min_p, float("-inf"))
-    if batch.top_k is not None:
-        positions = torch.arange(values.shape[-1], device=values.device)
-        values = values.masked_fill(positions >= batch.top_k, float("-inf"))
-    if batch.top_p is not None:
-        probs = values.softmax(-1)
-        mass_above = probs.cumsum(-1) - probs  # the top token has 0 above it, so it always stays
-        values = values.masked_fill(mass_above >= batch.top_p, float("-inf"))
-    return values, ids
+        values = _keep_top_k(_keep_min_p(_tempered(values, batch), batch), batch)  # selecting keeps the order
+        return _keep_top_p(values, _running_mass(values, values.logsumexp(-1, keepdim=True)), batch), ids
+    scaled = _keep_min_p(_tempered(logits, batch), batch)
+    return _growing_candidates(scaled, batch)
+
+
+def _tempered(values: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    return values if batch.temperature is None else values / batch.temperature
+
+
+def _keep_min_p(values: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    if batch.log_min_p is None:
+        return values
+    best = values.max(dim=-1, keepdim=True).values
+    return values.masked_fill(values < best + batch.log_min_p, float("-inf"))
+
+
+def _keep_top_k(values: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """values: each row's best first."""
+    if batch.top_k is None:
+        return values
+    positions = torch.arange(values.shape[-1], device=values.device)
+    return values.masked_fill(positions >= batch.top_k, float("-inf"))
+
+
+def _running_mass(values: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
+    """Running sum of the candidates' probabilities, best first (`normaliser`: the log of each
+    row's mass after min-p and top-k). A sequential sum: a prefix of the candidates gets the
+    same sums as the whole row."""
+    return (values - normaliser).exp().cumsum(-1)
+
+
+def _keep_top_p(values: torch.Tensor, running: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Keeps a candidate while the mass of the better ones is below p (the best always stays)."""
+    if batch.top_p is None:
+        return values
+    mass_above = torch.nn.functional.pad(running[:, :-1], (1, 0))
+    return values.masked_fill(mass_above >= batch.top_p, float("-inf"))
+
+
+def _growing_candidates(scaled: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-p (and top-k on only some rows) over the best k tokens of each row, k growing until
+    every sampling row's kept tokens lie inside: a top-k row's k, a top-p row's tokens up to
+    the mass p, a row with neither all its finite tokens. Greedy rows take the argmax
+    elsewhere and ask for none. A row's decisions are those of a full sort (the same sums of
+    the same prefix), ties between equal logits aside."""
+    vocab = scaled.shape[-1]
+    top_k = (
+        batch.top_k if batch.top_k is not None else torch.full_like(scaled[:, :1], vocab, dtype=torch.long)
+    )
+    has_top_k = top_k < vocab
+    top_p = batch.top_p if batch.top_p is not None else torch.full_like(scaled[:, :1], float("inf"))
+    done = has_top_k if batch.greedy is None else has_top_k | batch.greedy[:, None]
+    finite_k = top_k[has_top_k]
+    k = min(vocab, max(FIRST_CANDIDATES, int(finite_k.max()) if finite_k.numel() else 0))
+    whole_row = scaled.logsumexp(-1, keepdim=True)
+    while True:
+        values, ids = scaled.topk(k, dim=-1)
+        values = _keep_top_k(values, batch)
+        normaliser = torch.where(has_top_k, values.logsumexp(-1, keepdim=True), whole_row)
+        running = _running_mass(values, normaliser)
+        enough = done | (running[:, -1:] >= top_p) | (values[:, -1:] == float("-inf"))
+        if k == vocab or bool(enough.all()):
+            break
+        k = min(vocab, k * 8)
+    return _keep_top_p(values, running, batch), ids
 
 
 def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
