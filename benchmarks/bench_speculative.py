@@ -19,6 +19,8 @@ import statistics
 import time
 from pathlib import Path
 
+from bench_step import QUANTIZATION, truncated
+
 from qthink.demo import default_model_path
 from qthink.engine.engine import LLMEngine
 from qthink.engine.sampling_params import SamplingParams
@@ -161,19 +163,38 @@ def verify_costs(checkpoint: str, quantization: str | None, ks: list[int], round
     return ratios
 
 
-def batch_costs(checkpoint: str, quantization: str | None, rounds: int, context: int) -> None:
-    """Where verification stops paying: at batch B, a k=4 verify step against a decode step.
-    Speculation pays while this ratio is below the mean accepted length; the batch where it
-    no longer does is the switch-off (speculative_config disable_by_batch_size)."""
+def batch_costs(checkpoint: str, quantization: str | None, rounds: int, context: int, k: int) -> None:
+    """Where verification stops paying: at batch B, a step in which every sequence verifies k
+    drafts against a plain decode step. Speculation pays while this ratio is below the mean
+    accepted length (tokens per verifying step); the largest batch where it stays below the
+    break-even printed here is the switch-off (speculative_config disable_by_batch_size)."""
     name = quantization or "bf16"
-    print(f"## 4B shape, {name}: verify k=4 over decode by batch size ({context}-token context)")
+    print(f"## 4B shape, {name}: a step verifying k={k} per sequence over a decode step, by batch size")
+    print(f"   ({context}-token contexts; acceptance needed = the per-token acceptance a at which")
+    print("   (1 - a^(k+1)) / (1 - a), the mean accepted length, equals the ratio)")
     engine, seqs = four_b_engine(checkpoint, quantization, context, 16)
-    for batch in (1, 2, 4, 8, 16):
-        times = step_times(engine, seqs[:batch], [4], rounds)
+    for batch in (1, 2, 3, 4, 6, 8, 12, 16):
+        times = step_times(engine, seqs[:batch], [k], rounds)
+        ratio = times[k] / times[0]
         print(
-            f"  batch {batch:>2}: decode {times[0] * 1000:7.0f} ms, verify {times[4] * 1000:7.0f} ms = "
-            f"{times[4] / times[0]:.2f}x"
+            f"  batch {batch:>2}: decode {times[0] * 1000:7.1f} ms, verify {times[k] * 1000:7.1f} ms = "
+            f"{ratio:.2f}x, acceptance needed {break_even(ratio, k):.2f}"
         )
+
+
+def break_even(ratio: float, k: int) -> float:
+    """The per-token acceptance rate at which k drafts yield `ratio` tokens per step on average
+    (1.0 where even full acceptance does not)."""
+    if ratio >= k + 1:
+        return 1.0
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        a = (low + high) / 2
+        if sum(a**i for i in range(k + 1)) < ratio:
+            low = a
+        else:
+            high = a
+    return low
 
 
 def projection(nano: dict, ratios: dict[int, float], name: str) -> None:
@@ -216,6 +237,8 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=20, help="nano held-out tasks per round")
     ap.add_argument("--context", type=int, default=512, help="4B shape: prompt tokens before decoding")
     ap.add_argument("--batch-context", type=int, default=128, help="4B shape, batch sizes: prompt tokens")
+    ap.add_argument("--layers", type=int, default=36, help="4B shape: keep the first N decoder layers")
+    ap.add_argument("--weights", nargs="+", default=["bf16", "int4"], choices=list(QUANTIZATION))
     ap.add_argument("--skip-4b", action="store_true")
     ap.add_argument("--only-4b", action="store_true", help="4B verify costs only (no nano, no projection)")
     args = ap.parse_args()
@@ -226,13 +249,15 @@ def main() -> None:
             raise SystemExit(
                 f"{args.checkpoint} missing: run benchmarks/make_4b_checkpoint.py {args.checkpoint}"
             )
-        for quant in (None, "int4"):
-            ratios = verify_costs(args.checkpoint, quant, list(range(2, 9)), args.rounds * 2, args.context)
+        checkpoint = str(truncated(Path(args.checkpoint), args.layers))
+        for weights in args.weights:
+            quant = QUANTIZATION[weights]
+            ratios = verify_costs(checkpoint, quant, list(range(2, 9)), args.rounds * 2, args.context)
             gc.collect()  # the previous engine's weights go before the next loads
             if nano is not None:
                 projection(nano, ratios, quant or "bf16")
             gc.collect()
-            batch_costs(args.checkpoint, quant, args.rounds, args.batch_context)
+            batch_costs(checkpoint, quant, args.rounds, args.batch_context, NGRAM["num_speculative_tokens"])
             gc.collect()
     if not args.only_4b:
         batch16(args.rounds)

@@ -49,9 +49,11 @@ class ModelRunner:
     def run(self, batch: ScheduledBatch) -> dict[Sequence, list[SampledToken]]:
         """One forward over the batch; the tokens each sequence that samples now emits: one, or
         for a sequence with drafts, the verified drafts and one more."""
-        # A few sequences decoding one token each: every matmul is a native kernel, and torch's
-        # ops are small enough for one thread.
-        small_decode = len(batch.seqs) <= SMALL_M_BF16 and all(n == 1 for n in batch.num_tokens)
+        # A few decoding sequences (one token each, or one plus its drafts): every matmul is a
+        # native kernel, and torch's ops are small enough for one thread.
+        small_decode = sum(batch.num_tokens) <= SMALL_M_BF16 and all(
+            n == 1 + len(s.draft_ids) for s, n in zip(batch.seqs, batch.num_tokens)
+        )
         with torch_ops_on_one_thread(small_decode and self.device.type == "cpu"):
             return self._run(batch)
 

@@ -168,6 +168,53 @@ struct Bf16Kernel : BlockKernel<Bf16Kernel> {
   }
 };
 
+// Activation rows of one bf16 pass: every row up to kBf16MaxPassRows (a verification step's
+// k + 1 tokens), else the fewest passes of near-equal size. A task's weight rows are read from
+// memory once and stay in L1/L2 for its later passes.
+constexpr int64_t kBf16MaxPassRows = 8;
+
+// Weight rows per bf16 task: MB * NB accumulators, NB weight vectors and one activation vector
+// must fit the 32 zmm registers.
+constexpr int bf16_rows_per_block(int64_t pass_rows) { return pass_rows <= 6 ? 4 : 3; }
+
+template <int NB>
+void run_bf16_pass(const Bf16Kernel& kernel, int64_t mb, int64_t n, int64_t m, int64_t rows, const Output& out) {
+  switch (mb) {
+    case 1: return kernel.run<NB, 1>(n, m, rows, out);
+    case 2: return kernel.run<NB, 2>(n, m, rows, out);
+    case 3: return kernel.run<NB, 3>(n, m, rows, out);
+    case 4: return kernel.run<NB, 4>(n, m, rows, out);
+    case 5: return kernel.run<NB, 5>(n, m, rows, out);
+    case 6: return kernel.run<NB, 6>(n, m, rows, out);
+    case 7: return kernel.run<NB, 7>(n, m, rows, out);
+    default: return kernel.run<NB, 8>(n, m, rows, out);
+  }
+}
+
+template <int NB>
+void run_bf16_tasks(const Bf16Kernel& kernel, int64_t M, int64_t N, int64_t pass_rows, const Output& out) {
+  const int64_t tasks = (N + NB - 1) / NB;
+  qthink::parallel_for(tasks, std::max<int64_t>(1, kRowsPerTask / NB), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task * NB;
+      const int64_t rows = std::min<int64_t>(NB, N - n);
+      for (int64_t m = 0; m < M; m += pass_rows) run_bf16_pass<NB>(kernel, std::min(pass_rows, M - m), n, m, rows, out);
+    }
+  });
+}
+
+// x [M, K] times w [N, K]^T with each weight vector loaded once per pass over up to 8 activation
+// rows: for M <= 8 the weights stream once, and M tokens cost little more than one.
+void run_bf16_blocks(const Bf16Kernel& kernel, int64_t M, int64_t N, const Output& out) {
+  const int64_t passes = (M + kBf16MaxPassRows - 1) / kBf16MaxPassRows;
+  const int64_t pass_rows = (M + passes - 1) / passes;
+  if (bf16_rows_per_block(pass_rows) == 4) {
+    run_bf16_tasks<4>(kernel, M, N, pass_rows, out);
+  } else {
+    run_bf16_tasks<3>(kernel, M, N, pass_rows, out);
+  }
+}
+
 struct Int8Kernel : BlockKernel<Int8Kernel> {
   const int8_t* w;        // [N rounded up to 4, K], blocked, K a multiple of 64
   const uint16_t* scale;  // [N] bf16
@@ -434,7 +481,7 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const c10::opti
   kernel.w = bf16_bits(w);
   kernel.x = bf16_bits(xb);
   kernel.K = w.size(1);
-  run_blocks<4, 4>(kernel, x.size(0), w.size(0), make_output(out, bias));
+  run_bf16_blocks(kernel, x.size(0), w.size(0), make_output(out, bias));
   return out;
 }
 
