@@ -64,14 +64,22 @@ class KVPlan:
 
 
 def plan_kv_cache(
-    model: ModelConfig, config: EngineConfig, dtype: str, free_bytes: int, context_is_default: bool
+    model: ModelConfig,
+    config: EngineConfig,
+    dtype: str,
+    free_bytes: int,
+    context_is_default: bool,
+    draft: ModelConfig | None = None,
 ) -> KVPlan:
     """Blocks for `config` on a device with `free_bytes` free before loading. The budget is
     kv_cache_memory, or gpu_memory_utilization of the free memory less this rank's weights,
     or 30% of what the weights leave. A context the user left open shrinks to fit; one they
-    set is an error when it does not fit."""
+    set is an error when it does not fit. A speculative draft model (unquantized, in `dtype`)
+    adds its weights, and its own cache of as many blocks as the target's to each block."""
     size = config.tensor_parallel_size
     weights = weight_bytes(model, dtype, config.quantization, config.quantization_group_size) // size
+    if draft is not None:
+        weights += weight_bytes(draft, dtype)
     if config.kv_cache_memory is not None:
         budget, source = config.kv_cache_memory, f"kv_cache_memory={config.kv_cache_memory}"
     elif config.gpu_memory_utilization is not None:
@@ -87,6 +95,8 @@ def plan_kv_cache(
     kv_name = dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype
     bs = config.block_size
     per_block = kv_bytes_per_token(model, kv_name) * bs // size
+    if draft is not None:
+        per_block += kv_bytes_per_token(draft, kv_name) * bs
     length = config.max_model_len or model.max_context  # set by config.validate
     blocks_per_seq = -(-length // bs)
     num_blocks = min(max(budget, 0) // per_block, blocks_per_seq * config.max_num_seqs)

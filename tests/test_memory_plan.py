@@ -75,3 +75,15 @@ def test_bench_sizes_its_engine_from_the_flags_before_it_starts():
     args = parser.parse_args(["--max-model-len", "1024", "--max-num-batched-tokens", "4096"])
     config = engine_config_from_args(args, **bench_settings(args))
     assert (config.max_model_len, config.max_num_batched_tokens, config.max_num_seqs) == (1024, 4096, 64)
+
+
+def test_a_draft_model_counts_its_weights_and_its_own_cache_in_each_block():
+    target = ModelConfig.from_dict(
+        json.loads((Path(__file__).parent.parent / "qthink/known_models/Qwen3-4B.json").read_text())
+    )
+    c = config(gpu_memory_utilization=0.5, max_model_len=256, max_num_seqs=1000)
+    alone = plan_kv_cache(target, c, "bfloat16", 40 * GiB, False)
+    with_draft = plan_kv_cache(target, c, "bfloat16", 40 * GiB, False, draft=MODEL)
+    assert with_draft.budget == alone.budget - WEIGHTS
+    per_block = (kv_bytes_per_token(target, "bfloat16") + PER_TOKEN) * 16
+    assert with_draft.num_blocks == with_draft.budget // per_block < alone.num_blocks

@@ -21,7 +21,7 @@ from qthink.engine.sampling_params import SamplingParams
 from qthink.engine.scheduler import ScheduledBatch, Scheduler
 from qthink.engine.sequence import Sequence
 from qthink.engine.sequence_output import SequenceOutput
-from qthink.engine.spec.draft_model import DraftModelProposer
+from qthink.engine.spec.draft_model import DraftModelProposer, draft_model_config
 from qthink.engine.spec.speculator import Speculator
 from qthink.engine.structured import GrammarCompiler
 from qthink.errors import RequestError
@@ -142,8 +142,10 @@ class LLMEngine:
     def _plan_kv_blocks(self, context_is_default: bool) -> int:
         """Size the KV cache from the memory free before loading; shortens an open context."""
         free = available_memory(self.device)
+        spec = self.config.speculative
+        draft = draft_model_config(cast(str, spec.model)) if spec and spec.method == "draft_model" else None
         plan = plan_kv_cache(
-            self.model_config, self.config, _dtype_name(self.dtype), free, context_is_default
+            self.model_config, self.config, _dtype_name(self.dtype), free, context_is_default, draft
         )
         if plan.max_model_len < self.max_model_len:
             self.config.max_model_len = plan.max_model_len

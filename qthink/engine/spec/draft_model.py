@@ -12,6 +12,11 @@ from qthink.loader import load_model, resolve_model
 GREEDY = SamplingParams(temperature=0)
 
 
+def draft_model_config(path: str) -> ModelConfig:
+    """The draft checkpoint's architecture, for the memory plan before anything loads."""
+    return ModelConfig.from_pretrained(resolve_model(path))
+
+
 class DraftModelProposer:
     """Each target sequence has a shadow sequence in the draft's cache. A step first brings the
     shadow to the target's committed text (keeping the K/V of the prefix they share: accepted
@@ -20,7 +25,7 @@ class DraftModelProposer:
 
     def __init__(self, path: str, target: ModelConfig, config: EngineConfig, dtype, device, num_blocks: int):
         model_dir = resolve_model(path)
-        self.model_config = ModelConfig.from_pretrained(model_dir)
+        self.model_config = draft_model_config(path)
         if self.model_config.vocab_size != target.vocab_size:
             raise ConfigError(
                 f"speculative_config model {path!r} has a vocabulary of {self.model_config.vocab_size} "
