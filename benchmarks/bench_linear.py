@@ -55,9 +55,10 @@ def copies(first, nbytes: int, pool_bytes: int) -> list:
 
 def torch_int4_pack(module: Int4Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """The same int4 weights in torch's CPU layout: (q - 8) * scale + zero, zero = offset + 8 * scale."""
-    q = unpack_int4(module.packed_rows()).to(torch.int32)
+    packed_rows, scale, offset = module.row_layout()
+    q = unpack_int4(packed_rows).to(torch.int32)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
-    scale, offset = module.scale.float(), module.offset.float()
+    scale, offset = scale.float(), offset.float()
     scales_and_zeros = torch.stack((scale, offset + 8 * scale), dim=-1).transpose(0, 1)
     return packed, scales_and_zeros.contiguous().to(torch.bfloat16)
 
@@ -113,11 +114,11 @@ def native_int8_gemm(x: torch.Tensor, w: Int8Linear) -> torch.Tensor:
 
 
 def native_int4_gemv(x: torch.Tensor, w: Int4Linear) -> torch.Tensor:
-    return kernel_ops().linear_int4(x, w.weight, w.scale, w.offset, w.group_size, None)
+    return kernel_ops().linear_int4(x, w.weight, w.scale, w.offset, w.group_size, w.out_features, None)
 
 
 def native_int4_gemm(x: torch.Tensor, w: Int4Linear) -> torch.Tensor:
-    return kernel_ops().gemm_int4(x, w.weight, w.scale, w.offset, w.group_size, None)
+    return kernel_ops().gemm_int4(x, w.weight, w.scale, w.offset, w.group_size, w.out_features, None)
 
 
 def time_cases(cases: list[Case], x: torch.Tensor, repeats: int, clock=time.perf_counter) -> dict[str, float]:

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from qthink.kernels import kernel_ops, linear_kernels_available
-from qthink.model.quant import block_rows, dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+from qthink.model.quant import (
+    block_rows,
+    dequantize_int4,
+    dequantize_int8,
+    int4_kernel_layout,
+    quantize_int4,
+    quantize_int8,
+)
 
 needs_kernels = pytest.mark.skipif(
     not linear_kernels_available(), reason="no AVX-512 BF16 kernels on this CPU"
@@ -98,7 +105,7 @@ def test_int4_kernel(n, k, group, m, with_bias):
     bias = torch.randn(n) if with_bias else None
     w = dequantize_int4(packed, scale, offset, torch.float64)
     ref, magnitude = reference(x, w, bias)
-    out = kernel_ops().linear_int4(x, block_rows(packed), scale, offset, group, bias)
+    out = kernel_ops().linear_int4(x, *int4_kernel_layout(packed, scale, offset), group, n, bias)
     error = (out.double() - ref).abs()
     bound = activation_rounding_bound(x, w, group) + ACCUMULATION_RTOL * magnitude
     assert bool((error <= bound).all()), f"max error {error.max().item():.3g}"
@@ -121,7 +128,7 @@ def test_tiled_gemms(n, k, m, with_bias):
     packed, scale4, offset = quantize_int4(weight, 128)
     ref, magnitude = reference(x, dequantize_int4(packed, scale4, offset, torch.float64), bias)
     assert_within(
-        kernel_ops().gemm_int4(x, block_rows(packed), scale4, offset, 128, bias),
+        kernel_ops().gemm_int4(x, *int4_kernel_layout(packed, scale4, offset), 128, n, bias),
         ref,
         magnitude,
         BF16_OUTPUT_RTOL,
@@ -130,16 +137,17 @@ def test_tiled_gemms(n, k, m, with_bias):
 
 @needs_kernels
 def test_kernels_reject_unsupported_shapes():
-    packed, scale, offset = quantize_int4(torch.randn(4, 256), 128)
-    packed = block_rows(packed)
+    packed, scale, offset = int4_kernel_layout(*quantize_int4(torch.randn(4, 256), 128))
     with pytest.raises(RuntimeError, match="multiple of 128"):
-        kernel_ops().linear_int4(torch.randn(1, 256), packed, scale, offset, 64, None)
+        kernel_ops().linear_int4(torch.randn(1, 256), packed, scale, offset, 64, 4, None)
     with pytest.raises(RuntimeError, match=r"\[M, 256\]"):
-        kernel_ops().linear_int4(torch.randn(1, 128), packed, scale, offset, 128, None)
+        kernel_ops().linear_int4(torch.randn(1, 128), packed, scale, offset, 128, 4, None)
+    with pytest.raises(RuntimeError, match="rounded up to 32"):
+        kernel_ops().linear_int4(torch.randn(1, 256), packed, scale, offset, 128, 33, None)
     with pytest.raises(RuntimeError, match="contiguous bf16"):
         kernel_ops().linear_bf16(torch.randn(1, 8), torch.randn(4, 16).bfloat16()[:, :8], None)
     with pytest.raises(RuntimeError, match="bfloat16 \\[M, 256\\]"):
-        kernel_ops().gemm_int4(torch.randn(1, 256), packed, scale, offset, 128, None)
+        kernel_ops().gemm_int4(torch.randn(1, 256), packed, scale, offset, 128, 4, None)
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         kernel_ops().linear_bf16(torch.randn(1, 8).double(), torch.randn(4, 8).bfloat16(), None)
     q, scale8 = quantize_int8(torch.randn(4, 100))

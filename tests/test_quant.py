@@ -16,10 +16,13 @@ from qthink.model.quant import (
     block_rows,
     dequantize_int4,
     dequantize_int8,
+    int4_kernel_layout,
+    int4_row_layout,
     quantize_int4,
     quantize_int8,
     quantize_model,
     unblock_rows,
+    unpack_int4,
 )
 
 # Rows of x around SMALL_M_BF16 and SMALL_M: native GEMV below, GEMMs above.
@@ -74,7 +77,7 @@ def module_reference(module: nn.Module, linear: nn.Linear, x: torch.Tensor) -> t
     if isinstance(module, Int8Linear):
         w = dequantize_int8(module.packed_rows(), module.scale, torch.float64)
     elif isinstance(module, Int4Linear):
-        w = dequantize_int4(module.packed_rows(), module.scale, module.offset, torch.float64)
+        w = dequantize_int4(*module.row_layout(), torch.float64)
     else:
         w = linear.weight.double()
     bias = 0 if linear.bias is None else linear.bias.double()
@@ -256,16 +259,36 @@ def test_engine_takes_the_int4_group_size(int4_ready_model):
         LLM(model=str(int4_ready_model), quantization="int4", quantization_group_size=100)
 
 
+@pytest.mark.parametrize("rows", [1, 16, 17, 33, 130])
+def test_int4_kernel_layout_round_trip(rows):
+    """The int4 kernels' layout holds the same weights: rows padded to 32, bytes 4r..4r+3 of a
+    block's vector t holding weights 4t..4t+3 of rows r and r + 16, and back."""
+    packed, scale, offset = quantize_int4(weight(rows, 256), 128)
+    weights, block_scale, block_offset = int4_kernel_layout(packed, scale, offset)
+    blocks = (rows + 31) // 32
+    assert weights.shape == (blocks * 32, 128) and block_scale.shape == block_offset.shape == (blocks, 2, 32)
+    q, flat = unpack_int4(packed), weights.view(-1)
+    for r in range(rows):
+        block, lane, shift = r // 32, r % 16, 4 * (r % 32 // 16)
+        for t in range(64):
+            start = (block * 64 + t) * 64 + lane * 4
+            assert torch.equal((flat[start : start + 4] >> shift) & 0xF, q[r, 4 * t : 4 * t + 4])
+        assert torch.equal(block_scale[block, :, r % 32], scale[r])
+    assert bool((block_scale.transpose(1, 2).reshape(-1, 2)[rows:] == 0).all())  # padding rows
+    back = int4_row_layout(weights, block_scale, block_offset, rows)
+    assert all(torch.equal(a, b) for a, b in zip(back, (packed, scale, offset)))
+
+
 @pytest.mark.parametrize("rows", [1, 4, 7, 130])
-def test_int4_blocked_layout_round_trip(rows):
-    """The kernels' blocked layout holds the same bytes: rows padded to 4, chunks of 64 bytes
-    of 4 rows side by side, and back."""
-    packed, _, _ = quantize_int4(weight(rows, 256), 128)
-    blocked = block_rows(packed)
+def test_int8_blocked_layout_round_trip(rows):
+    """The int8 kernels' blocked layout holds the same bytes: rows padded to 4, chunks of 64
+    bytes of 4 rows side by side, and back."""
+    q, _ = quantize_int8(weight(rows, 128))
+    blocked = block_rows(q)
     assert blocked.shape == ((rows + 3) // 4 * 4, 128)
     flat, chunks = blocked.view(-1), 2  # 128 bytes a row: two chunks of 64
     for r in range(rows):
         for c in range(chunks):
             start = ((r // 4) * chunks + c) * 256 + (r % 4) * 64
-            assert torch.equal(flat[start : start + 64], packed[r, c * 64 : (c + 1) * 64])
-    assert torch.equal(unblock_rows(blocked, rows), packed)
+            assert torch.equal(flat[start : start + 64], q[r, c * 64 : (c + 1) * 64])
+    assert torch.equal(unblock_rows(blocked, rows), q)

@@ -11,8 +11,6 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
-#include <alloca.h>
-
 #include <cstring>
 #include <vector>
 
@@ -21,12 +19,10 @@
 namespace {
 
 constexpr int64_t kRowsPerTask = 16;
-// int4 rows are short (K/2 bytes) and quick to process: prefetch two blocks ahead, not one.
-constexpr int64_t kInt4PrefetchRows = 8;
-// int8 and int4 weights are stored in blocks of 4 rows: the 64-byte chunk c of the block's
+// int8 weights are stored in blocks of 4 rows: the 64-byte chunk c of the block's
 // rows 0..3 lie side by side, so a block of rows is one contiguous stream (block_rows in
-// qthink/model/quant.py). Rows are short (an int4 row of 2,560 weights is 1,280 bytes): read
-// row by row they would be many short streams that the hardware prefetchers barely follow.
+// qthink/model/quant.py). Rows are short (a row of 2,560 weights is 2,560 bytes): read row by
+// row they would be many short streams that the hardware prefetchers barely follow.
 constexpr int64_t kBlockRows = 4;
 constexpr int64_t kChunkBytes = 64;
 constexpr int64_t kBlockStride = kBlockRows * kChunkBytes;  // from one chunk of a row to its next
@@ -49,12 +45,6 @@ inline float bf16_bits_to_float(uint16_t bits) {
 // 16 bf16 values (raw bits) widened to float32.
 inline __m512 bf16x16_to_floats(const uint16_t* p) {
   const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-// The first lanes of 16 bf16 values, as `mask` says, widened to float32 (zeros elsewhere).
-inline __m512 bf16x16_to_floats_masked(const uint16_t* p, __mmask16 mask) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
@@ -250,95 +240,111 @@ struct Int8Kernel : BlockKernel<Int8Kernel> {
   }
 };
 
-// Packing: in each block of 64 weights, byte j holds weight j (low nibble) and weight
-// j + 32 (high nibble); rows are blocked (blocked_chunk). Dequantized weight = q * scale + offset, per row and group.
-// Activations are quantized to int8 per group (QuantizedRows), so each 128 weights cost
-// one load, three bit operations and two VNNI dot products (u8 nibbles x s8 activations).
-struct Int4Kernel : BlockKernel<Int4Kernel> {
-  const uint8_t* w;        // [N rounded up to 4, K / 2], blocked
-  const uint16_t* scale;   // [N, K / G] bf16
-  const uint16_t* offset;  // [N, K / G] bf16
-  const int8_t* xq;        // [M, K], each 128-chunk ordered as its low then high nibbles
+// int4 weights in blocks of 32 rows (int4_kernel_layout in qthink/model/quant.py): in the
+// block's 64-byte vector t, dword lane r holds weights 4t..4t+3 of row r in its low nibbles and
+// of row r + 16 in its high nibbles. One vpdpbusd of a masked vector against an activation
+// dword broadcast to every lane makes 4 products for each of 16 rows, so one load, two masks and
+// two dot products cover 128 weights, a group's scale and offset apply to 16 rows at once, and
+// no horizontal sum is left. The block is one contiguous stream. Scales and offsets are bf16
+// [blocks, groups, 32]; a dequantized weight is q * scale + offset.
+constexpr int64_t kInt4BlockRows = 32;
+constexpr int64_t kInt4MaxMB = 2;  // activation rows per pass over a block (4 was no faster)
+
+// acc + the dot products of w's 4-byte lanes (unsigned) with the 4 int8 at x (every lane).
+inline __m512i dot_broadcast(__m512i acc, __m512i w, const int8_t* x) {
+  // The activation dword as an embedded broadcast operand: a plain load, no shuffle.
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(x)));
+  return acc;
+}
+
+inline __m512i load_vector(const uint8_t* p) {
+  __m512i v = _mm512_loadu_si512(p);
+  // Keeps the vector in a register: otherwise both masks below load it again from memory, and
+  // loads are what this loop runs short of.
+  asm("" : "+v"(v));
+  return v;
+}
+
+struct Int4Kernel {
+  const uint8_t* w;        // [blocks * 32, K / 2], int4_kernel_layout
+  const uint16_t* scale;   // [blocks, K / G, 32] bf16
+  const uint16_t* offset;  // [blocks, K / G, 32] bf16
+  const int8_t* xq;        // [M, K]
   const float* x_scale;    // [M, K / G]
   const float* x_sum;      // [M, K / G]
   int64_t K;
   int64_t G;
 
-  // Before the group loop, vectorized over groups: each group's combined scale (weight scale
-  // times activation scale) and the offsets' whole contribution (sum of offset x activation
-  // sum), so that a group's epilogue is one broadcast FMA per row.
-  template <int NB, int MB>
-  void prepare(int64_t n, int64_t m, float* combined, float (*constant)[NB]) const {
-    const int64_t groups = K / G;
-    // The scales and offsets of rows further on: their lines would otherwise be demand misses
-    // at the start of every block.
-    for (int64_t b = 0; b < NB * groups * 2; b += 64) {
-      _mm_prefetch((const char*)(scale + (n + kInt4PrefetchRows) * groups) + b, _MM_HINT_T0);
-      _mm_prefetch((const char*)(offset + (n + kInt4PrefetchRows) * groups) + b, _MM_HINT_T0);
-    }
-    for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < NB; ++j) {
-        const uint16_t* s = scale + (n + j) * groups;
-        const uint16_t* o = offset + (n + j) * groups;
-        const float* xs = x_scale + (m + i) * groups;
-        const float* sums = x_sum + (m + i) * groups;
-        float* dst = combined + (i * NB + j) * groups;
-        __m512 c = _mm512_setzero_ps();
-        for (int64_t g = 0; g < groups; g += 16) {
-          const __mmask16 mask = groups - g >= 16 ? 0xFFFF : (1u << (groups - g)) - 1;
-          const __m512 s16 = bf16x16_to_floats_masked(s + g, mask);
-          _mm512_mask_storeu_ps(dst + g, mask, _mm512_mul_ps(s16, _mm512_maskz_loadu_ps(mask, xs + g)));
-          c = _mm512_fmadd_ps(bf16x16_to_floats_masked(o + g, mask), _mm512_maskz_loadu_ps(mask, sums + g), c);
+  // res[i][r]: row 32 b + r of the output for activation row m + i.
+  template <int MB>
+  void block(int64_t b, int64_t m, float (*res)[kInt4BlockRows]) const {
+    const int64_t groups = K / G, vectors = G / 4;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    const uint8_t* weights = w + b * (K / 4) * 64;
+    const uint16_t* scales = scale + b * groups * kInt4BlockRows;
+    const uint16_t* offsets = offset + b * groups * kInt4BlockRows;
+    // Rows 0..15 and 16..31 of the block, per activation row.
+    __m512 top[MB], bottom[MB];
+    for (int i = 0; i < MB; ++i) top[i] = bottom[i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      // Two accumulators per half, even and odd vectors: the dot products' latency stays hidden.
+      __m512i lo0[MB], lo1[MB], hi0[MB], hi1[MB];
+      for (int i = 0; i < MB; ++i) lo0[i] = lo1[i] = hi0[i] = hi1[i] = _mm512_setzero_si512();
+      const uint8_t* wg = weights + g * vectors * 64;
+      for (int64_t t = 0; t < vectors; t += 2) {
+        const __m512i v0 = load_vector(wg + t * 64), v1 = load_vector(wg + t * 64 + 64);
+        const __m512i l0 = _mm512_and_si512(v0, low), l1 = _mm512_and_si512(v1, low);
+        // The high nibbles stay in place, 16 times their value: one shift per group undoes it.
+        const __m512i h0 = _mm512_andnot_si512(low, v0), h1 = _mm512_andnot_si512(low, v1);
+        for (int i = 0; i < MB; ++i) {
+          const int8_t* x = xq + (m + i) * K + g * G + t * 4;
+          lo0[i] = dot_broadcast(lo0[i], l0, x);
+          hi0[i] = dot_broadcast(hi0[i], h0, x);
+          lo1[i] = dot_broadcast(lo1[i], l1, x + 4);
+          hi1[i] = dot_broadcast(hi1[i], h1, x + 4);
         }
-        constant[i][j] = _mm512_reduce_add_ps(c);
       }
+      const uint16_t* s = scales + g * kInt4BlockRows;
+      const uint16_t* o = offsets + g * kInt4BlockRows;
+      const __m512 s_top = bf16x16_to_floats(s), s_bottom = bf16x16_to_floats(s + 16);
+      const __m512 o_top = bf16x16_to_floats(o), o_bottom = bf16x16_to_floats(o + 16);
+      for (int i = 0; i < MB; ++i) {
+        const __m512 step = _mm512_set1_ps(x_scale[(m + i) * groups + g]);
+        const __m512 sum = _mm512_set1_ps(x_sum[(m + i) * groups + g]);
+        const __m512i q_top = _mm512_add_epi32(lo0[i], lo1[i]);
+        const __m512i q_bottom = _mm512_srai_epi32(_mm512_add_epi32(hi0[i], hi1[i]), 4);
+        top[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_top), _mm512_mul_ps(s_top, step), top[i]);
+        bottom[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_bottom), _mm512_mul_ps(s_bottom, step), bottom[i]);
+        top[i] = _mm512_fmadd_ps(o_top, sum, top[i]);
+        bottom[i] = _mm512_fmadd_ps(o_bottom, sum, bottom[i]);
+      }
+    }
+    for (int i = 0; i < MB; ++i) {
+      _mm512_storeu_ps(res[i], top[i]);
+      _mm512_storeu_ps(res[i] + 16, bottom[i]);
+    }
   }
 
-  template <int NB, int MB>
-  void block(int64_t n, int64_t m, float (*res)[NB]) const {
-    const int64_t groups = K / G;
-    // A few KB at most (K / G groups of at most 8 rows), on the stack.
-    float* combined = static_cast<float*>(alloca(MB * NB * groups * sizeof(float)));
-    float constant[MB][NB];
-    prepare<NB, MB>(n, m, combined, constant);
-    const __m512i nibble = _mm512_set1_epi8(0x0F);
-    // In the blocked layout a row's chunks are a fixed stride apart.
-    const uint8_t* rows[NB];
-    const uint8_t* ahead[NB];
-    for (int j = 0; j < NB; ++j) {
-      rows[j] = blocked_chunk(w, K / 2, n + j, 0);
-      ahead[j] = blocked_chunk(w, K / 2, n + j + kInt4PrefetchRows, 0);
-    }
-    __m512 total[MB][NB];
-    set_all(total, _mm512_setzero_ps());
-    for (int64_t g = 0; g < groups; ++g) {
-      __m512i acc[MB][NB];
-      set_all(acc, _mm512_setzero_si512());
-      for (int64_t k = g * G; k < (g + 1) * G; k += 128) {
-        __m512i lo[NB], hi[NB];
-        for (int j = 0; j < NB; ++j) {
-          _mm_prefetch((const char*)(ahead[j] + k / 128 * kBlockStride), _MM_HINT_T0);
-          const __m512i bytes = _mm512_loadu_si512(rows[j] + k / 128 * kBlockStride);
-          lo[j] = _mm512_and_si512(bytes, nibble);
-          hi[j] = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), nibble);
-        }
-        for (int i = 0; i < MB; ++i) {
-          const __m512i x_lo = _mm512_loadu_si512(xq + (m + i) * K + k);
-          const __m512i x_hi = _mm512_loadu_si512(xq + (m + i) * K + k + 64);
-          for (int j = 0; j < NB; ++j) {
-            acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], lo[j], x_lo);
-            acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], hi[j], x_hi);
+  // Every output row: blocks of 32 rows taken by the pool's threads, up to kInt4MaxMB activation
+  // rows per pass over a block.
+  void run(int64_t M, int64_t N, const Output& out) const {
+    qthink::parallel_for((N + kInt4BlockRows - 1) / kInt4BlockRows, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t rows = std::min(kInt4BlockRows, N - b * kInt4BlockRows);
+        for (int64_t m = 0; m < M;) {
+          float res[kInt4MaxMB][kInt4BlockRows];
+          const int mb = M - m >= 2 ? 2 : 1;
+          if (mb == 2) {
+            block<2>(b, m, res);
+          } else {
+            block<1>(b, m, res);
           }
+          for (int i = 0; i < mb; ++i)
+            for (int64_t r = 0; r < rows; ++r) out.write(m + i, b * kInt4BlockRows + r, res[i][r]);
+          m += mb;
         }
       }
-      for (int i = 0; i < MB; ++i)
-        for (int j = 0; j < NB; ++j) {
-          const __m512 step = _mm512_set1_ps(combined[(i * NB + j) * groups + g]);
-          total[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), step, total[i][j]);
-        }
-    }
-    for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < NB; ++j) res[i][j] = _mm512_reduce_add_ps(total[i][j]) + constant[i][j];
+    });
   }
 };
 
@@ -403,13 +409,8 @@ inline __m512 load_floats(const float* p) { return _mm512_loadu_ps(p); }
 
 inline __m512 load_floats(const at::BFloat16* p) { return bf16x16_to_floats(reinterpret_cast<const uint16_t*>(p)); }
 
-// Within a 128-chunk the int4 kernel's low nibbles meet activations 0..31 and 64..95, the high
-// nibbles 32..63 and 96..127: it wants the activations in that order (middle quarters swapped).
-constexpr int64_t kQuarterDestination[4] = {0, 64, 32, 96};
-
 template <typename T>
-void quantize_group(const T* values, int64_t G, bool nibble_order, int8_t* chunk_start, float* scale, float* sum,
-                    int32_t* int_sum) {
+void quantize_group(const T* values, int64_t G, int8_t* dst, float* scale, float* sum, int32_t* int_sum) {
   __m512 largest = _mm512_setzero_ps(), total = _mm512_setzero_ps();
   for (int64_t k = 0; k < G; k += 16) {
     const __m512 v = load_floats(values + k);
@@ -424,16 +425,14 @@ void quantize_group(const T* values, int64_t G, bool nibble_order, int8_t* chunk
   for (int64_t k = 0; k < G; k += 16) {
     const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(load_floats(values + k), inverse));  // round to nearest
     ints = _mm512_add_epi32(ints, q);
-    int8_t* dst = nibble_order ? chunk_start + k / 128 * 128 + kQuarterDestination[k % 128 / 32] + k % 32
-                               : chunk_start + k;
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8(q));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + k), _mm512_cvtepi32_epi8(q));
   }
   *int_sum = _mm512_reduce_add_epi32(ints);
 }
 
 // Activations for the VNNI kernels: symmetric int8 with one scale per row and group of G,
 // plus each group's exact float sum (int4 offsets multiply it) and the sum of its int8 values.
-QuantizedRows quantize_rows(const at::Tensor& x, int64_t G, bool nibble_order) {
+QuantizedRows quantize_rows(const at::Tensor& x, int64_t G) {
   const int64_t M = x.size(0), K = x.size(1), groups = K / G;
   const at::Tensor xc = x.contiguous();
   const auto floats = at::TensorOptions().dtype(at::kFloat);
@@ -445,11 +444,9 @@ QuantizedRows quantize_rows(const at::Tensor& x, int64_t G, bool nibble_order) {
   int32_t* int_sums = rows.int_sums.data_ptr<int32_t>();
   for (int64_t r = 0; r < M * groups; ++r) {
     if (xc.scalar_type() == at::kBFloat16) {
-      quantize_group(xc.data_ptr<at::BFloat16>() + r * G, G, nibble_order, dst + r * G, scales + r, sums + r,
-                     int_sums + r);
+      quantize_group(xc.data_ptr<at::BFloat16>() + r * G, G, dst + r * G, scales + r, sums + r, int_sums + r);
     } else {
-      quantize_group(xc.data_ptr<float>() + r * G, G, nibble_order, dst + r * G, scales + r, sums + r,
-                     int_sums + r);
+      quantize_group(xc.data_ptr<float>() + r * G, G, dst + r * G, scales + r, sums + r, int_sums + r);
     }
   }
   return rows;
@@ -516,7 +513,7 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     return out;
   }
   const int64_t G = K % 128 == 0 ? 128 : 64;
-  const QuantizedRows rows = quantize_rows(x, G, false);
+  const QuantizedRows rows = quantize_rows(x, G);
   // 128 x sum over groups of (group scale x sum of the group's int8 activations), per row.
   const int64_t M = x.size(0), groups = K / G;
   std::vector<float> correction(M, 0.0f);
@@ -542,28 +539,29 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return out;
 }
 
-// Returns N, the number of output rows (the blocked weight has them rounded up to 4).
-int64_t check_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset, int64_t K, int64_t G) {
+// int4 weights in int4_kernel_layout for `N` output rows, groups of G (a multiple of 128).
+void check_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset, int64_t N, int64_t K,
+                int64_t G) {
   TORCH_CHECK(G > 0 && G % 128 == 0 && K % G == 0, "int4 needs group_size a multiple of 128 dividing K; got ", G,
               " and K=", K);
+  const int64_t blocks = (N + kInt4BlockRows - 1) / kInt4BlockRows;
+  TORCH_CHECK(N > 0 && w.scalar_type() == at::kByte && w.dim() == 2 && w.is_contiguous() &&
+                  w.size(0) == blocks * kInt4BlockRows,
+              "w must be contiguous uint8 [out_features rounded up to 32, K/2] (int4_kernel_layout)");
   for (const at::Tensor* t : {&scale, &offset})
-    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() == 2 && t->size(1) == K / G,
-                "scale and offset must be contiguous bf16 [N, K/group_size]");
-  const int64_t N = scale.size(0);
-  TORCH_CHECK(offset.size(0) == N, "scale and offset must have the same shape");
-  TORCH_CHECK(w.scalar_type() == at::kByte && w.dim() == 2 && w.is_contiguous() && w.size(1) == K / 2 &&
-                  w.size(0) == (N + kBlockRows - 1) / kBlockRows * kBlockRows,
-              "w must be contiguous uint8 [N rounded up to 4, K/2] in blocks of 4 rows (block_rows)");
-  return N;
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() == 3 && t->size(0) == blocks &&
+                    t->size(1) == K / G && t->size(2) == kInt4BlockRows,
+                "scale and offset must be contiguous bf16 [out_features / 32 rounded up, K/group_size, 32] "
+                "(int4_kernel_layout)");
 }
 
 at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
-                       int64_t group_size, const c10::optional<at::Tensor>& bias) {
+                       int64_t group_size, int64_t out_features, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(w.dim() == 2, "w must be uint8 [N, K/2]");
-  const int64_t K = w.size(1) * 2;
+  const int64_t K = w.size(1) * 2, N = out_features;
   check_input(x, K);
-  const int64_t N = check_int4(w, scale, offset, K, group_size);
-  const QuantizedRows rows = quantize_rows(x, group_size, true);
+  check_int4(w, scale, offset, N, K, group_size);
+  const QuantizedRows rows = quantize_rows(x, group_size);
   at::Tensor out = at::empty({x.size(0), N}, x.options());
   Int4Kernel kernel;
   kernel.w = w.data_ptr<uint8_t>();
@@ -574,12 +572,7 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   kernel.x_sum = rows.sums.data_ptr<float>();
   kernel.K = K;
   kernel.G = group_size;
-  const Output output = make_output(out, bias);
-  if (x.size(0) == 1) {
-    run_blocks<4, 1>(kernel, x.size(0), N, output);
-  } else {
-    run_blocks<4, 2>(kernel, x.size(0), N, output);
-  }
+  kernel.run(x.size(0), N, make_output(out, bias));
   return out;
 }
 
@@ -591,21 +584,31 @@ struct Int4Rows {
   int64_t K;
   int64_t G;
 
+  // 16 of the 64 weights in `bytes` (one a byte), part P, dequantized and stored as bf16.
+  template <int P>
+  static void store_part(__m512i bytes, __m512 s, __m512 o, uint16_t* dst) {
+    const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, P)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16 * P), (__m256i)_mm512_cvtneps_pbh(_mm512_fmadd_ps(q, s, o)));
+  }
+
   void operator()(int64_t n, uint16_t* dst) const {
-    const __m512i low_nibble = _mm512_set1_epi32(0x0F);
-    const int64_t groups = K / G;
+    const int64_t groups = K / G, block = n / kInt4BlockRows, r = n % kInt4BlockRows;
+    // Row n's dwords: lane r % 16 of each 64-byte vector, in the high nibbles for r >= 16.
+    const uint8_t* base = packed + block * (K / 4) * 64 + (r % 16) * 4;
+    const int shift = r < 16 ? 0 : 4;
+    const __m512i lanes = _mm512_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832,
+                                            896, 960);
+    const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t k = 0; k < K; k += 64) {
-      const int64_t g = n * groups + k / G;
+      const int64_t g = (block * groups + k / G) * kInt4BlockRows + r;
       const __m512 s = _mm512_set1_ps(bf16_bits_to_float(scales[g]));
       const __m512 o = _mm512_set1_ps(bf16_bits_to_float(offsets[g]));
-      for (int half = 0; half < 2; ++half) {
-        const __m512i bytes =
-            _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(blocked_chunk(packed, K / 2, n, k / 128) + k % 128 / 2 + 16 * half)));
-        const __m512 lo = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(bytes, low_nibble)), s, o);
-        const __m512 hi = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(bytes, 4)), s, o);
-        _mm256_storeu_si256((__m256i*)(dst + k + 16 * half), (__m256i)_mm512_cvtneps_pbh(lo));
-        _mm256_storeu_si256((__m256i*)(dst + k + 32 + 16 * half), (__m256i)_mm512_cvtneps_pbh(hi));
-      }
+      const __m512i dwords = _mm512_i32gather_epi32(lanes, base + k / 4 * 64, 1);
+      const __m512i bytes = _mm512_and_si512(_mm512_srli_epi32(dwords, shift), low);  // weights k..k+63
+      store_part<0>(bytes, s, o, dst + k);
+      store_part<1>(bytes, s, o, dst + k);
+      store_part<2>(bytes, s, o, dst + k);
+      store_part<3>(bytes, s, o, dst + k);
     }
   }
 };
@@ -669,9 +672,10 @@ at::Tensor tiled_linear(const at::Tensor& x, const Rows& rows, int64_t N, int64_
 }
 
 at::Tensor gemm_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
-                     int64_t group_size, const c10::optional<at::Tensor>& bias) {
-  const int64_t K = w.size(1) * 2;
-  const int64_t N = check_int4(w, scale, offset, K, group_size);
+                     int64_t group_size, int64_t out_features, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(w.dim() == 2, "w must be uint8 [N, K/2]");
+  const int64_t K = w.size(1) * 2, N = out_features;
+  check_int4(w, scale, offset, N, K, group_size);
   const Int4Rows rows{w.data_ptr<uint8_t>(), bf16_bits(scale), bf16_bits(offset), K, group_size};
   return tiled_linear(x, rows, N, K, bias);
 }
@@ -687,9 +691,13 @@ at::Tensor gemm_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 TORCH_LIBRARY(qthink_kernels, m) {
   m.def("linear_bf16(Tensor x, Tensor w, Tensor? bias) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias, bool round_activations=True) -> Tensor");
-  m.def("linear_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, Tensor? bias) -> Tensor");
+  m.def(
+      "linear_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, int out_features, Tensor? bias) "
+      "-> Tensor");
   m.def("gemm_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias) -> Tensor");
-  m.def("gemm_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, Tensor? bias) -> Tensor");
+  m.def(
+      "gemm_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, int out_features, Tensor? bias) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) {

@@ -21,6 +21,8 @@ __all__ = [
     "dequantize_int4",
     "dequantize_int8",
     "block_rows",
+    "int4_kernel_layout",
+    "int4_row_layout",
     "unblock_rows",
     "linear_kernels_available",
     "quantize_int4",
@@ -35,7 +37,8 @@ SMALL_M = 16
 SMALL_M_BF16 = 16
 INT4_BLOCK = 64  # the packing unit along K: byte j of a block holds weights j and j + 32
 NATIVE_INT4_GROUP = 128  # the native int4 kernels need groups of whole 128-weight chunks
-BLOCK_ROWS, CHUNK_BYTES = 4, 64  # the native kernels' int8/int4 layout (block_rows)
+BLOCK_ROWS, CHUNK_BYTES = 4, 64  # the native kernels' int8 layout (block_rows)
+INT4_BLOCK_ROWS = 32  # the native kernels' int4 layout (int4_kernel_layout)
 
 
 def native_cpu(x: torch.Tensor) -> bool:
@@ -74,7 +77,7 @@ class Bf16Linear(nn.Module):
 
 
 def block_rows(rows: torch.Tensor) -> torch.Tensor:
-    """The native kernels' layout of int8 or packed int4 rows ([N, B] bytes, B a multiple of
+    """The native kernels' layout of int8 rows ([N, B] bytes, B a multiple of
     64): blocks of 4 rows (the last padded with zero rows), in which the 64-byte chunk c of
     rows 0..3 lie side by side, so that the kernel reads a block of rows as one stream."""
     n, width = rows.shape
@@ -192,9 +195,49 @@ def dequantize_int4(
     return (q * scale.float()[..., None] + offset.float()[..., None]).view(n, -1).to(dtype)
 
 
+def _pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
+    return torch.cat((t, t.new_zeros(-t.shape[0] % multiple, *t.shape[1:])))
+
+
+def int4_kernel_layout(
+    packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The native int4 kernels' layout of `quantize_int4`'s output. Rows go in blocks of 32 (the
+    last padded with zero rows); in a block's 64-byte vector t, bytes 4r..4r+3 hold weights
+    4t..4t+3 of row r in their low nibbles and of row r + 16 in their high nibbles, so one
+    vector holds 4 weights of each of 32 rows. Weights [rows rounded up to 32, K/2] uint8;
+    scale and offset [blocks, groups, 32]."""
+    q = _pad_rows(unpack_int4(packed), INT4_BLOCK_ROWS)
+    k = q.shape[1]
+    halves = q.view(-1, 2, INT4_BLOCK_ROWS // 2, k // 4, 4)  # [block, half, r, t, byte]
+    bytes_ = (halves[:, 0] | (halves[:, 1] << 4)).permute(0, 2, 1, 3)  # [block, t, r, byte]
+    weights = bytes_.contiguous().view(-1, k // 2)
+
+    def by_block(values: torch.Tensor) -> torch.Tensor:
+        padded = _pad_rows(values, INT4_BLOCK_ROWS)
+        return padded.view(-1, INT4_BLOCK_ROWS, padded.shape[1]).transpose(1, 2).contiguous()
+
+    return weights, by_block(scale), by_block(offset)
+
+
+def int4_row_layout(
+    weights: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first `rows` rows back from `int4_kernel_layout`: (packed, scale, offset) as
+    `quantize_int4` made them."""
+    k = weights.shape[1] * 2
+    bytes_ = weights.view(-1, k // 4, INT4_BLOCK_ROWS // 2, 4).permute(0, 2, 1, 3)  # [block, r, t, byte]
+    q = torch.stack((bytes_ & 0xF, bytes_ >> 4), dim=1).reshape(-1, k)[:rows]
+
+    def by_row(values: torch.Tensor) -> torch.Tensor:
+        return values.transpose(1, 2).reshape(-1, values.shape[1])[:rows].contiguous()
+
+    return pack_int4(q), by_row(scale), by_row(offset)
+
+
 class Int4Linear(nn.Module):
     """4-bit weights, packed two per byte, with a bf16 scale and offset per group of inputs;
-    where the native kernels can take them, in their blocked layout (`block_rows`)."""
+    where the native kernels can take them, in their layout (`int4_kernel_layout`)."""
 
     weight: torch.Tensor
     scale: torch.Tensor
@@ -208,24 +251,29 @@ class Int4Linear(nn.Module):
         self.native = self.group_size % NATIVE_INT4_GROUP == 0
         packed, scale, offset = quantize_int4(linear.weight, self.group_size)
         self.blocked = self.native and linear.weight.device.type == "cpu" and linear_kernels_available()
-        self.register_buffer("weight", block_rows(packed) if self.blocked else packed)
+        if self.blocked:
+            packed, scale, offset = int4_kernel_layout(packed, scale, offset)
+        self.register_buffer("weight", packed)
         self.register_buffer("scale", scale)
         self.register_buffer("offset", offset)
         self.register_buffer("bias", _float_bias(linear))
 
-    def packed_rows(self) -> torch.Tensor:
-        """The packed weights row by row, [out_features, in_features / 2] (`quantize_int4`'s layout)."""
-        return unblock_rows(self.weight, self.out_features) if self.blocked else self.weight
+    def row_layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(packed [out_features, in_features / 2], scale, offset [out_features, groups]) in
+        `quantize_int4`'s layout."""
+        if self.blocked:
+            return int4_row_layout(self.weight, self.scale, self.offset, self.out_features)
+        return self.weight, self.scale, self.offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        args = (self.weight, self.scale, self.offset, self.group_size, self.bias)
+        args = (self.weight, self.scale, self.offset, self.group_size, self.out_features, self.bias)
         if self.blocked and native_cpu(x) and rows_of(x) <= SMALL_M:
             out = kernel_ops().linear_int4(_rows(x), *args)
         elif self.blocked and native_cpu(x) and x.dtype == torch.bfloat16:
             out = kernel_ops().gemm_int4(_rows(x), *args)
         else:
             bias = None if self.bias is None else self.bias.to(x.dtype)
-            w = dequantize_int4(self.packed_rows(), self.scale, self.offset, x.dtype)
+            w = dequantize_int4(*self.row_layout(), x.dtype)
             out = F.linear(_rows(x), w, bias)
         return out.view(*x.shape[:-1], self.out_features)
 
