@@ -78,7 +78,7 @@ async def create_message(req: MessagesRequest, server, request: Request):
     # max_tokens is a cap, lowered to what the context leaves, and stop_reason says max_tokens.
     turn = await start_turn(chat_request(req, server.efforts), server, message_id, fit_max_tokens=True)
     if req.stream:
-        return event_stream(stream_message(turn, req, server.model_name), message_id)
+        return event_stream(stream_message(turn, req, server.model_name), message_id, streams=[turn.outputs])
     whole = await whole_turn(turn, request)
     content = []
     if whole.reasoning is not None:

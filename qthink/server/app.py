@@ -33,7 +33,7 @@ from qthink.server.protocol import (
 )
 from qthink.server.request_log import RequestLog
 from qthink.server.responses import ResponseStore, add_responses_routes
-from qthink.server.streaming import ClientGone
+from qthink.server.streaming import STREAM_BACKLOG_TOKENS, ClientGone
 from qthink.server.thinking_budget import EffortBudgets
 from qthink.server.tokenizing import PromptTokenizer
 from qthink.server.turn import check_model
@@ -56,6 +56,7 @@ class Server:
     served_names: tuple[str, ...] = ()  # every name a request's `model` may use
     default_template_kwargs: dict = field(default_factory=dict)  # under each request's own
     responses: ResponseStore = field(default_factory=ResponseStore)
+    stream_backlog_tokens: int = STREAM_BACKLOG_TOKENS  # a stream's client this far behind is dropped
     prompts: PromptTokenizer = field(init=False)  # tokenizes off the event loop
 
     def __post_init__(self):
@@ -80,6 +81,7 @@ def build_app(
     web_ui: bool = True,
     efforts: EffortBudgets | None = None,
     default_template_kwargs: dict | None = None,
+    stream_backlog_tokens: int = STREAM_BACKLOG_TOKENS,
 ) -> FastAPI:
     """`model_name`: the name clients send as `model`, or several (the first is reported)."""
     names = (model_name,) if isinstance(model_name, str) else tuple(model_name)
@@ -90,6 +92,7 @@ def build_app(
         efforts or EffortBudgets(),
         served_names=names,
         default_template_kwargs=dict(default_template_kwargs or {}),
+        stream_backlog_tokens=stream_backlog_tokens,
     )
 
     @asynccontextmanager

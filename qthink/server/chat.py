@@ -82,7 +82,7 @@ async def create_chat_completion(req: ChatCompletionRequest, server, request: Re
         server, chat.prompt, chat.params, request_id=view.id, prompt_param="messages"
     )
     if req.stream:
-        return event_stream(view.stream(outputs), view.id)
+        return event_stream(view.stream(outputs), view.id, streams=[outputs])
     final = await unless_disconnected(request, last_output(outputs))
     return request_id_header(view.response(final), view.id)
 

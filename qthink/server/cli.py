@@ -9,6 +9,7 @@ from qthink.engine.async_engine import AsyncEngine
 from qthink.engine_flags import json_object
 from qthink.server.app import build_app
 from qthink.server.listeners import serve
+from qthink.server.streaming import STREAM_BACKLOG_TOKENS
 from qthink.server.thinking_budget import EffortBudgets
 
 log = logging.getLogger("qthink")
@@ -47,6 +48,14 @@ def _add_server_arguments(g: argparse._ArgumentGroup) -> None:
         "--ollama-port",
         type=int,
         help="also listen on this port (Ollama clients look at 11434); every route is on both",
+    )
+    g.add_argument(
+        "--stream-backlog-tokens",
+        type=int,
+        default=STREAM_BACKLOG_TOKENS,
+        metavar="N",
+        help="abort a streamed request whose client is this many tokens behind, beyond what the "
+        f"sockets hold: a client that stops reading frees its KV blocks (default: {STREAM_BACKLOG_TOKENS})",
     )
     g.add_argument(
         "--uvicorn-log-level", default="warning", choices=UVICORN_LOG_LEVELS, help="(default: warning)"
@@ -121,6 +130,7 @@ def run(args) -> int:
         web_ui=not args.no_web_ui,
         efforts=efforts,
         default_template_kwargs=args.default_chat_template_kwargs,
+        stream_backlog_tokens=args.stream_backlog_tokens,
     )
     _log_ready(engine, model, names, args)
     ports = [args.port] + ([args.ollama_port] if args.ollama_port else [])

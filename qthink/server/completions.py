@@ -45,7 +45,7 @@ async def create_completion(req: CompletionRequest, server, request: Request):
     prefixes = [await _echo(p, ids, server.prompts) if req.echo else "" for p, ids in zip(raw, prompts)]
     if req.stream:
         events = _stream(merged(streams), head, prefixes, req)
-        return event_stream(events)
+        return event_stream(events, streams=streams)
     finals = await unless_disconnected(request, asyncio.gather(*(last_output(s) for s in streams)))
     choices = [
         _choice(c, i * req.n + c.index, prefixes[i] + c.text, c.logprobs)

@@ -288,7 +288,9 @@ async def _respond(req: GenerateFields, server, request: Request, messages, tool
     turn = await start_turn(chat, server, request_id)
     shape = _Shape(req.model, kind, started)
     if req.stream:
-        return event_stream(_stream(turn, shape), request_id, media_type="application/x-ndjson")
+        return event_stream(
+            _stream(turn, shape), request_id, media_type="application/x-ndjson", streams=[turn.outputs]
+        )
     whole = await whole_turn(turn, request)
     body = shape.chunk(whole.text or "", whole.reasoning, whole.calls)
     finish = cast(Finish, whole.finish)  # the turn ran to its Finish

@@ -115,7 +115,9 @@ async def create_response(req: ResponsesRequest, server, request: Request):
     response = ResponseShape(req, server.model_name)
     turn = await start_turn(chat, server, response.id)
     if req.stream:
-        return event_stream(stream_response(turn, response, server, conversation), response.id)
+        return event_stream(
+            stream_response(turn, response, server, conversation), response.id, streams=[turn.outputs]
+        )
     whole = await whole_turn(turn, request)
     for item in _reasoning_items(whole.reasoning) + _message_items(whole.text) + _call_items(whole.calls):
         response.add(item)

@@ -94,7 +94,10 @@ def serving(app):
         thread.join(timeout=10)
 
 
-def serve_subprocess(model_dir, port: int, log, max_model_len: int = 512) -> subprocess.Popen:
+def serve_subprocess(
+    model_dir, port: int, log, max_model_len: int = 512, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """`extra`: more `qthink serve` arguments, after the ones here (a later one wins)."""
     cmd = [sys.executable, "-m", "qthink", "serve", str(model_dir), "--port", str(port), "--dtype", "float32"]
     cmd += ["--max-model-len", str(max_model_len), "--kv-cache-memory", str(16 << 20), "--max-num-seqs", "8"]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen([*cmd, *extra], stdout=log, stderr=subprocess.STDOUT)

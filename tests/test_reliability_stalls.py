@@ -1,0 +1,183 @@
+"""One client cannot stall the others: 30 MB bodies while 8 streams run, a client that never reads."""
+
+import json
+import re
+import socket
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from tests.helpers.nano import nano_available
+from tests.helpers.server import free_port, serve_subprocess, wait_healthy
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not nano_available(), reason="qthink-nano is not built"),
+]
+STREAMS = 8
+BODY_CHARS = 30_000_000
+
+
+@contextmanager
+def nano_server(tmp_path, *extra: str):
+    from qthink.demo import default_model_path
+
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        args = ("--kv-cache-memory", str(64 << 20), *extra)
+        proc = serve_subprocess(default_model_path(), port, log, max_model_len=2048, extra=args)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(proc, url)
+            yield url, log_path
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def chat_body(max_tokens: int, **fields) -> dict:
+    messages = [{"role": "user", "content": "Count from one to a thousand."}]
+    return {"messages": messages, "max_tokens": max_tokens, "ignore_eos": True, "stream": True, **fields}
+
+
+def stream_times(url: str, max_tokens: int, times: list[float]) -> None:
+    """Read one streamed chat answer; the arrival time of each chunk that carries text."""
+    with httpx.stream("POST", url + "/v1/chat/completions", json=chat_body(max_tokens), timeout=120) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {") and '"delta":{}' not in line:
+                times.append(time.monotonic())
+
+
+def inter_token_latency(url: str, max_tokens: int, during=None) -> float:
+    """The mean gap between text chunks over STREAMS concurrent streams; `during(done)` runs
+    beside them (from the moment every stream has its first token) until `done` is set."""
+    arrivals: list[list[float]] = [[] for _ in range(STREAMS)]
+    readers = [threading.Thread(target=stream_times, args=(url, max_tokens, t)) for t in arrivals]
+    for reader in readers:
+        reader.start()
+    done = threading.Event()
+    side = None
+    if during is not None:
+        while not all(arrivals) and any(r.is_alive() for r in readers):
+            time.sleep(0.01)
+        side = threading.Thread(target=during, args=(done,))
+        side.start()
+    for reader in readers:
+        reader.join()
+    done.set()
+    if side is not None:
+        side.join()
+    gaps = [b - a for times in arrivals for a, b in zip(times, times[1:])]
+    assert all(len(t) > max_tokens // 2 for t in arrivals), [len(t) for t in arrivals]
+    return statistics.fmean(gaps)
+
+
+def post_raw(url: str, path: str, body: bytes) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    return httpx.post(url + path, content=body, headers=headers, timeout=60)
+
+
+def test_thirty_megabyte_bodies_do_not_stall_streams_or_health(tmp_path):
+    text = "x" * BODY_CHARS
+    bodies = {
+        "/tokenize": json.dumps({"prompt": text}).encode(),
+        "/v1/chat/completions": json.dumps({"messages": [{"role": "user", "content": text}]}).encode(),
+    }
+    with nano_server(tmp_path) as (url, _):
+        inter_token_latency(url, 16)  # warm up
+        unloaded = inter_token_latency(url, 160)
+        statuses: list[tuple[str, int, str]] = []
+        health: list[float] = []
+
+        def big_bodies(done: threading.Event) -> None:
+            while not done.is_set():
+                for path, body in bodies.items():
+                    r = post_raw(url, path, body)
+                    statuses.append((path, r.status_code, r.text[:300]))
+
+        def poll_health(done: threading.Event) -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                assert httpx.get(url + "/health", timeout=10).status_code == 200
+                health.append(time.monotonic() - started)
+                time.sleep(0.1)
+
+        def load(done: threading.Event) -> None:
+            workers = [
+                threading.Thread(target=f, args=(done,)) for f in (big_bodies, big_bodies, poll_health)
+            ]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+
+        loaded = inter_token_latency(url, 160, during=load)
+    with open("/proc/loadavg") as f:
+        loadavg = f.read().split()[:3]
+    print(
+        f"\ninter-token latency: unloaded {unloaded * 1000:.1f} ms, beside 30 MB bodies "
+        f"{loaded * 1000:.1f} ms ({loaded / unloaded:.2f}x); bodies sent: {len(statuses)}; "
+        f"/health slowest of {len(health)}: {max(health) * 1000:.0f} ms; loadavg {' '.join(loadavg)}"
+    )
+    assert len(statuses) >= 2 and {p for p, *_ in statuses} == set(bodies)
+    for path, status, text in statuses:
+        assert status == 400 and "characters" in text, (path, status, text)
+    assert len(health) >= 5 and max(health) < 1.0
+    assert loaded < 2 * unloaded
+
+
+def metrics(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    names = ("num_requests_running", "kv_cache_usage_perc", "generation_tokens_total")
+    found = {}
+    for name in names:
+        match = re.search(rf"^qthink:{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+        assert match, name
+        found[name] = float(match.group(1))
+    return found
+
+
+def wait_for(condition, timeout: float, what: str) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_a_client_that_never_reads_is_dropped_and_its_kv_freed(tmp_path):
+    max_tokens = 1500
+    with nano_server(tmp_path, "--stream-backlog-tokens", "64") as (url, log_path):
+        baseline = metrics(url)
+        assert baseline["num_requests_running"] == 0 and baseline["kv_cache_usage_perc"] == 0
+        host, port = url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, as a stalled reader's
+        sock.connect((host, int(port)))
+        # twenty alternatives per token: a chunk of ~2 KB, so the sockets fill in ~100 tokens
+        body = json.dumps(chat_body(max_tokens, logprobs=True, top_logprobs=20)).encode()
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        sock.sendall(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        try:  # never read from sock
+            wait_for(lambda: metrics(url)["num_requests_running"] == 1, 30, "the request runs")
+            other: list[float] = []
+            reader = threading.Thread(target=stream_times, args=(url, 64, other))
+            reader.start()  # a client that reads is served beside it, to the end
+            took = wait_for(lambda: metrics(url)["num_requests_running"] == 0, 120, "the request is dropped")
+            reader.join()
+            after = metrics(url)
+            generated = after["generation_tokens_total"] - baseline["generation_tokens_total"]
+            print(f"\ndropped after {took:.1f} s, {generated:.0f} tokens generated in all; after: {after}")
+            assert len(other) > 32  # the reading client got its answer
+            assert after["kv_cache_usage_perc"] == 0
+            assert generated < max_tokens  # aborted, not run to its end
+            assert "tokens behind; request aborted" in log_path.read_text(), log_path.read_text()[-3000:]
+        finally:
+            sock.close()
