@@ -403,6 +403,12 @@ class EngineConfig:
         'or {"model": DRAFT_CHECKPOINT, "num_speculative_tokens": 4}',
         "scheduler",
     )
+    grammar_compile_timeout: float = knob(
+        10.0,
+        "seconds a structured-output grammar may take to compile (off the engine thread) before its "
+        "request is refused with a 400",
+        "scheduler",
+    )
     loop_guard: bool | dict | None = knob(
         None,
         "requests' default: end thinking that repeats one span (64 tokens seen 4 times) with the "
@@ -494,6 +500,10 @@ class EngineConfig:
         util = self.gpu_memory_utilization
         if util is not None and not 0 < util <= 1:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {util}")
+        if not self.grammar_compile_timeout > 0:
+            raise ConfigError(
+                f"grammar_compile_timeout must be > 0 seconds, got {self.grammar_compile_timeout}"
+            )
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
         self.speculative  # noqa: B018 (validates the JSON)

@@ -154,3 +154,23 @@ def test_random_operations_with_speculation_leave_every_block_free():
         sched.finish(seq, "abort")
     assert bm.num_free_blocks == 40
     assert all(b.ref_count == 0 for b in bm.blocks)
+
+
+def test_a_sequence_whose_grammar_compiles_is_held_back_and_the_rest_run():
+    bm = BlockManager(num_blocks=16, block_size=4)
+    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=64)
+    pending, free = make_seq([1, 2, 3], rid="grammar"), make_seq([4, 5, 6], rid="free")
+    pending.grammar_pending = True
+    sched.add(pending)
+    sched.add(free)
+    assert sched.has_runnable()
+    for _ in range(3):
+        assert run_step(sched).seqs == [free]
+    assert pending.status is Status.WAITING and not pending.block_table
+    pending.grammar_pending = False  # compiled: it joins the running batch
+    assert pending in run_step(sched).seqs
+    alone = Scheduler(BlockManager(num_blocks=4, block_size=4), 4, 64)
+    held = make_seq([1, 2])
+    held.grammar_pending = True
+    alone.add(held)
+    assert alone.has_work() and not alone.has_runnable() and not alone.schedule()

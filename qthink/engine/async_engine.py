@@ -31,6 +31,7 @@ class AsyncEngine:
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stopping = threading.Event()
+        self.engine.wakeup = lambda: self._commands.put((_nothing, (), None))  # a grammar is done
         self._thread = threading.Thread(target=self._loop, name="qthink-engine", daemon=True)
         self._thread.start()
 
@@ -89,7 +90,7 @@ class AsyncEngine:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            self._run_commands(block=not self.engine.has_unfinished())
+            self._run_commands(block=not self.engine.has_ready_work())
             if self._stopping.is_set() or not self.engine.has_unfinished():
                 continue
             try:
@@ -99,8 +100,9 @@ class AsyncEngine:
                 self._fail_all(e)
                 continue
             for out in outputs:
-                self._deliver(out.request_id, out)
+                self._deliver(out.request_id, out.refusal or out)
         self._fail_all(EngineDeadError("the engine is shutting down"))
+        self.engine.grammars.close()
 
     def _run_commands(self, block: bool) -> None:
         try:
@@ -135,3 +137,7 @@ class AsyncEngine:
         for request_id in list(self.engine.requests):
             self.engine.abort(request_id)
             self._deliver(request_id, error)
+
+
+def _nothing() -> None:
+    """A command that only wakes the engine thread."""

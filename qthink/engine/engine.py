@@ -1,9 +1,11 @@
 """LLMEngine: requests in, one scheduled model step at a time, RequestOutputs out."""
 
 import atexit
+import concurrent.futures
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -23,7 +25,7 @@ from qthink.engine.sequence import Sequence
 from qthink.engine.sequence_output import SequenceOutput
 from qthink.engine.spec.draft_model import DraftModelProposer, draft_model_config
 from qthink.engine.spec.speculator import Speculator
-from qthink.engine.structured import GrammarCompiler
+from qthink.engine.structured import GrammarCompiler, GrammarJob
 from qthink.errors import RequestError
 from qthink.loader import load_model, resolve_dtype, resolve_model
 from qthink.memory import KV_BYTES, available_memory, plan_kv_cache
@@ -44,6 +46,7 @@ class RequestState:
     arrival: float = field(default_factory=time.monotonic)
     first_token: float | None = None
     error: str | None = None
+    refusal: RequestError | None = None  # refused before any output (its grammar did not compile)
 
     @property
     def finished(self) -> bool:
@@ -99,7 +102,10 @@ class LLMEngine:
             self.model_dir / "tokenizer.json",
             self.model_config.vocab_size,
             cast(int, self.tokenizer.eos_token_id),  # a checkpoint's tokenizer names its eos token
+            config.grammar_compile_timeout,
         )
+        self.grammar_jobs: dict[str, GrammarJob] = {}  # requests whose grammar is compiling
+        self.wakeup: Callable[[], None] | None = None  # called from a worker when a grammar is done
         self.requests: dict[str, RequestState] = {}
         self.default_loop_guard = _loop_guard(config.loop_guard)
         self.speculator = self._speculator(config.speculative)
@@ -130,7 +136,8 @@ class LLMEngine:
         return workers, tensor_parallel.init_group(0, size, port, self.device)
 
     def close(self) -> None:
-        """Stop the tensor-parallel ranks (a no-op on one device)."""
+        """Stop the grammar workers and the tensor-parallel ranks."""
+        self.grammars.close()
         if self.tp_workers:
             tensor_parallel.stop_workers(self.tp_workers)
             self.tp_workers = []
@@ -176,8 +183,7 @@ class LLMEngine:
             for i in range(params.n)
         ]
         if params.structured_output is not None:
-            for seq in seqs:
-                seq.grammar = self.grammars.state(params.structured_output, not seq.prompt_opens_thinking)
+            self._compile_grammar(request_id, params.structured_output, seqs)
         for sibling in seqs[1:]:
             sibling.wait_for = seqs[0]  # share the prompt's blocks through the prefix cache
         outputs = [SequenceOutput(s, self.tokenizer) for s in seqs]
@@ -187,6 +193,58 @@ class LLMEngine:
             self.scheduler.add(seq)
         self.prompt_tokens_total += len(prompt_ids)
         return state
+
+    def _compile_grammar(self, request_id: str, spec: dict, seqs: list[Sequence]) -> None:
+        """Refuse an ill-formed or oversized spec now; compile the rest on a worker, while the
+        scheduler runs the other requests and holds these sequences back."""
+        job = self.grammars.submit(spec)
+        self.grammar_jobs[request_id] = job
+        for seq in seqs:
+            seq.grammar_pending = True
+        job.future.add_done_callback(lambda _: self.wakeup() if self.wakeup is not None else None)
+
+    def _settle_grammars(self) -> list[RequestOutput]:
+        """Give finished grammars to their sequences; refuse the requests whose grammar failed
+        to compile or ran over its time (their outputs, each with the refusal)."""
+        now, timeout = time.monotonic(), self.grammars.timeout
+        refused = []
+        for request_id, job in list(self.grammar_jobs.items()):
+            if not job.settled(timeout, now):
+                continue
+            del self.grammar_jobs[request_id]
+            state = self.requests.get(request_id)
+            if state is None:
+                continue  # aborted while compiling
+            try:
+                compiled = job.result(timeout)
+            except RequestError as e:
+                refused.append(self._refuse(state, e))
+                continue
+            for out in state.outputs:
+                out.seq.grammar = compiled.state(active=not out.seq.prompt_opens_thinking)
+                out.seq.grammar_pending = False
+        return refused
+
+    def _refuse(self, state: RequestState, error: RequestError) -> RequestOutput:
+        """End a request that has made no output yet because of what it asked for."""
+        log.info("request %s refused: %s", state.request_id, error)
+        state.error, state.refusal = str(error), error
+        for out in state.outputs:
+            self.scheduler.finish(out.seq, "error")
+        return self._request_output(state)
+
+    def has_ready_work(self) -> bool:
+        """A step would do something now: a sequence can run, or a grammar is settled."""
+        now, timeout = time.monotonic(), self.grammars.timeout
+        jobs = self.grammar_jobs.values()
+        return self.scheduler.has_runnable() or any(job.settled(timeout, now) for job in jobs)
+
+    def wait_for_grammars(self, timeout: float) -> None:
+        """Block until a compiling grammar is done, or `timeout` s: for a caller that has
+        nothing else to run (the offline API)."""
+        futures = [job.future for job in self.grammar_jobs.values()]
+        if futures:
+            concurrent.futures.wait(futures, timeout, concurrent.futures.FIRST_COMPLETED)
 
     def _check_lengths(self, prompt_ids: list[int], params: SamplingParams) -> int:
         """The one place that checks a request against the context; returns its max_tokens
@@ -218,6 +276,7 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> None:
         state = self.requests.pop(request_id, None)
+        self.grammar_jobs.pop(request_id, None)
         if state is None:
             return
         for out in state.outputs:
@@ -240,11 +299,12 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduled batch; outputs of every request that changed (finished ones leave)."""
+        refused = self._settle_grammars() if self.grammar_jobs else []
         if self.speculator is not None:
             self.speculator.propose(self.scheduler.running)
         batch = self.scheduler.schedule()
         if not batch:
-            return []
+            return refused
         samples = self._run_isolating(batch)
         drafts = {seq: (seq.draft_ids, len(seq)) for seq in batch.seqs if seq.draft_ids}
         self.scheduler.advance(batch)
@@ -254,7 +314,7 @@ class LLMEngine:
             if not isinstance(samples.get(seq), Exception):
                 speculator = cast(Speculator, self.speculator)  # only the speculator drafts
                 speculator.record(seq, len(drafted), len(cast(list[SampledToken], samples[seq])) - 1)
-        return outputs
+        return refused + outputs
 
     def _run_isolating(self, batch: ScheduledBatch) -> StepSamples:
         """Run the batch; if it raises, run each sequence alone so one bad request fails alone.
@@ -370,6 +430,7 @@ class LLMEngine:
             num_cached_tokens=state.outputs[0].seq.num_cached_tokens,
             metrics=metrics,
             error=state.error,
+            refusal=state.refusal,
         )
 
     def stats(self) -> dict:

@@ -74,7 +74,13 @@ class LLM:
         bar = tqdm(total=len(request_ids), desc="generating", disable=not use_tqdm)
         wanted = set(request_ids)
         while len(done) < len(request_ids):
+            if not self.engine.has_ready_work():
+                self.engine.wait_for_grammars(0.5)
             for out in self.engine.step():
+                if out.refusal is not None and out.request_id in wanted:
+                    for rid in request_ids:
+                        self.engine.abort(rid)
+                    raise out.refusal
                 if out.finished and out.request_id in wanted:
                     done[out.request_id] = out
                     bar.update(1)

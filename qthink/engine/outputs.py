@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from qthink.errors import RequestError
+
 
 @dataclass
 class Logprob:
@@ -40,3 +42,4 @@ class RequestOutput:
     prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     metrics: dict = field(default_factory=dict)
     error: str | None = None
+    refusal: RequestError | None = None  # the request was refused before any output, and why

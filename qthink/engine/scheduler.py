@@ -42,6 +42,10 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def has_runnable(self) -> bool:
+        """Some sequence could run now (not every waiting one is held for its grammar)."""
+        return bool(self.running) or any(not s.grammar_pending for s in self.waiting)
+
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
@@ -60,8 +64,11 @@ class Scheduler:
                 break
             if seq.status is Status.RUNNING:
                 budget -= self._add_chunk(batch, seq, budget)
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+        for seq in list(self.waiting):
+            if budget <= 0 or len(self.running) >= self.max_num_seqs:
+                break
+            if seq.grammar_pending:
+                continue  # its grammar is still compiling: the requests behind it go first
             if seq.wait_for is not None and not _prompt_done(seq.wait_for):
                 break
             seq.wait_for = None
@@ -72,7 +79,7 @@ class Scheduler:
                 self.blocks.free(seq)
                 seq.num_computed_tokens = seq.num_cached_tokens = 0
                 break
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)
             budget -= taken

@@ -56,6 +56,7 @@ class Sequence:
         self.end_thinking_now = False  # a client asked it to stop thinking and answer
         self.wait_for: Sequence | None = None  # a sibling whose prompt blocks this one reuses
         self.grammar: GrammarState | None = None  # a GrammarState once the answer is constrained
+        self.grammar_pending = False  # its grammar is still compiling: the scheduler holds it back
         self.draft_ids: list[int] = []  # speculative tokens proposed for this step, not yet verified
         guard = LoopGuardConfig.parse(params.loop_guard)
         self.loop_guard = LoopGuard(guard) if guard is not None and self.thinking else None

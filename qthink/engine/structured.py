@@ -1,6 +1,11 @@
-"""Structured output: grammars from response formats, token masks that start after the thinking."""
+"""Structured output: grammars from response formats, compiled off the engine thread within
+size and time limits, and token masks that start after the thinking."""
 
 import json
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -16,33 +21,90 @@ class StructuredOutputError(RequestError):
     """A response format or guided-decoding request that cannot be compiled; says why."""
 
 
-def lark_grammar(spec: dict) -> str:
-    """A Lark grammar (llguidance's dialect) for one of: json_object, json_schema, choice,
-    regex, grammar — the keys `SamplingParams.structured_output` takes, vLLM's names."""
+# Size limits, checked before any compiling: the largest of each compiles in about 2 s on one
+# core (a 100,000-entry choice of 20 characters each in 1.5 s, a 5,000-property schema in 2.3 s).
+MAX_CHOICES = 100_000  # entries of one choice list
+MAX_CHOICE_CHARS = 2_000_000  # characters of all entries together
+MAX_GRAMMAR_CHARS = 262_144  # a regex, a Lark grammar, or a JSON schema (about, as JSON text)
+MAX_SCHEMA_DEPTH = 64  # objects and lists nested in a JSON schema
+COMPILE_TIMEOUT = 10.0  # seconds a grammar may compile (the engine's grammar_compile_timeout)
+COMPILE_WORKERS = 2  # grammars compiled at once; the others queue (their time starts with them)
+
+
+def check_spec(spec: dict, param: str | None = None) -> None:
+    """Refuse, before compiling, a spec of the wrong shape or over the size limits; the error
+    names `param` (the request field it came from; by default the spec's kind)."""
     if not isinstance(spec, dict) or len(spec) != 1:
         raise StructuredOutputError(
-            "structured_output takes exactly one of json_object, json_schema, choice, regex, grammar"
+            "structured_output takes exactly one of json_object, json_schema, choice, regex, grammar",
+            param=param,
         )
+    ((kind, value),) = spec.items()
+    name = param or kind
+    if kind == "json_object":
+        return
+    if kind == "json_schema":
+        if not isinstance(value, dict):
+            raise StructuredOutputError("json_schema must be a JSON Schema object", param=name)
+        _check_schema_size(value, name)
+    elif kind == "choice":
+        if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
+            raise StructuredOutputError("choice must be a non-empty list of strings", param=name)
+        _at_most(len(value), MAX_CHOICES, f"{name} has {len(value)} entries", name)
+        chars = sum(map(len, value))
+        _at_most(chars, MAX_CHOICE_CHARS, f"{name} has {chars} characters in all", name)
+    elif kind in ("regex", "grammar"):
+        if not isinstance(value, str):
+            what = "a string" if kind == "regex" else "a Lark grammar string"
+            raise StructuredOutputError(f"{kind} must be {what}", param=name)
+        _at_most(len(value), MAX_GRAMMAR_CHARS, f"{name} is {len(value)} characters long", name)
+    else:
+        raise StructuredOutputError(f"unknown structured output kind {kind!r}", param=param)
+
+
+def _at_most(value: int, limit: int, what: str, param: str) -> None:
+    if value > limit:
+        raise StructuredOutputError(f"{what}; the limit is {limit}", param=param, code="grammar_too_large")
+
+
+def _check_schema_size(schema: dict, param: str) -> None:
+    """Walk the schema without recursion, stopping as soon as it is too deep or too long."""
+    chars, stack = 0, [(schema, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            _at_most(depth, MAX_SCHEMA_DEPTH, f"{param}'s JSON schema nests {depth} levels deep", param)
+            items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+            for key, item in items:
+                chars += 4 + (len(key) if isinstance(key, str) else 0)
+                stack.append((item, depth + 1))
+        else:
+            chars += len(value) if isinstance(value, str) else 8
+        if chars > MAX_GRAMMAR_CHARS:
+            _at_most(chars, MAX_GRAMMAR_CHARS, f"{param}'s JSON schema is over {chars} characters", param)
+
+
+def lark_grammar(spec: dict) -> str:
+    """A Lark grammar (llguidance's dialect) for one of: json_object, json_schema, choice,
+    regex, grammar — the keys `SamplingParams.structured_output` takes, vLLM's names. A choice
+    is one regex lexeme: a grammar rule per entry would pass the parser's limit of 2,000 items
+    in a row at a few thousand entries, and one lexeme compiles 100,000 in about a second."""
+    check_spec(spec)
     ((kind, value),) = spec.items()
     if kind == "json_object":
         return json_object_grammar()
     if kind == "json_schema":
-        if not isinstance(value, dict):
-            raise StructuredOutputError("json_schema must be a JSON Schema object")
         return LEADING_SPACE + "body: %json " + json.dumps(_compact(value))
     if kind == "choice":
-        if not value or not all(isinstance(c, str) for c in value):
-            raise StructuredOutputError("choice must be a non-empty list of strings")
-        return LEADING_SPACE + "body: " + " | ".join(json.dumps(c) for c in value)
+        return LEADING_SPACE + "body: /(" + "|".join(map(_regex_literal, value)) + ")/"
     if kind == "regex":
-        if not isinstance(value, str):
-            raise StructuredOutputError("regex must be a string")
         return LEADING_SPACE + "body: /" + value.replace("/", "\\/") + "/"
-    if kind == "grammar":
-        if not isinstance(value, str):
-            raise StructuredOutputError("grammar must be a Lark grammar string")
-        return value
-    raise StructuredOutputError(f"unknown structured output kind {kind!r}")
+    return value
+
+
+def _regex_literal(text: str) -> str:
+    """`text` matched literally: every ASCII character but a letter or digit as a \\x{..} escape."""
+    return "".join(c if c.isalnum() or ord(c) > 127 else f"\\x{{{ord(c):X}}}" for c in text)
 
 
 # "Any JSON object" with bounds a model can always finish within: a free-form grammar would let
@@ -124,12 +186,24 @@ def _compact(schema: dict) -> dict:
 
 
 class GrammarCompiler:
-    """Compiles grammars against one tokenizer; the vocabulary index is built once, lazily."""
+    """Compiles grammars against one tokenizer on worker threads (llguidance builds them in Rust
+    with the GIL released), so a large grammar never stalls the engine's steps; the vocabulary
+    index is built once, lazily, on a worker too."""
 
-    def __init__(self, tokenizer_json: Path, vocab_size: int, eos_token_id: int):
+    def __init__(
+        self,
+        tokenizer_json: Path,
+        vocab_size: int,
+        eos_token_id: int,
+        timeout: float = COMPILE_TIMEOUT,
+        workers: int = COMPILE_WORKERS,
+    ):
         self.tokenizer_json = tokenizer_json
         self.vocab_size = vocab_size
         self.eos_token_id = eos_token_id
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(workers, "qthink-grammar")
+        self._tokenizer_lock = threading.Lock()
 
     @cached_property
     def _tokenizer(self):
@@ -138,32 +212,89 @@ class GrammarCompiler:
         text = Path(self.tokenizer_json).read_text()
         return llguidance.LLTokenizer(text, n_vocab=self.vocab_size, eos_token=self.eos_token_id, slices=[])
 
-    def check(self, spec: dict) -> str:
-        """Compile and validate `spec`; raise StructuredOutputError with the library's message."""
+    def submit(self, spec: dict) -> "GrammarJob":
+        """Check `spec` now (shape and size: StructuredOutputError) and compile it on a worker."""
+        check_spec(spec)
+        job = GrammarJob(spec)
+        job.future = self._pool.submit(self._run, job)
+        return job
+
+    def _run(self, job: "GrammarJob") -> "CompiledGrammar":
+        self._vocabulary()  # built once, on first use; not the grammar's time
+        job.started = time.monotonic()
+        return self.compile(job.spec)
+
+    def _vocabulary(self):
+        with self._tokenizer_lock:
+            return self._tokenizer
+
+    def compile(self, spec: dict) -> "CompiledGrammar":
+        """Compile `spec` here and now, with its first mask; StructuredOutputError says why not."""
         import llguidance
 
         lark = lark_grammar(spec)
-        try:
-            grammar = llguidance.LLMatcher.grammar_from_lark(lark)
-        except Exception as e:
-            raise StructuredOutputError(f"invalid grammar: {e}") from None
-        error = llguidance.LLMatcher.validate_grammar(grammar, None)
-        if error:
-            raise StructuredOutputError(f"unsupported structured output: {error.strip()}")
-        return grammar
+        grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        matcher = llguidance.LLMatcher(self._vocabulary(), grammar, log_level=1)
+        if matcher.is_error():
+            raise StructuredOutputError(f"unsupported structured output: {matcher.get_error().strip()}")
+        closers = self._closers if "json_object" in spec else None
+        state = GrammarState(matcher, self.vocab_size, True, self.eos_token_id, closers)
+        first = state.allowed()  # the first mask can take longer than the building
+        if matcher.is_error():
+            raise StructuredOutputError(f"unsupported structured output: {matcher.get_error().strip()}")
+        return CompiledGrammar(state, first)
 
     def state(self, spec: dict, active: bool) -> "GrammarState":
-        import llguidance
+        """A fresh matcher for `spec`, compiled on the calling thread."""
+        return self.compile(spec).state(active)
 
-        matcher = llguidance.LLMatcher(self._tokenizer, self.check(spec), log_level=1)
-        closers = self._closers if "json_object" in spec else None
-        return GrammarState(matcher, self.vocab_size, active, self.eos_token_id, closers)
+    def close(self) -> None:
+        """Drop queued compiles; one already running ends on its own."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     @cached_property
     def _closers(self) -> list[int]:
         """The single tokens that bring a JSON object nearer its end, most closing first."""
         ids = [self._tokenizer.tokenize_str(text) for text in CLOSING_TEXTS]
         return [t[0] for t in ids if len(t) == 1]
+
+
+@dataclass
+class GrammarJob:
+    """One request's grammar on its way: `started` is set when a worker takes it up."""
+
+    spec: dict
+    future: "Future[CompiledGrammar]" = field(default_factory=Future)
+    started: float | None = None
+
+    def settled(self, timeout: float, now: float) -> bool:
+        """Compiled, failed, or over its time."""
+        return self.future.done() or self.overdue(timeout, now)
+
+    def overdue(self, timeout: float, now: float) -> bool:
+        return not self.future.done() and self.started is not None and now - self.started > timeout
+
+    def result(self, timeout: float) -> "CompiledGrammar":
+        """The compiled grammar (call once settled); StructuredOutputError if it failed or ran over."""
+        if not self.future.done():
+            raise StructuredOutputError(
+                f"the grammar did not compile within {timeout:g} s; make it smaller or simpler",
+                code="grammar_timeout",
+            )
+        return self.future.result()
+
+
+class CompiledGrammar:
+    """A compiled grammar in its first state, with its first mask: each sequence gets a copy."""
+
+    def __init__(self, state: "GrammarState", first_allowed: torch.Tensor):
+        self._state, self._first_allowed = state, first_allowed
+
+    def state(self, active: bool) -> "GrammarState":
+        s = self._state
+        copy = GrammarState(s.matcher.deep_copy(), s.vocab_size, active, s.eos_id, s.closers)
+        copy._allowed = self._first_allowed
+        return copy
 
 
 BYTE_BITS = (torch.arange(256)[:, None] >> torch.arange(8)) & 1 == 1  # [byte value, bit] -> set?
@@ -187,6 +318,7 @@ class GrammarState:
         self.eos_id = eos_id
         self.closers = closers
         self.closing = False
+        self._allowed: torch.Tensor | None = None  # the mask of the current state, once computed
 
     def mask(self, logits: torch.Tensor) -> None:
         """Set the logits [vocab] of the tokens the grammar forbids now to -inf, in place."""
@@ -217,13 +349,16 @@ class GrammarState:
 
     def observe(self, token_id: int) -> None:
         """Consume an answer token (the sequence turns the state active once thinking ends)."""
+        self._allowed = None
         if not self.matcher.consume_token(token_id):
             raise StructuredOutputError(f"token {token_id} broke the grammar: {self.matcher.get_error()}")
 
     def allowed(self) -> torch.Tensor:
         """Bool [vocab] of the tokens the grammar accepts next (EOS once it is complete)."""
-        from llguidance.torch import fill_next_token_bitmask
-
-        fill_next_token_bitmask(self.matcher, self.words.view(1, -1), 0)
-        # Little-endian words: byte b of word w holds tokens 32w + 8b .. 32w + 8b + 7.
-        return BYTE_BITS[self.words.view(torch.uint8).long()].flatten()[: self.vocab_size]
+        if self._allowed is None:
+            # What llguidance.torch's fill_next_token_bitmask does, without importing that module:
+            # it compiles a kernel with torch.compile at import, which loads the whole of dynamo.
+            self.matcher.unsafe_compute_mask_ptr(self.words.data_ptr(), self.words.numel() * 4)
+            # Little-endian words: byte b of word w holds tokens 32w + 8b .. 32w + 8b + 7.
+            self._allowed = BYTE_BITS[self.words.view(torch.uint8).long()].flatten()[: self.vocab_size]
+        return self._allowed

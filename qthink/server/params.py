@@ -4,7 +4,7 @@ import json
 from typing import Any
 
 from qthink.engine.sampling_params import SamplingParams
-from qthink.engine.structured import tool_call_grammar
+from qthink.engine.structured import StructuredOutputError, check_spec, tool_call_grammar
 from qthink.parsing.tool_calls import END as TOOL_CALL_END
 from qthink.parsing.tool_calls import START as TOOL_CALL_START
 from qthink.server.errors import APIError
@@ -40,13 +40,14 @@ def sampling_params(req: SamplingFields, logprobs: int | None, structured: dict 
 
 
 def structured_output(req: SamplingFields) -> dict | None:
-    """vLLM's guided_* extras and OpenAI's response_format, as one structured_output spec."""
-    specs: list[dict[str, Any]] = []
+    """vLLM's guided_* extras and OpenAI's response_format, as one structured_output spec;
+    one of the wrong shape or over the size limits is refused here, naming its field."""
+    specs: list[tuple[str, dict[str, Any]]] = []
     fmt = req.response_format
     if fmt is not None:
         kind = fmt.get("type")
         if kind == "json_object":
-            specs.append({"json_object": True})
+            specs.append(("response_format", {"json_object": True}))
         elif kind == "json_schema":
             schema = (fmt.get("json_schema") or {}).get("schema")
             if not isinstance(schema, dict):
@@ -55,7 +56,7 @@ def structured_output(req: SamplingFields) -> dict | None:
                     "response_format.json_schema.schema must be a JSON Schema object",
                     param="response_format",
                 )
-            specs.append({"json_schema": schema})
+            specs.append(("response_format", {"json_schema": schema}))
         elif kind not in ("text", None):
             raise APIError(400, f"unknown response_format type {kind!r}", param="response_format")
     if req.guided_json is not None:
@@ -63,19 +64,32 @@ def structured_output(req: SamplingFields) -> dict | None:
         if isinstance(schema, str):
             try:
                 schema = json.loads(schema)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise APIError(400, "guided_json is not valid JSON", param="guided_json") from None
-        specs.append({"json_schema": schema})
+        specs.append(("guided_json", {"json_schema": schema}))
     for key, value in (
         ("choice", req.guided_choice),
         ("regex", req.guided_regex),
         ("grammar", req.guided_grammar),
     ):
         if value is not None:
-            specs.append({key: value})
+            specs.append((f"guided_{key}", {key: value}))
     if len(specs) > 1:
         raise APIError(400, "give at most one of response_format and the guided_* fields")
-    return specs[0] if specs else None
+    if not specs:
+        return None
+    field, spec = specs[0]
+    checked(spec, field)
+    return spec
+
+
+def checked(spec: dict, field: str) -> dict:
+    """`spec` after the size and shape checks, which name `field` when they refuse it."""
+    try:
+        check_spec(spec, field)
+    except StructuredOutputError as e:
+        raise APIError(400, e.message, param=field, code=e.code) from None
+    return spec
 
 
 def tool_choice_spec(req: ChatCompletionRequest, vocab) -> tuple[bool, dict | None]:
@@ -98,7 +112,7 @@ def tool_choice_spec(req: ChatCompletionRequest, vocab) -> tuple[bool, dict | No
     if None in markers:
         raise APIError(400, f"this model's vocabulary has no {TOOL_CALL_START} token to force calls with")
     grammar = tool_call_grammar(req.tools, markers, named or None, req.parallel_tool_calls)
-    return True, {"grammar": grammar}
+    return True, checked({"grammar": grammar}, "tools")
 
 
 # Keys a client must not set through chat_template_kwargs: they would switch off protections
