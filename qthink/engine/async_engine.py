@@ -25,6 +25,7 @@ class AsyncEngine:
 
     def __init__(self, model: str, **kwargs):
         self.engine = LLMEngine(model, **kwargs)
+        self.engine.grammars.warm()  # before serving: building it stalls every thread
         self.tokenizer = self.engine.tokenizer
         self.thinking_format = self.engine.thinking_format
         self.model_config = self.engine.model_config

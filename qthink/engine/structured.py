@@ -6,7 +6,8 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 
 import torch
@@ -48,7 +49,7 @@ def check_spec(spec: dict, param: str | None = None) -> None:
             raise StructuredOutputError("json_schema must be a JSON Schema object", param=name)
         _check_schema_size(value, name)
     elif kind == "choice":
-        if not isinstance(value, list) or not value or not all(isinstance(c, str) for c in value):
+        if not isinstance(value, list) or not value or set(map(type, value)) != {str}:  # C loops
             raise StructuredOutputError("choice must be a non-empty list of strings", param=name)
         _at_most(len(value), MAX_CHOICES, f"{name} has {len(value)} entries", name)
         chars = sum(map(len, value))
@@ -87,8 +88,8 @@ def _check_schema_size(schema: dict, param: str) -> None:
 def lark_grammar(spec: dict) -> str:
     """A Lark grammar (llguidance's dialect) for one of: json_object, json_schema, choice,
     regex, grammar — the keys `SamplingParams.structured_output` takes, vLLM's names. A choice
-    is one regex lexeme: a grammar rule per entry would pass the parser's limit of 2,000 items
-    in a row at a few thousand entries, and one lexeme compiles 100,000 in about a second."""
+    is one terminal: a grammar rule per entry would pass the parser's limit of 2,000 items in
+    a row at a few thousand entries, and one lexeme compiles 100,000 in about a second."""
     check_spec(spec)
     ((kind, value),) = spec.items()
     if kind == "json_object":
@@ -96,15 +97,17 @@ def lark_grammar(spec: dict) -> str:
     if kind == "json_schema":
         return LEADING_SPACE + "body: %json " + json.dumps(_compact(value))
     if kind == "choice":
-        return LEADING_SPACE + "body: /(" + "|".join(map(_regex_literal, value)) + ")/"
+        return LEADING_SPACE + "body: CHOICE\n" + _choice_terminal(value)
     if kind == "regex":
         return LEADING_SPACE + "body: /" + value.replace("/", "\\/") + "/"
     return value
 
 
-def _regex_literal(text: str) -> str:
-    """`text` matched literally: every ASCII character but a letter or digit as a \\x{..} escape."""
-    return "".join(c if c.isalnum() or ord(c) > 127 else f"\\x{{{ord(c):X}}}" for c in text)
+def _choice_terminal(texts: list[str]) -> str:
+    """One Lark terminal (one lexeme) matching exactly the texts, built by C loops alone: a
+    worker thread running bytecode for each of 100,000 entries would hold the GIL in 5 ms
+    turns against the engine thread, which takes it back after every tensor operation."""
+    return "CHOICE: " + " | ".join(map(encode_basestring, texts))
 
 
 # "Any JSON object" with bounds a model can always finish within: a free-form grammar would let
@@ -205,12 +208,9 @@ class GrammarCompiler:
         self._pool = ThreadPoolExecutor(workers, "qthink-grammar")
         self._tokenizer_lock = threading.Lock()
 
-    @cached_property
+    @property
     def _tokenizer(self):
-        import llguidance
-
-        text = Path(self.tokenizer_json).read_text()
-        return llguidance.LLTokenizer(text, n_vocab=self.vocab_size, eos_token=self.eos_token_id, slices=[])
+        return _vocabulary_index(str(self.tokenizer_json), self.vocab_size, self.eos_token_id)
 
     def submit(self, spec: dict) -> "GrammarJob":
         """Check `spec` now (shape and size: StructuredOutputError) and compile it on a worker."""
@@ -227,6 +227,12 @@ class GrammarCompiler:
     def _vocabulary(self):
         with self._tokenizer_lock:
             return self._tokenizer
+
+    def warm(self) -> None:
+        """Build the vocabulary index now. It takes about 0.6 s and holds the GIL all along (it
+        is built in Rust without releasing it), so a server builds it before serving: the first
+        structured request would otherwise stall every stream for that long."""
+        self._vocabulary()
 
     def compile(self, spec: dict) -> "CompiledGrammar":
         """Compile `spec` here and now, with its first mask; StructuredOutputError says why not."""
@@ -257,6 +263,15 @@ class GrammarCompiler:
         """The single tokens that bring a JSON object nearer its end, most closing first."""
         ids = [self._tokenizer.tokenize_str(text) for text in CLOSING_TEXTS]
         return [t[0] for t in ids if len(t) == 1]
+
+
+@lru_cache(maxsize=4)
+def _vocabulary_index(tokenizer_json: str, vocab_size: int, eos_token_id: int):
+    """llguidance's index of a vocabulary, built once per process (engines in one process share it)."""
+    import llguidance
+
+    text = Path(tokenizer_json).read_text()
+    return llguidance.LLTokenizer(text, n_vocab=vocab_size, eos_token=eos_token_id, slices=[])
 
 
 @dataclass
