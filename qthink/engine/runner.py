@@ -3,6 +3,7 @@
 import os
 from typing import cast
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -111,10 +112,12 @@ class ModelRunner:
         return self.model(input_ids, positions, meta, self.caches, logits_indices)
 
     def _prepare(self, batch: ScheduledBatch):
+        """The step's tensors. Slot arithmetic runs in numpy (one small array op per sequence
+        instead of several torch dispatches) and reaches torch once per tensor."""
         ids: list[int] = []
         pos: list[int] = []
-        slots: list[torch.Tensor] = []
-        ctx_slots: list[torch.Tensor] = []
+        slots: list[np.ndarray] = []
+        ctx_slots: list[np.ndarray] = []
         ctx_lens: list[int] = []
         sampled: list[int] = []
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens)):
@@ -129,39 +132,35 @@ class ModelRunner:
             if end == len(tokens):
                 sampled.append(i)
         meta = AttentionMetadata(
-            slot_mapping=torch.cat(slots),
+            slot_mapping=self._tensor(np.concatenate(slots)),
             query_lens=list(batch.num_tokens),
             context_lens=ctx_lens,
-            context_slots=ctx_slots,
+            context_slots=[self._tensor(s) for s in ctx_slots],
         )
         if all(n == 1 + len(s.draft_ids) for s, n in zip(batch.seqs, batch.num_tokens)):
             # Decodes and verifications: each token is a decode query over its own prefix, so
             # the decode attention serves a few drafted tokens too (the context is read once
             # per token, cheap beside the weights at k + 1 <= 9).
             rows = [
-                (s[: c - n + j + 1], c - n + j + 1)
-                for s, c, n in zip(ctx_slots, ctx_lens, batch.num_tokens)
-                for j in range(n)
+                (s, c - n + j + 1) for s, c, n in zip(ctx_slots, ctx_lens, batch.num_tokens) for j in range(n)
             ]
-            token_slots, token_lens = [r[0] for r in rows], [r[1] for r in rows]
-            meta.decode_slots, meta.decode_mask = self._padded(token_slots, token_lens)
-            meta.decode_lens = torch.tensor(token_lens, dtype=torch.long, device=self.device)
+            token_lens = [length for _, length in rows]
+            padded = np.zeros((len(rows), max(token_lens)), dtype=np.int64)
+            for row, (s, length) in enumerate(rows):
+                padded[row, :length] = s[:length]
+            lens = np.array(token_lens, dtype=np.int64)
+            meta.decode_slots, meta.decode_lens = self._tensor(padded), self._tensor(lens)
+            mask = np.arange(padded.shape[1])[None, :] < lens[:, None]
+            meta.decode_mask = self._tensor(mask[:, None, None, :])
         as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
         return as_tensor(ids), as_tensor(pos), meta, sampled
 
-    def _slots(self, block_table: list[int], length: int) -> torch.Tensor:
-        blocks = torch.tensor(block_table, dtype=torch.long, device=self.device)
-        offsets = torch.arange(self.block_size, device=self.device)
-        return (blocks[:, None] * self.block_size + offsets).flatten()[:length]
+    def _slots(self, block_table: list[int], length: int) -> np.ndarray:
+        blocks = np.asarray(block_table, dtype=np.int64)
+        return (blocks[:, None] * self.block_size + np.arange(self.block_size)).ravel()[:length]
 
-    def _padded(self, ctx_slots: list[torch.Tensor], ctx_lens: list[int]):
-        width = max(ctx_lens)
-        padded = torch.zeros(len(ctx_slots), width, dtype=torch.long, device=self.device)
-        for row, s in enumerate(ctx_slots):
-            padded[row, : len(s)] = s
-        lens = torch.tensor(ctx_lens, device=self.device)
-        mask = torch.arange(width, device=self.device)[None, :] < lens[:, None]
-        return padded, mask[:, None, None, :]
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
 
 KV_CACHE_DTYPES = {

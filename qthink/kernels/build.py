@@ -19,7 +19,13 @@ log = logging.getLogger("qthink")
 KERNEL_DIR = Path(__file__).parent
 SOURCES = [
     KERNEL_DIR / name
-    for name in ("thread_pool.cpp", "linear_avx512.cpp", "attention_avx512.cpp", "norm_avx512.cpp")
+    for name in (
+        "thread_pool.cpp",
+        "linear_avx512.cpp",
+        "attention_avx512.cpp",
+        "norm_avx512.cpp",
+        "activation_avx512.cpp",
+    )
 ]
 HEADERS = [KERNEL_DIR / "thread_pool.h"]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni")

@@ -4,20 +4,30 @@
 // narrow, weight) and RoPE seven: for one token their dispatch costs far more than the work,
 // and a decode step of the 4B model runs 144 norms and 72 RoPEs. These compute the same
 // things with the same roundings (each bf16 op of torch's formula rounds once to bf16).
+// Two fused forms serve the decode layer: the residual add with the norm after it, and the
+// query/key norms with RoPE and the KV-cache write.
 
 #include <ATen/ATen.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstring>
+#include <tuple>
+#include <vector>
 
 namespace {
 
 inline __m512 widen(__m256i bits) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)); }
 
+// float32 to bf16, rounding to nearest even as torch does, subnormals kept (the AVX-512 BF16
+// conversion flushes them to zero) and NaN quiet.
 inline __m256i narrow(__m512 v) {
-  const __m256bh packed = _mm512_cvtneps_pbh(v);
-  return reinterpret_cast<const __m256i&>(packed);
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC0)));
 }
 
 void norm_row(const uint16_t* x, const uint16_t* w, uint16_t* out, int64_t D, float eps) {
@@ -89,14 +99,109 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
   return out;
 }
 
+// sum = x + residual (rounded to bf16, as torch's bf16 add) and rms_norm(sum): the residual
+// stream's add and the next norm in one pass. Returns (sum, normed).
+std::tuple<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& residual,
+                                                const at::Tensor& weight, double eps) {
+  for (const at::Tensor* t : {&x, &residual})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() >= 1,
+                "x and residual must be contiguous bf16 CPU tensors");
+  TORCH_CHECK(x.sizes() == residual.sizes(), "x and residual must have one shape");
+  const int64_t D = x.size(-1);
+  TORCH_CHECK(weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() && weight.numel() == D,
+              "weight must be a contiguous bf16 vector of ", D, " values");
+  at::Tensor sum = at::empty_like(x), normed = at::empty_like(x);
+  const auto* a = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* b = reinterpret_cast<const uint16_t*>(residual.data_ptr<at::BFloat16>());
+  auto* s = reinterpret_cast<uint16_t*>(sum.data_ptr<at::BFloat16>());
+  for (int64_t i = 0; i < x.numel(); i += 16) {
+    const __mmask16 mask = x.numel() - i >= 16 ? 0xFFFF : (1u << (x.numel() - i)) - 1;
+    const __m512 total = _mm512_add_ps(widen(_mm256_maskz_loadu_epi16(mask, a + i)),
+                                       widen(_mm256_maskz_loadu_epi16(mask, b + i)));
+    _mm256_mask_storeu_epi16(s + i, mask, narrow(total));
+  }
+  const auto* w = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+  auto* o = reinterpret_cast<uint16_t*>(normed.data_ptr<at::BFloat16>());
+  for (int64_t r = 0; r < x.numel() / std::max<int64_t>(D, 1); ++r)
+    norm_row(s + r * D, w, o + r * D, D, static_cast<float>(eps));
+  return {sum, normed};
+}
+
+// One head: RMSNorm (when a weight is given) then RoPE, into out.
+void norm_rope_head(const uint16_t* x, const uint16_t* weight, const uint16_t* cos, const uint16_t* sin,
+                    uint16_t* scratch, uint16_t* out, int64_t D, float eps) {
+  if (weight != nullptr) {
+    norm_row(x, weight, scratch, D, eps);
+    x = scratch;
+  }
+  rope_head(x, cos, sin, out, D);
+}
+
+const uint16_t* bf16_bits_or_null(const c10::optional<at::Tensor>& t, int64_t D) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->numel() == D,
+              "q and k norm weights must be contiguous bf16 vectors of head_dim values");
+  return reinterpret_cast<const uint16_t*>(t->data_ptr<at::BFloat16>());
+}
+
+// A decode step's attention inputs: q [T, H * D], k and v [T, KVH * D] straight from their
+// projections; the q and k norms (Qwen3; none for Qwen2), RoPE at each token's cos/sin
+// [T, D], and k and v written to the bf16 caches [S, KVH, D] at slots [T]. Returns q [T, H, D].
+at::Tensor qk_norm_rope_cache(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const c10::optional<at::Tensor>& q_weight, const c10::optional<at::Tensor>& k_weight,
+                              double eps, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& k_cache,
+                              at::Tensor& v_cache, const at::Tensor& slots) {
+  for (const at::Tensor* t : {&q, &k, &v, &cos, &sin})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() == 2,
+                "q, k, v, cos and sin must be contiguous bf16 CPU matrices");
+  for (const at::Tensor* t : {&k_cache, &v_cache})
+    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() == 3,
+                "the caches must be contiguous bf16 [S, KVH, D]");
+  const int64_t T = q.size(0), D = cos.size(1), S = k_cache.size(0), KVH = k_cache.size(1);
+  TORCH_CHECK(D % 32 == 0 && k_cache.size(2) == D && v_cache.sizes() == k_cache.sizes(),
+              "head_dim must be a multiple of 32 and the caches [S, KVH, head_dim]");
+  TORCH_CHECK(q.size(1) % D == 0 && k.sizes() == v.sizes() && k.size(0) == T && k.size(1) == KVH * D,
+              "q must be [T, H * head_dim], k and v [T, KVH * head_dim]");
+  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.size(0) == T, "cos and sin must be [T, head_dim]");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.is_contiguous() && slots.numel() == T,
+              "slots must be T int64 cache slots");
+  const int64_t H = q.size(1) / D;
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  for (int64_t t = 0; t < T; ++t) TORCH_CHECK(slot[t] >= 0 && slot[t] < S, "cache slot out of range");
+  const uint16_t* qw = bf16_bits_or_null(q_weight, D);
+  const uint16_t* kw = bf16_bits_or_null(k_weight, D);
+  const auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
+  const auto out_bits = [](at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); };
+  at::Tensor q_out = at::empty({T, H, D}, q.options());
+  std::vector<uint16_t> scratch(D);
+  const float e = static_cast<float>(eps);
+  for (int64_t t = 0; t < T; ++t) {
+    const uint16_t *c = bits(cos) + t * D, *s = bits(sin) + t * D;
+    for (int64_t h = 0; h < H; ++h)
+      norm_rope_head(bits(q) + (t * H + h) * D, qw, c, s, scratch.data(), out_bits(q_out) + (t * H + h) * D, D, e);
+    for (int64_t h = 0; h < KVH; ++h) {
+      const int64_t row = (slot[t] * KVH + h) * D;
+      norm_rope_head(bits(k) + (t * KVH + h) * D, kw, c, s, scratch.data(), out_bits(k_cache) + row, D, e);
+      std::memcpy(out_bits(v_cache) + row, bits(v) + (t * KVH + h) * D, D * sizeof(uint16_t));
+    }
+  }
+  return q_out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(qthink_kernels, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rope(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "qk_norm_rope_cache(Tensor q, Tensor k, Tensor v, Tensor? q_weight, Tensor? k_weight, float eps, Tensor cos, "
+      "Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("rope", &rope);
+  m.impl("add_rms_norm", &add_rms_norm);
+  m.impl("qk_norm_rope_cache", &qk_norm_rope_cache);
 }

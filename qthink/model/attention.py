@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qthink.config import ModelConfig
 from qthink.kernels import kernel_ops, linear_kernels_available
 from qthink.model.layers import RMSNorm, apply_rotary
 
@@ -114,6 +115,30 @@ class Attention(nn.Module):
             out = self._decode(q, meta, cache) if meta.is_decode else self._prefill(q, meta, cache)
         return self.o_proj(out.reshape(*shape, self.heads * self.head_dim))
 
+    def decode_step(self, x: torch.Tensor, cos, sin, meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
+        """`forward` of a native decode step (`native_decode_step`): x [T, hidden]; the q/k
+        norms, RoPE and the cache write in one call, then attention straight from the cache."""
+        q_weight = None if self.q_norm is None else self.q_norm.weight
+        k_weight = None if self.k_norm is None else self.k_norm.weight
+        eps = 0.0 if self.q_norm is None else self.q_norm.eps
+        slots, lens = meta.decode_slots, meta.decode_lens
+        ops = kernel_ops()
+        q = ops.qk_norm_rope_cache(
+            self.q_proj(x),
+            self.k_proj(x),
+            self.v_proj(x),
+            q_weight,
+            k_weight,
+            eps,
+            cos,
+            sin,
+            cache.k,
+            cache.v,
+            meta.slot_mapping,
+        )
+        out = ops.decode_attention(q, cache.k, cache.v, slots, lens, self.scale)
+        return self.o_proj(out.view(x.shape[0], self.heads * self.head_dim))
+
     def _causal(self, q, k, v):
         """Whole sequences without a cache, [B, T, heads, dim] (training, reference checks)."""
         q, k, v = (t.transpose(-3, -2) for t in (q, k, v))
@@ -151,6 +176,17 @@ class Attention(nn.Module):
         k, v = (t.transpose(1, 2) for t in cache.read(meta.decode_slots, q.dtype))  # [B, kv_heads, ctx, dim]
         o = F.scaled_dot_product_attention(qg, k, v, attn_mask=meta.decode_mask, scale=self.scale)
         return o.reshape(batch, self.heads, self.head_dim)
+
+
+NATIVE_DECODE_ROWS = 16  # tokens up to which a decode step takes the fused native path
+
+
+def native_decode_step(h: torch.Tensor, meta: AttentionMetadata, cache: KVCache, cfg: ModelConfig) -> bool:
+    """A decode step of a few bf16 tokens against a bf16 cache on a CPU with the native kernels:
+    each layer is a handful of native calls (`DecoderLayer.decode_step`)."""
+    few_tokens = meta.is_decode and h.shape[0] <= NATIVE_DECODE_ROWS and h.device.type == "cpu"
+    bf16 = h.dtype == cache.k.dtype == torch.bfloat16 and cache.k_scale is None
+    return few_tokens and bf16 and cfg.head_dim % 32 == 0 and linear_kernels_available()
 
 
 def _native_decode(q: torch.Tensor, cache: KVCache) -> bool:

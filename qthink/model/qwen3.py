@@ -1,10 +1,13 @@
 """The Qwen3 (and Qwen2) decoder in plain PyTorch, with Hugging Face's tensor names."""
 
+from typing import cast
+
 import torch
 from torch import nn
 
 from qthink.config import ModelConfig
-from qthink.model.attention import Attention, AttentionMetadata, KVCache
+from qthink.kernels import kernel_ops
+from qthink.model.attention import Attention, AttentionMetadata, KVCache, native_decode_step
 from qthink.model.layers import MLP, Embedding, RMSNorm, RotaryEmbedding
 from qthink.model.parallel import SINGLE, VocabParallelEmbedding
 
@@ -28,6 +31,18 @@ class DecoderLayer(nn.Module):
     def forward(self, h, cos, sin, meta, cache):
         h = h + self.self_attn(self.input_layernorm(h), cos, sin, meta, cache)
         return h + self.mlp(self.post_attention_layernorm(h))
+
+    def decode_step(self, h, x, next_norm: RMSNorm, cos, sin, meta: AttentionMetadata, cache: KVCache):
+        """`forward` of a native decode step (`native_decode_step`): takes the residual stream h
+        and x, its input norm; returns the new stream and its `next_norm`, each residual add
+        fused with the norm after it."""
+        ops = kernel_ops()
+        attn = self.self_attn.decode_step(x, cos, sin, meta, cache)
+        norm = self.post_attention_layernorm
+        h, x = ops.add_rms_norm(attn, h, norm.weight, norm.eps)
+        mlp = self.mlp
+        out = mlp.down_proj(ops.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+        return ops.add_rms_norm(out, h, next_norm.weight, next_norm.eps)
 
 
 class Qwen3Model(nn.Module):
@@ -66,9 +81,25 @@ class Qwen3ForCausalLM(nn.Module):
     ) -> torch.Tensor:
         h = self.model.embed_tokens(input_ids)
         cos, sin = self.model.rotary.cos_sin(positions, h.dtype)
+        if meta is not None and caches and self._native_decode_step(h, meta, caches):
+            return self._decode_step(h, cos, sin, meta, caches)
         for i, layer in enumerate(self.model.layers):
             h = layer(h, cos, sin, meta, caches[i] if caches else None)
         return self.model.norm(h)
+
+    def _native_decode_step(self, h: torch.Tensor, meta: AttentionMetadata, caches: list[KVCache]) -> bool:
+        layers = self.model.layers
+        every_layer = len(layers) == len(caches) and all(isinstance(layer, DecoderLayer) for layer in layers)
+        return every_layer and self.tp.size == 1 and native_decode_step(h, meta, caches[0], self.config)
+
+    def _decode_step(self, h, cos, sin, meta: AttentionMetadata, caches: list[KVCache]) -> torch.Tensor:
+        """A decode step in a few native calls per layer; the same roundings as `forward`."""
+        layers = cast(list[DecoderLayer], list(self.model.layers))
+        x = layers[0].input_layernorm(h)
+        next_norms = [layer.input_layernorm for layer in layers[1:]] + [self.model.norm]
+        for layer, next_norm, cache in zip(layers, next_norms, caches):
+            h, x = layer.decode_step(h, x, next_norm, cos, sin, meta, cache)
+        return x
 
     def forward(
         self,
