@@ -1,4 +1,5 @@
-"""Per-token cost of grammar-constrained decoding: the same batch with and without the mask.
+"""Per-token cost of grammar-constrained decoding: the same batch with and without the mask;
+and what compiling a large grammar on a worker thread costs a thread that keeps stepping.
 
     python benchmarks/bench_structured.py [--model PATH] [--batch 8] [--output-len 64]
 
@@ -53,6 +54,45 @@ def main() -> None:
         "rows that finish early leave smaller batches, so this bounds the cost from above)"
     )
     print(f"mask alone    : {mask_cost(llm) * 1e3:7.3f} ms per token (compute the allowed set, apply it)")
+    llm.engine.grammars.warm()
+    for name, spec in LARGE_GRAMMARS.items():
+        seconds, gap, alone = compile_beside_steps(llm, spec)
+        print(
+            f"compile {name}: {seconds:.2f} s on a worker; a stepping thread's largest gap "
+            f"meanwhile {gap * 1e3:.1f} ms, without a compile {alone * 1e3:.1f} ms"
+        )
+
+
+LARGE_GRAMMARS = {
+    "100,000 choices": {"choice": [f"answer number {i}" for i in range(100_000)]},
+    "5,000-property schema": {
+        "json_schema": {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(5_000)}}
+    },
+}
+
+
+def compile_beside_steps(llm: LLM, spec: dict) -> tuple[float, float, float]:
+    """(compile seconds, the largest gap between steps of a thread doing small tensor work and
+    Python meanwhile, the largest gap over as long a time without a compile): a compile that
+    held the GIL would show as a gap well above the second figure."""
+    x = torch.randn(64, 64)
+
+    def gaps_until(done) -> float:
+        last, largest = time.perf_counter(), 0.0
+        while not done():
+            for _ in range(20):
+                x.add(1.0).sum()
+            now = time.perf_counter()
+            largest, last = max(largest, now - last), now
+        return largest
+
+    start = time.perf_counter()
+    job = llm.engine.grammars.submit(spec)
+    during = gaps_until(job.future.done)
+    job.future.result()
+    seconds = time.perf_counter() - start
+    end = time.perf_counter() + seconds
+    return seconds, during, gaps_until(lambda: time.perf_counter() > end)
 
 
 def mask_cost(llm: LLM, tokens: int = 200) -> float:
