@@ -156,3 +156,39 @@ def test_nano_finishes_a_json_object_answer():
     out = llm.chat([{"role": "user", "content": "What is 12 + 30? Reply in JSON."}], params)[0].outputs[0]
     assert out.finish_reason == "stop" and len(out.token_ids) < 300
     assert isinstance(json.loads(out.content), dict)
+
+
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ({"choice": ["a"] * 100_001}, "100001 entries; the limit is 100000"),
+        ({"choice": ["a" * 1_500_000, "b" * 500_001]}, "2000001 characters in all"),
+        ({"regex": "a" * 262_145}, "262145 characters long"),
+        ({"json_schema": {"enum": ["x" * 262_144]}}, "characters as JSON; the limit is 262144"),
+        (
+            {"json_schema": {"items": {"items": {"items": {}}}} | {"x": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}},
+            None,
+        ),
+    ],
+)
+def test_specs_over_the_size_limits_are_refused_before_compiling(spec, needle):
+    from qthink.engine.structured import check_spec
+
+    if needle is None:
+        check_spec(spec, "guided_json")  # 17 levels: well within
+        return
+    with pytest.raises(StructuredOutputError, match=needle) as err:
+        check_spec(spec, "the_field")
+    assert err.value.param == "the_field" and err.value.code == "grammar_too_large"
+
+
+def test_a_choice_past_the_parsers_row_limit_compiles_and_constrains(compiler):
+    """5,000 entries: one grammar rule per entry would pass llguidance's 2,000 items a row."""
+    choices = [f"option {i}" for i in range(5_000)]
+    state = compiler.state({"choice": choices}, active=True)
+    for token in compiler._tokenizer.tokenize_str("option 4321"):
+        assert state.allowed()[token]
+        state.observe(token)
+    assert state.allowed()[IM_END] and state.matcher.is_accepting()
+    state = compiler.state({"choice": choices}, active=True)
+    assert not state.allowed()[compiler._tokenizer.tokenize_str("Option")[0]]

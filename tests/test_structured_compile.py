@@ -131,7 +131,7 @@ def test_a_json_schema_too_deep_or_too_long_is_a_400(server):
     wide = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(20_000)}}
     r = chat(server, guided_json=wide)
     assert r.status_code == 400 and r.json()["error"]["param"] == "guided_json", r.text
-    assert "characters; the limit is" in r.json()["error"]["message"]
+    assert "characters as JSON; the limit is" in r.json()["error"]["message"]
 
 
 def test_a_grammar_over_its_time_is_refused_and_the_server_keeps_serving():
