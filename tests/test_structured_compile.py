@@ -142,7 +142,7 @@ def test_a_grammar_over_its_time_is_refused_and_the_server_keeps_serving():
     regex = "(" + "|".join(words) + ")"
     assert len(regex) <= structured.MAX_GRAMMAR_CHARS
     with serve_nano("--grammar-compile-timeout", "0.05") as url:
-        stream = TimedStream(url, max_tokens=200)
+        stream = TimedStream(url)
         try:
             stream.wait_for(5)
             r = chat(url, guided_regex=regex, max_tokens=10)
