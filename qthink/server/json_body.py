@@ -36,8 +36,9 @@ class StrictJSONRequest(Request):
 
 
 def _may_hold_surrogate(body: bytes) -> bool:
-    """A fast test (a plain substring search) before the slower pattern, on bodies of megabytes."""
-    return b"\\u" in body or b"\xed" in body
+    """A fast test (single-byte searches, memchr's speed) before the slower pattern: a body of
+    megabytes without a backslash or the lead byte of an encoded surrogate holds none."""
+    return b"\\" in body or b"\xed" in body
 
 
 class StrictJSONRoute(APIRoute):

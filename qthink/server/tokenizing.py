@@ -2,12 +2,17 @@
 characters that refuses a text no tokenization could fit in the context."""
 
 import asyncio
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from qthink.server.errors import APIError
 
 TOKENIZE_WORKERS = 2  # a long prompt waits for a worker; it never runs on the event loop
+# The workers run at a lower CPU priority than the engine and the event loop: on a machine with
+# few cores, a long text tokenizing takes the time the streams already running leave over.
+WORKER_NICENESS = 5
 # Canonical composition (NFC) joins at most four code points into one (a base letter and three
 # marks, or three Hangul jamo into one syllable), so a normalizing tokenizer sees at least a
 # quarter of the characters it is given.
@@ -24,7 +29,12 @@ class PromptTokenizer:
         self.max_model_len = max_model_len
         self.chars_per_token = chars_per_token_bound(tokenizer)
         self.max_chars = max_model_len * self.chars_per_token
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="qthink-tokenize")
+        # tokenizers would hand even one text to its own thread pool, at normal priority: the
+        # work stays on the (lowered) worker thread instead
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        self.pool = ThreadPoolExecutor(
+            workers, thread_name_prefix="qthink-tokenize", initializer=_lower_priority
+        )
 
     def check_chars(self, chars: int, param: str) -> None:
         """A 400 when `chars` characters cannot fit the context however they tokenize."""
@@ -66,6 +76,13 @@ class PromptTokenizer:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority() -> None:
+    try:  # Linux: a thread's own nice value
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+    except OSError:
+        pass
 
 
 def chars_per_token_bound(tokenizer) -> int:
