@@ -28,8 +28,9 @@ from qthink.engine.scheduler import ScheduledBatch
 from qthink.nano.data import arithmetic
 from qthink.nano.evaluate import HELD_OUT_SEED
 
-# k = 3: four rows per verification stay on the native bf16 GEMV (up to 4 rows on this CPU)
-NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
+# Suffix drafting: n-gram lookup over the sequence, then over earlier requests' texts. Every
+# request of the run has its own held-out task, so no answer is ever drafted from itself.
+NGRAM = {"method": "suffix", "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
 NANO = {"max_model_len": 1024, "kv_cache_memory": 64 << 20, "max_num_seqs": 16}
 GREEDY = SamplingParams(temperature=0, max_tokens=300)
 
@@ -39,12 +40,15 @@ def loadavg() -> str:
 
 
 def nano_prompts(engine: LLMEngine, n: int) -> list[list[int]]:
+    """n distinct held-out tasks (a repeated task could be drafted from its own earlier answer)."""
     rng = random.Random(HELD_OUT_SEED)
     tok = engine.tokenizer
-    return [
-        tok.apply_chat_template(arithmetic(rng)[:-1], add_generation_prompt=True, tokenize=True)
-        for _ in range(n)
-    ]
+    prompts: list[list[int]] = []
+    while len(prompts) < n:
+        prompt = tok.apply_chat_template(arithmetic(rng)[:-1], add_generation_prompt=True, tokenize=True)
+        if prompt not in prompts:
+            prompts.append(prompt)
+    return prompts
 
 
 def run_all(
@@ -72,12 +76,13 @@ def nano_speedup(rounds: int, n: int) -> dict:
     model = str(default_model_path())
     plain = LLMEngine(model, **NANO)
     spec = LLMEngine(model, **NANO, speculative_config=NGRAM)
-    prompts = nano_prompts(plain, n)
-    run_all(plain, prompts[:2], False)  # warm-up
-    run_all(spec, prompts[:2], False)
+    tasks = nano_prompts(plain, 2 + n * rounds)  # distinct tasks: warm-up, then n per round
+    run_all(plain, tasks[:2], False)  # warm-up
+    run_all(spec, tasks[:2], False)
     spec.speculator.reset_stats()  # statistics of the timed runs only
-    on, off, steps_on = [], [], 0
-    for _ in range(rounds):
+    on, off, steps_on, tokens = [], [], 0, 0
+    for r in range(rounds):
+        prompts = tasks[2 + r * n : 2 + (r + 1) * n]
         rate_off, out_off, _ = run_all(plain, prompts, False)
         rate_on, out_on, steps = run_all(spec, prompts, False)
         if out_on != out_off:
@@ -85,10 +90,11 @@ def nano_speedup(rounds: int, n: int) -> dict:
         off.append(rate_off)
         on.append(rate_on)
         steps_on += steps
+        tokens += sum(len(o) for o in out_on)
     stats = spec.stats()
     print(
-        f"## qthink-nano, {n} held-out arithmetic tasks, greedy, batch 1, "
-        f"n-gram k={NGRAM['num_speculative_tokens']} ({rounds} rounds)"
+        f"## qthink-nano, {n} new held-out arithmetic tasks a round, greedy, batch 1, "
+        f"{NGRAM['method']} k={NGRAM['num_speculative_tokens']} ({rounds} rounds)"
     )
     print(f"  off  {statistics.median(off):8.1f} tok/s   runs {', '.join(f'{r:.1f}' for r in off)}")
     print(f"  on   {statistics.median(on):8.1f} tok/s   runs {', '.join(f'{r:.1f}' for r in on)}")
@@ -97,9 +103,9 @@ def nano_speedup(rounds: int, n: int) -> dict:
     print(
         f"  acceptance rate {stats['spec_decode_acceptance_rate']:.2f}, mean accepted length "
         f"{stats['spec_decode_mean_accepted_length']:.2f}, drafts in "
-        f"{stats['spec_decode_num_drafts']} of {steps_on} steps"
+        f"{stats['spec_decode_num_drafts']} of {steps_on} steps, {tokens / steps_on:.2f} tokens a step"
     )
-    return {**stats, "steps": steps_on, "tokens": sum(len(o) for o in out_on) * rounds}
+    return {**stats, "steps": steps_on, "tokens": tokens}
 
 
 def four_b_engine(checkpoint: str, quantization: str | None, context: int, batch: int):
@@ -212,11 +218,12 @@ def batch16(rounds: int) -> None:
     model = str(default_model_path())
     plain = LLMEngine(model, **NANO)
     auto = LLMEngine(model, **NANO, speculative_config=NGRAM)
-    prompts = nano_prompts(plain, 16)
-    run_all(plain, prompts, True)
-    run_all(auto, prompts, True)
+    tasks = nano_prompts(plain, 16 * (rounds + 1))  # fresh tasks every round, as above
+    run_all(plain, tasks[:16], True)
+    run_all(auto, tasks[:16], True)
     off, on = [], []
-    for _ in range(rounds):
+    for r in range(1, rounds + 1):
+        prompts = tasks[16 * r : 16 * (r + 1)]
         off.append(run_all(plain, prompts, True)[0])
         on.append(run_all(auto, prompts, True)[0])
     ratio = statistics.median(on) / statistics.median(off)

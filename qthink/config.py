@@ -295,7 +295,8 @@ def knob(default, help: str, group: str, choices: tuple | None = None, flag: boo
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    """vLLM's `speculative_config`: n-gram (prompt lookup) drafting, or a small draft model with
+    """vLLM's `speculative_config`: n-gram (prompt lookup) drafting, suffix drafting (n-gram
+    lookup over the sequence, then over recently finished requests), or a small draft model with
     the target's tokenizer (`{"model": path}`), plus when speculation switches itself off."""
 
     method: str = "ngram"
@@ -304,14 +305,21 @@ class SpeculativeConfig:
     prompt_lookup_min: int = 1
     model: str | None = None  # draft_model: a checkpoint with the target's vocabulary
     # A sequence stops speculating while its recent acceptance rate is below this, and tries
-    # again after `probe_interval` steps (a thinking trace changes its character).
-    min_acceptance_rate: float = 0.3
-    probe_interval: int = 32
-    # No sequence drafts in a step with more decoding sequences than this: a large batch is
-    # compute-bound, where verifying k + 1 tokens per sequence costs k + 1 times as much.
-    disable_by_batch_size: int = 4
+    # again after `probe_interval` steps (a thinking trace changes its character). A 4B-shape
+    # verification of 4 drafts costs ~1.2-1.35x a decode step at batch 1 on a CPU
+    # (benchmarks/bench_speculative.py): it pays from a per-token acceptance of ~0.15-0.25.
+    min_acceptance_rate: float = 0.2
+    probe_interval: int = 8
+    # No sequence drafts in a step with more decoding sequences than this. Measured on the 4B
+    # shape (bf16, k = 4, benchmarks/bench_speculative.py): verifying costs 1.2x a decode step
+    # at batch 1, 1.5x at 2, 1.9x at 3 (an acceptance of ~0.5 to break even) and 6-9x from 4
+    # on, where the k + 1 rows per sequence outgrow the native GEMV.
+    disable_by_batch_size: int = 2
+    # suffix: n-gram drafting over the sequence's own text, then over this many recently
+    # finished requests' texts (vLLM's name for the limit)
+    suffix_decoding_max_cached_requests: int = 256
 
-    METHODS = ("ngram", "draft_model")
+    METHODS = ("ngram", "suffix", "draft_model")
 
     @classmethod
     def from_dict(cls, raw: dict) -> "SpeculativeConfig":
@@ -336,7 +344,7 @@ class SpeculativeConfig:
         if (spec.model is not None) != (spec.method == "draft_model"):
             raise ConfigError("speculative_config model is needed by, and only by, method draft_model")
         names = ("num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min", "probe_interval")
-        for name in (*names, "disable_by_batch_size"):
+        for name in (*names, "disable_by_batch_size", "suffix_decoding_max_cached_requests"):
             value = getattr(spec, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"speculative_config {name} must be an integer >= 1, got {value!r}")

@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from qthink.engine.spec.history import RequestHistory
 from qthink.engine.spec.ngram import NgramDrafter
 from qthink.engine.spec.rejection import rejection_sample, verify_greedy
 
@@ -41,6 +42,26 @@ def test_drafter_rejects_bad_settings():
         NgramDrafter(3, 2, 4)
     with pytest.raises(ValueError, match="num_speculative_tokens"):
         NgramDrafter(1, 2, 0)
+
+
+def test_history_drafts_what_followed_in_finished_requests():
+    history = RequestHistory(2, 3, 8)
+    history.add([1, 2, 3, 4, 5, 6])
+    history.add([9, 3, 4, 7, 8])
+    assert history.propose([0, 3, 4], 3) == [7, 8]  # the latest request with (3, 4)
+    assert history.propose([2, 3, 4], 3) == [5, 6]  # the longest match wins
+    assert history.propose([0, 7, 8], 3) == []  # nothing followed it
+    assert history.propose([4], 3) == []  # shorter than min_n
+
+
+def test_history_drops_the_older_half_past_its_limit():
+    history = RequestHistory(2, 2, 4)
+    for i in range(5):
+        history.add([100 + i, 1, 2, 10 + i])
+    assert len(history.texts) == 2
+    assert history.propose([1, 2], 1) == [14]
+    assert history.propose([100, 1], 1) == []  # an evicted text proposes nothing
+    assert history.propose([103, 1], 1) == [2]
 
 
 def test_greedy_verification_accepts_the_matching_prefix():

@@ -179,6 +179,34 @@ def test_nano_chat_identical_with_stops_budget_grammar_and_logprobs():
         assert all(da[t].logprob == pytest.approx(db[t].logprob, abs=1e-3) for t in da)
 
 
+def test_suffix_drafts_from_earlier_requests_with_identical_output():
+    """qthink-nano's answers share a template: after a first batch finishes, the suffix method
+    drafts it for new tasks (accepting more than own-text lookup), and the text is unchanged."""
+    from qthink.demo import default_model_path
+    from qthink.nano.data import arithmetic
+    from qthink.nano.evaluate import HELD_OUT_SEED
+
+    rng = random.Random(HELD_OUT_SEED)
+    convs = [arithmetic(rng)[:-1] for _ in range(6)]
+    params = SamplingParams(temperature=0, max_tokens=200)
+    results, accepted = [], []
+    for spec in (
+        None,
+        {**NGRAM, "prompt_lookup_min": 2, "disable_by_batch_size": 8},
+        {**NGRAM, "prompt_lookup_min": 2, "disable_by_batch_size": 8, "method": "suffix"},
+    ):
+        llm = LLM(
+            str(default_model_path()), max_model_len=1024, kv_cache_memory=16 << 20, speculative_config=spec
+        )
+        outs = [o.outputs[0].token_ids for o in llm.chat(convs[:3], params) + llm.chat(convs[3:], params)]
+        results.append(outs)
+        stats = llm.engine.stats()
+        accepted.append(stats.get("spec_decode_num_accepted_tokens", 0))
+        assert stats["kv_blocks_free"] == stats["kv_blocks_total"]
+    assert results[0] == results[1] == results[2]
+    assert accepted[2] > 1.5 * accepted[1]
+
+
 @pytest.mark.parametrize("same_weights", [True, False])
 def test_draft_model_greedy_identical_batched(varied_model, make_checkpoint, same_weights):
     """A tiny random draft with the target's tokenizer: the target's own weights (every draft

@@ -388,6 +388,8 @@ class LLMEngine:
             self.scheduler.finish(seq, "length")
         if seq.finished:
             out.flush()
+            if self.speculator is not None:
+                self.speculator.finished(seq)
 
     def _logprob_dict(self, seq: Sequence, sampled: SampledToken) -> dict[int, Logprob] | None:
         k = seq.params.logprobs

@@ -141,9 +141,11 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   const DecodeAttention kernel{bits(q), bits(k_cache), bits(v_cache), slots.data_ptr<int64_t>(),
                                lens.data_ptr<int64_t>(), reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
                                H, KVH, D, slots.size(1), static_cast<float>(scale)};
+  // KV head major: the rows of one sequence (a verification's k + 1 queries, each over its own
+  // prefix) run one after another on the same K/V rows, which the first left in cache.
   qthink::parallel_for(B * KVH, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores, acc;
-    for (int64_t task = begin; task < end; ++task) kernel(task / KVH, task % KVH, scores, acc);
+    for (int64_t task = begin; task < end; ++task) kernel(task % B, task / B, scores, acc);
   });
   return out;
 }

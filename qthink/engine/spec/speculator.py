@@ -5,6 +5,7 @@ from weakref import WeakKeyDictionary
 
 from qthink.config import SpeculativeConfig
 from qthink.engine.sequence import Sequence
+from qthink.engine.spec.history import RequestHistory
 from qthink.engine.spec.ngram import NgramDrafter
 
 
@@ -21,7 +22,7 @@ class SequenceSpecState:
     def __init__(self, config: SpeculativeConfig):
         self.drafter = (
             NgramDrafter(config.prompt_lookup_min, config.prompt_lookup_max, config.num_speculative_tokens)
-            if config.method == "ngram"
+            if config.method in ("ngram", "suffix")
             else None
         )
         self.acceptance = 1.0
@@ -33,6 +34,13 @@ class Speculator:
         self.config = config
         self.max_model_len = max_model_len
         self.draft_model = draft_model  # a DraftModelProposer for method draft_model
+        self.history = (
+            RequestHistory(
+                config.prompt_lookup_min, config.prompt_lookup_max, config.suffix_decoding_max_cached_requests
+            )
+            if config.method == "suffix"
+            else None
+        )
         self.states: WeakKeyDictionary[Sequence, SequenceSpecState] = WeakKeyDictionary()
         self.step = 0
         self.reset_stats()
@@ -61,8 +69,15 @@ class Speculator:
             self.draft_model.propose(wanted, running)
             return
         for seq, k in wanted.items():
-            drafter = cast(NgramDrafter, self.states[seq].drafter)  # the ngram method: no draft model
+            drafter = cast(NgramDrafter, self.states[seq].drafter)  # ngram or suffix: no draft model
             seq.draft_ids = drafter.propose(seq.token_ids, k)
+            if not seq.draft_ids and self.history is not None:
+                seq.draft_ids = self.history.propose(seq.token_ids, k)
+
+    def finished(self, seq: Sequence) -> None:
+        """A sequence ended (stop or length): the suffix method drafts from its text from now on."""
+        if self.history is not None:
+            self.history.add(seq.token_ids)
 
     def _room(self, seq: Sequence) -> int:
         """Drafts that could still be emitted, leaving a slot for the token after them."""
