@@ -223,3 +223,22 @@ def test_token_ids_longer_than_the_context_are_refused(server):
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     r = httpx.post(server.url + "/v1/completions", json={"prompt": [1] * 513}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/api/chat", "/tokenize"])
+def test_a_body_of_countless_tiny_messages_is_refused_before_it_is_validated(server, path):
+    """A million-message body would keep the event loop validating for seconds: over twice the
+    context in JSON values (at least 65,536), it is refused as too large."""
+    messages = [{"role": "user", "content": "hi"}] * 30_000  # 90,001 values, 1.1 MB
+    body = {"model": "qthink-test", "max_tokens": 4, "messages": messages}
+    started = time.monotonic()
+    r = httpx.post(server.url + path, json=body, timeout=30)
+    assert r.status_code == 413, r.text
+    assert "65,536 JSON strings, objects and arrays" in r.text
+    assert time.monotonic() - started < 5
+
+
+def test_many_messages_under_the_value_limit_are_served(server):
+    messages = [{"role": "user", "content": "hi"}] * 2_000  # 6,001 values
+    r = httpx.post(server.url + "/tokenize", json={"messages": messages}, timeout=30)
+    assert r.status_code == 200, r.text

@@ -40,6 +40,7 @@ from qthink.server.turn import check_model
 
 log = logging.getLogger("qthink")
 
+MIN_JSON_VALUES = 1 << 16
 PUBLIC_PATHS = ("/health",)
 # The chat page's own files, and its fixed configuration (step labels, whether a model answers),
 # which it reads before the user has typed the key. Every call it makes with text goes with the key.
@@ -105,6 +106,7 @@ def build_app(
     app = FastAPI(title="qthink", version=__version__, lifespan=lifespan, max_body_size=max_request_bytes)
     app.router.route_class = StrictJSONRoute  # every route added below decodes its body strictly
     app.state.server = server
+    app.state.max_json_values = max_json_values(engine.max_model_len)
     public = PUBLIC_PATHS + (("/metrics",) if metrics_public else ())
     _add_guards(app, api_key, public, max_request_bytes)
     if allowed_origins:
@@ -123,6 +125,13 @@ def build_app(
 
         mount(app)
     return app
+
+
+def max_json_values(max_model_len: int) -> int:
+    """The most strings, objects and arrays a body may hold: twice the context in tokens, at
+    least 65,536. Every message a template renders costs a few tokens, so a prompt that fits
+    holds far fewer; validating that many takes the event loop a tenth of a second."""
+    return max(MIN_JSON_VALUES, 2 * max_model_len)
 
 
 def _add_guards(app: FastAPI, api_key: str | None, public: tuple[str, ...], max_bytes: int) -> None:

@@ -5,7 +5,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.routing import APIRoute
 
 SURROGATE = re.compile("[\ud800-\udfff]")
@@ -31,8 +31,33 @@ class StrictJSONRequest(Request):
                 path = surrogate_path(data)
                 if path is not None:
                     raise LoneSurrogateError(body.decode("utf-8", "replace"), path)
+            limit = getattr(self.scope["app"].state, "max_json_values", None)
+            if limit is not None and count_values(data, limit) > limit:
+                raise HTTPException(
+                    413,
+                    f"the request body holds more than {limit:,} JSON strings, objects and arrays; "
+                    "no prompt that fits this model's context needs that many",
+                )
             self._json = data
         return self._json
+
+
+def count_values(data, limit: int) -> int:
+    """The strings, objects and arrays in decoded JSON (numbers and keys not counted), counted
+    only to just past `limit`: a body of a million tiny messages is refused before the models
+    that validate it spend seconds of the event loop on it."""
+    count, pending = 0, [data]
+    while pending and count <= limit:
+        value = pending.pop()
+        if isinstance(value, dict):
+            count += 1
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            count += 1
+            pending.extend(v for v in value if isinstance(v, (dict, list, str)))
+        elif isinstance(value, str):
+            count += 1
+    return count
 
 
 def _may_hold_surrogate(body: bytes) -> bool:
