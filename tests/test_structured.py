@@ -166,6 +166,10 @@ def test_nano_finishes_a_json_object_answer():
         ({"regex": "a" * 262_145}, "262145 characters long"),
         ({"json_schema": {"enum": ["x" * 262_144]}}, "characters as JSON; the limit is 262144"),
         (
+            {"json_schema": {"items": {"properties": {f"p{i}": {} for i in range(1_001)}}}},
+            "an object in the_field's JSON schema has 1001 properties; the limit is 1000",
+        ),
+        (
             {"json_schema": {"items": {"items": {"items": {}}}} | {"x": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}},
             None,
         ),

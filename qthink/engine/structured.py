@@ -30,6 +30,9 @@ MAX_CHOICES = 100_000  # entries of one choice list
 MAX_CHOICE_CHARS = 2_000_000  # characters of all entries together
 MAX_GRAMMAR_CHARS = 262_144  # a regex, a Lark grammar, or a JSON schema (about, as JSON text)
 MAX_SCHEMA_DEPTH = 64  # objects and lists nested in a JSON schema
+# Properties of one object schema: past about 1,000 optional ones llguidance's parser passes
+# its 2,000 items in a row after the first key, and the request would fail mid-answer.
+MAX_SCHEMA_PROPERTIES = 1_000
 COMPILE_TIMEOUT = 10.0  # seconds a grammar may compile (the engine's grammar_compile_timeout)
 COMPILE_WORKERS = 2  # grammars compiled at once; the others queue (their time starts with them)
 
@@ -87,6 +90,23 @@ def _check_schema_size(schema: dict, param: str) -> None:
     brackets = _BRACKETS.findall(_JSON_STRINGS.sub("", text))
     depth = max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
     _at_most(depth, MAX_SCHEMA_DEPTH, f"{param}'s JSON schema nests {depth} levels deep", param)
+    if '"properties"' in text:
+        widest = _widest_properties(schema)
+        what = f"an object in {param}'s JSON schema has {widest} properties"
+        _at_most(widest, MAX_SCHEMA_PROPERTIES, what, param)
+
+
+def _widest_properties(schema: dict) -> int:
+    """The most `properties` of any object schema, visiting objects and lists only."""
+    widest = 0
+    stack: list[dict | list] = [schema]
+    while stack:
+        node = stack.pop()
+        values = node.values() if isinstance(node, dict) else node
+        if isinstance(node, dict) and isinstance(node.get("properties"), dict):
+            widest = max(widest, len(node["properties"]))
+        stack.extend(v for v in values if isinstance(v, (dict, list)))
+    return widest
 
 
 _JSON_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
@@ -222,8 +242,8 @@ class GrammarCompiler:
         return _vocabulary_index(str(self.tokenizer_json), self.vocab_size, self.eos_token_id)
 
     def submit(self, spec: dict) -> "GrammarJob":
-        """Check `spec` now (shape and size: StructuredOutputError) and compile it on a worker."""
-        check_spec(spec)
+        """Check and compile `spec` on a worker: the engine thread does none of it (a server
+        has checked it already, to name the request's field)."""
         job = GrammarJob(spec)
         job.future = self._pool.submit(self._run, job)
         return job
@@ -249,7 +269,9 @@ class GrammarCompiler:
 
         lark = lark_grammar(spec)
         grammar = llguidance.LLMatcher.grammar_from_lark(lark)
-        matcher = llguidance.LLMatcher(self._vocabulary(), grammar, log_level=1)
+        # Without verbose errors: llguidance's would append the parser state and the whole grammar.
+        limits = llguidance.LLParserLimits(verbose_errors=False)
+        matcher = llguidance.LLMatcher(self._vocabulary(), grammar, log_level=1, limits=limits)
         if matcher.is_error():
             raise StructuredOutputError(f"unsupported structured output: {matcher.get_error().strip()}")
         closers = self._closers if "json_object" in spec else None
