@@ -96,7 +96,6 @@ def make_cases(n: int, k: int, m: int, pool_bytes: int) -> list[Case]:
             Case(
                 "native tiled GEMM int8", int8, n * k, lambda x, w: ops.gemm_int8(x, w.weight, w.scale, None)
             ),
-            Case("native tiled GEMM int4", int4, n * k // 2, native_int4_gemm),
         ]
     return cases
 
@@ -115,10 +114,6 @@ def native_int8_gemm(x: torch.Tensor, w: Int8Linear) -> torch.Tensor:
 
 def native_int4_gemv(x: torch.Tensor, w: Int4Linear) -> torch.Tensor:
     return kernel_ops().linear_int4(x, w.weight, w.scale, w.offset, w.group_size, w.out_features, None)
-
-
-def native_int4_gemm(x: torch.Tensor, w: Int4Linear) -> torch.Tensor:
-    return kernel_ops().gemm_int4(x, w.weight, w.scale, w.offset, w.group_size, w.out_features, None)
 
 
 def time_cases(cases: list[Case], x: torch.Tensor, repeats: int, clock=time.perf_counter) -> dict[str, float]:

@@ -134,8 +134,8 @@ def linear_kernels_available() -> bool:
 
 
 def kernel_ops():
-    """The loaded kernels' op namespace: linear_bf16, linear_int8, linear_int4 (small M, GEMV),
-    gemm_int8, gemm_int4 (large M, dequantized tiles through torch's GEMM), decode_attention
-    (one query per sequence against the paged bf16 KV cache), rms_norm (bf16 rows) and
-    set_num_threads / get_num_threads (the kernels' thread count)."""
+    """The loaded kernels' op namespace: linear_bf16, linear_int8 (small M, GEMV), linear_int4
+    (any M: GEMV, and a VNNI GEMM for prefill), gemm_int8 (large M, dequantized tiles through
+    torch's GEMM), decode_attention (one query per sequence against the paged bf16 KV cache),
+    rms_norm (bf16 rows) and set_num_threads / get_num_threads (the kernels' thread count)."""
     return torch.ops.qthink_kernels

@@ -3,7 +3,8 @@
 // Batch-1 decode reads every weight once per token, so the small-M kernels (GEMV) are built
 // to stream weight rows at memory bandwidth: a few rows at a time, a few activation rows
 // reused per loaded weight vector, chunks of rows taken by the threads of thread_pool.h. For
-// large M the quantized weights are dequantized tile by tile into torch's GEMM.
+// large M the int4 kernel is a GEMM (up to 6 activation rows per weight load, int8 dot products
+// at twice bf16's rate); int8 weights are dequantized tile by tile into torch's GEMM.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -69,6 +70,18 @@ struct Output {
       static_cast<at::BFloat16*>(data)[m * n_cols + n] = at::BFloat16(value);
     } else {
       static_cast<float*>(data)[m * n_cols + n] = value;
+    }
+  }
+
+  // values[0..count) (count <= 16) into row m, columns n..n+count.
+  void write16(int64_t m, int64_t n, __m512 values, int64_t count) const {
+    const __mmask16 mask = count >= 16 ? 0xFFFF : (1u << count) - 1;
+    if (bias) values = _mm512_add_ps(values, _mm512_maskz_loadu_ps(mask, bias + n));
+    if (is_bf16) {
+      _mm256_mask_storeu_epi16(static_cast<at::BFloat16*>(data) + m * n_cols + n, mask,
+                               (__m256i)_mm512_cvtneps_pbh(values));
+    } else {
+      _mm512_mask_storeu_ps(static_cast<float*>(data) + m * n_cols + n, mask, values);
     }
   }
 };
@@ -248,7 +261,12 @@ struct Int8Kernel : BlockKernel<Int8Kernel> {
 // no horizontal sum is left. The block is one contiguous stream. Scales and offsets are bf16
 // [blocks, groups, 32]; a dequantized weight is q * scale + offset.
 constexpr int64_t kInt4BlockRows = 32;
-constexpr int64_t kInt4MaxMB = 2;  // activation rows per pass over a block (4 was no faster)
+// Activation rows per pass over a block: each loaded weight vector meets up to 6 of them (a
+// GEMM for large M). More would not leave the accumulators their registers.
+constexpr int64_t kInt4MaxPassRows = 6;
+// For large M a task takes this many blocks (their weights stay in L2) and runs every pass of
+// activation rows over them, so the activations are read once per 4 blocks.
+constexpr int64_t kInt4BlocksPerTask = 4;
 
 // acc + the dot products of w's 4-byte lanes (unsigned) with the 4 int8 at x (every lane).
 inline __m512i dot_broadcast(__m512i acc, __m512i w, const int8_t* x) {
@@ -275,9 +293,12 @@ struct Int4Kernel {
   int64_t K;
   int64_t G;
 
-  // res[i][r]: row 32 b + r of the output for activation row m + i.
+  // Rows 32 b .. 32 b + 31 of the output for activation rows m .. m + MB - 1, into `out`.
   template <int MB>
-  void block(int64_t b, int64_t m, float (*res)[kInt4BlockRows]) const {
+  void block(int64_t b, int64_t m, int64_t N, const Output& out) const {
+    // One or two rows: two accumulators per half (even and odd vectors) hide the dot products'
+    // latency; from three rows on the rows do, and the registers go to the rows.
+    constexpr int S = MB < 3 ? 2 : 1;
     const int64_t groups = K / G, vectors = G / 4;
     const __m512i low = _mm512_set1_epi8(0x0F);
     const uint8_t* weights = w + b * (K / 4) * 64;
@@ -287,21 +308,22 @@ struct Int4Kernel {
     __m512 top[MB], bottom[MB];
     for (int i = 0; i < MB; ++i) top[i] = bottom[i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
-      // Two accumulators per half, even and odd vectors: the dot products' latency stays hidden.
-      __m512i lo0[MB], lo1[MB], hi0[MB], hi1[MB];
-      for (int i = 0; i < MB; ++i) lo0[i] = lo1[i] = hi0[i] = hi1[i] = _mm512_setzero_si512();
+      __m512i lo[MB][S], hi[MB][S];
+      set_all(lo, _mm512_setzero_si512());
+      set_all(hi, _mm512_setzero_si512());
       const uint8_t* wg = weights + g * vectors * 64;
+      const int8_t* xg = xq + m * K + g * G;
       for (int64_t t = 0; t < vectors; t += 2) {
         const __m512i v0 = load_vector(wg + t * 64), v1 = load_vector(wg + t * 64 + 64);
         const __m512i l0 = _mm512_and_si512(v0, low), l1 = _mm512_and_si512(v1, low);
         // The high nibbles stay in place, 16 times their value: one shift per group undoes it.
         const __m512i h0 = _mm512_andnot_si512(low, v0), h1 = _mm512_andnot_si512(low, v1);
         for (int i = 0; i < MB; ++i) {
-          const int8_t* x = xq + (m + i) * K + g * G + t * 4;
-          lo0[i] = dot_broadcast(lo0[i], l0, x);
-          hi0[i] = dot_broadcast(hi0[i], h0, x);
-          lo1[i] = dot_broadcast(lo1[i], l1, x + 4);
-          hi1[i] = dot_broadcast(hi1[i], h1, x + 4);
+          const int8_t* x = xg + i * K + t * 4;
+          lo[i][0] = dot_broadcast(lo[i][0], l0, x);
+          hi[i][0] = dot_broadcast(hi[i][0], h0, x);
+          lo[i][S - 1] = dot_broadcast(lo[i][S - 1], l1, x + 4);
+          hi[i][S - 1] = dot_broadcast(hi[i][S - 1], h1, x + 4);
         }
       }
       const uint16_t* s = scales + g * kInt4BlockRows;
@@ -311,38 +333,48 @@ struct Int4Kernel {
       for (int i = 0; i < MB; ++i) {
         const __m512 step = _mm512_set1_ps(x_scale[(m + i) * groups + g]);
         const __m512 sum = _mm512_set1_ps(x_sum[(m + i) * groups + g]);
-        const __m512i q_top = _mm512_add_epi32(lo0[i], lo1[i]);
-        const __m512i q_bottom = _mm512_srai_epi32(_mm512_add_epi32(hi0[i], hi1[i]), 4);
+        __m512i q_top = lo[i][0], q_bottom = hi[i][0];
+        if (S == 2) {
+          q_top = _mm512_add_epi32(q_top, lo[i][S - 1]);
+          q_bottom = _mm512_add_epi32(q_bottom, hi[i][S - 1]);
+        }
+        q_bottom = _mm512_srai_epi32(q_bottom, 4);
         top[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_top), _mm512_mul_ps(s_top, step), top[i]);
         bottom[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_bottom), _mm512_mul_ps(s_bottom, step), bottom[i]);
         top[i] = _mm512_fmadd_ps(o_top, sum, top[i]);
         bottom[i] = _mm512_fmadd_ps(o_bottom, sum, bottom[i]);
       }
     }
+    const int64_t n = b * kInt4BlockRows, rows = std::min(kInt4BlockRows, N - n);
     for (int i = 0; i < MB; ++i) {
-      _mm512_storeu_ps(res[i], top[i]);
-      _mm512_storeu_ps(res[i] + 16, bottom[i]);
+      out.write16(m + i, n, top[i], rows);
+      if (rows > 16) out.write16(m + i, n + 16, bottom[i], rows - 16);
     }
   }
 
-  // Every output row: blocks of 32 rows taken by the pool's threads, up to kInt4MaxMB activation
-  // rows per pass over a block.
+  void pass(int64_t mb, int64_t b, int64_t m, int64_t N, const Output& out) const {
+    switch (mb) {
+      case 1: return block<1>(b, m, N, out);
+      case 2: return block<2>(b, m, N, out);
+      case 3: return block<3>(b, m, N, out);
+      case 4: return block<4>(b, m, N, out);
+      case 5: return block<5>(b, m, N, out);
+      default: return block<6>(b, m, N, out);
+    }
+  }
+
+  // Every output row: tasks of blocks of 32 rows taken by the pool's threads, each running
+  // passes of near-equal size (at most kInt4MaxPassRows activation rows) over its blocks.
   void run(int64_t M, int64_t N, const Output& out) const {
-    qthink::parallel_for((N + kInt4BlockRows - 1) / kInt4BlockRows, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t rows = std::min(kInt4BlockRows, N - b * kInt4BlockRows);
-        for (int64_t m = 0; m < M;) {
-          float res[kInt4MaxMB][kInt4BlockRows];
-          const int mb = M - m >= 2 ? 2 : 1;
-          if (mb == 2) {
-            block<2>(b, m, res);
-          } else {
-            block<1>(b, m, res);
-          }
-          for (int i = 0; i < mb; ++i)
-            for (int64_t r = 0; r < rows; ++r) out.write(m + i, b * kInt4BlockRows + r, res[i][r]);
-          m += mb;
-        }
+    const int64_t blocks = (N + kInt4BlockRows - 1) / kInt4BlockRows;
+    const int64_t per_task = M > kInt4MaxPassRows ? kInt4BlocksPerTask : 1;
+    const int64_t passes = (M + kInt4MaxPassRows - 1) / kInt4MaxPassRows;
+    const int64_t pass_rows = (M + passes - 1) / passes;
+    qthink::parallel_for((blocks + per_task - 1) / per_task, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t first = task * per_task, last = std::min(blocks, first + per_task);
+        for (int64_t m = 0; m < M; m += pass_rows)
+          for (int64_t b = first; b < last; ++b) pass(std::min(pass_rows, M - m), b, m, N, out);
       }
     });
   }
@@ -442,13 +474,20 @@ QuantizedRows quantize_rows(const at::Tensor& x, int64_t G) {
   float* scales = rows.scales.data_ptr<float>();
   float* sums = rows.sums.data_ptr<float>();
   int32_t* int_sums = rows.int_sums.data_ptr<int32_t>();
-  for (int64_t r = 0; r < M * groups; ++r) {
-    if (xc.scalar_type() == at::kBFloat16) {
-      quantize_group(xc.data_ptr<at::BFloat16>() + r * G, G, dst + r * G, scales + r, sums + r, int_sums + r);
-    } else {
-      quantize_group(xc.data_ptr<float>() + r * G, G, dst + r * G, scales + r, sums + r, int_sums + r);
+  const bool is_bf16 = xc.scalar_type() == at::kBFloat16;
+  const void* values = xc.data_ptr();
+  // Many rows (a prefill) are shared among the kernels' threads; a decode row stays on this one.
+  qthink::parallel_for(M * groups, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      if (is_bf16) {
+        quantize_group(static_cast<const at::BFloat16*>(values) + r * G, G, dst + r * G, scales + r, sums + r,
+                       int_sums + r);
+      } else {
+        quantize_group(static_cast<const float*>(values) + r * G, G, dst + r * G, scales + r, sums + r,
+                       int_sums + r);
+      }
     }
-  }
+  });
   return rows;
 }
 
@@ -576,43 +615,7 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return out;
 }
 
-// Row dequantizers to bf16, for large M where one GEMM beats many GEMVs.
-struct Int4Rows {
-  const uint8_t* packed;
-  const uint16_t* scales;
-  const uint16_t* offsets;
-  int64_t K;
-  int64_t G;
-
-  // 16 of the 64 weights in `bytes` (one a byte), part P, dequantized and stored as bf16.
-  template <int P>
-  static void store_part(__m512i bytes, __m512 s, __m512 o, uint16_t* dst) {
-    const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(bytes, P)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16 * P), (__m256i)_mm512_cvtneps_pbh(_mm512_fmadd_ps(q, s, o)));
-  }
-
-  void operator()(int64_t n, uint16_t* dst) const {
-    const int64_t groups = K / G, block = n / kInt4BlockRows, r = n % kInt4BlockRows;
-    // Row n's dwords: lane r % 16 of each 64-byte vector, in the high nibbles for r >= 16.
-    const uint8_t* base = packed + block * (K / 4) * 64 + (r % 16) * 4;
-    const int shift = r < 16 ? 0 : 4;
-    const __m512i lanes = _mm512_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832,
-                                            896, 960);
-    const __m512i low = _mm512_set1_epi8(0x0F);
-    for (int64_t k = 0; k < K; k += 64) {
-      const int64_t g = (block * groups + k / G) * kInt4BlockRows + r;
-      const __m512 s = _mm512_set1_ps(bf16_bits_to_float(scales[g]));
-      const __m512 o = _mm512_set1_ps(bf16_bits_to_float(offsets[g]));
-      const __m512i dwords = _mm512_i32gather_epi32(lanes, base + k / 4 * 64, 1);
-      const __m512i bytes = _mm512_and_si512(_mm512_srli_epi32(dwords, shift), low);  // weights k..k+63
-      store_part<0>(bytes, s, o, dst + k);
-      store_part<1>(bytes, s, o, dst + k);
-      store_part<2>(bytes, s, o, dst + k);
-      store_part<3>(bytes, s, o, dst + k);
-    }
-  }
-};
-
+// int8 rows dequantized to bf16, for large M where one GEMM beats many GEMVs.
 struct Int8Rows {
   const int8_t* w;
   const uint16_t* scale;
@@ -671,15 +674,6 @@ at::Tensor tiled_linear(const at::Tensor& x, const Rows& rows, int64_t N, int64_
   return out;
 }
 
-at::Tensor gemm_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
-                     int64_t group_size, int64_t out_features, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(w.dim() == 2, "w must be uint8 [N, K/2]");
-  const int64_t K = w.size(1) * 2, N = out_features;
-  check_int4(w, scale, offset, N, K, group_size);
-  const Int4Rows rows{w.data_ptr<uint8_t>(), bf16_bits(scale), bf16_bits(offset), K, group_size};
-  return tiled_linear(x, rows, N, K, bias);
-}
-
 at::Tensor gemm_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                      const c10::optional<at::Tensor>& bias) {
   const int64_t N = check_int8(w, scale);
@@ -695,9 +689,6 @@ TORCH_LIBRARY(qthink_kernels, m) {
       "linear_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, int out_features, Tensor? bias) "
       "-> Tensor");
   m.def("gemm_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias) -> Tensor");
-  m.def(
-      "gemm_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, int out_features, Tensor? bias) "
-      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) {
@@ -705,5 +696,4 @@ TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) {
   m.impl("linear_int8", &linear_int8);
   m.impl("linear_int4", &linear_int4);
   m.impl("gemm_int8", &gemm_int8);
-  m.impl("gemm_int4", &gemm_int4);
 }

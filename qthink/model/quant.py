@@ -2,8 +2,9 @@
 
 Each replacement module keeps `nn.Linear`'s forward semantics. On a CPU with AVX-512 BF16 a
 decode-sized input (a few rows) goes to the native GEMV in `qthink.kernels`, which streams
-weights at close to memory bandwidth; larger bf16 inputs of int8/int4 layers go to its tiled
-dequantize-then-GEMM, the rest to torch's `F.linear`. Other devices and machines without the
+weights at close to memory bandwidth; larger inputs of int4 layers go to the same kernel's GEMM
+form (int8 dot products), larger bf16 inputs of int8 layers to a tiled dequantize-then-GEMM,
+the rest to torch's `F.linear`. Other devices and machines without the
 kernels (or with QTHINK_KERNELS=0) take torch's own ops throughout.
 """
 
@@ -267,10 +268,8 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         args = (self.weight, self.scale, self.offset, self.group_size, self.out_features, self.bias)
-        if self.blocked and native_cpu(x) and rows_of(x) <= SMALL_M:
+        if self.blocked and native_cpu(x):  # GEMV for decode, its GEMM form for prefill
             out = kernel_ops().linear_int4(_rows(x), *args)
-        elif self.blocked and native_cpu(x) and x.dtype == torch.bfloat16:
-            out = kernel_ops().gemm_int4(_rows(x), *args)
         else:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             w = dequantize_int4(*self.row_layout(), x.dtype)
