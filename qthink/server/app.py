@@ -40,6 +40,7 @@ from qthink.server.turn import check_model
 
 log = logging.getLogger("qthink")
 
+MAX_REQUEST_BYTES = 32 << 20
 MIN_JSON_VALUES = 1 << 16
 PUBLIC_PATHS = ("/health",)
 # The chat page's own files, and its fixed configuration (step labels, whether a model answers),
@@ -78,7 +79,7 @@ def build_app(
     api_key: str | None = None,
     metrics_public: bool = False,
     allowed_origins: list[str] | None = None,
-    max_request_bytes: int = 32 << 20,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
     web_ui: bool = True,
     efforts: EffortBudgets | None = None,
     default_template_kwargs: dict | None = None,

@@ -7,7 +7,7 @@ from pathlib import Path
 from qthink.chat_cli import add_model_arguments, model_and_engine_kwargs
 from qthink.engine.async_engine import AsyncEngine
 from qthink.engine_flags import json_object
-from qthink.server.app import build_app
+from qthink.server.app import MAX_REQUEST_BYTES, build_app
 from qthink.server.listeners import serve
 from qthink.server.streaming import STREAM_BACKLOG_TOKENS
 from qthink.server.thinking_budget import EffortBudgets
@@ -48,6 +48,13 @@ def _add_server_arguments(g: argparse._ArgumentGroup) -> None:
         "--ollama-port",
         type=int,
         help="also listen on this port (Ollama clients look at 11434); every route is on both",
+    )
+    g.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=MAX_REQUEST_BYTES,
+        metavar="N",
+        help=f"refuse a larger request body with 413 (default: {MAX_REQUEST_BYTES} = 32 MiB)",
     )
     g.add_argument(
         "--stream-backlog-tokens",
@@ -131,6 +138,7 @@ def run(args) -> int:
         efforts=efforts,
         default_template_kwargs=args.default_chat_template_kwargs,
         stream_backlog_tokens=args.stream_backlog_tokens,
+        max_request_bytes=args.max_request_bytes,
     )
     _log_ready(engine, model, names, args)
     ports = [args.port] + ([args.ollama_port] if args.ollama_port else [])
