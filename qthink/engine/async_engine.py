@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from qthink.engine.engine import LLMEngine
 from qthink.engine.outputs import RequestOutput
+from qthink.engine.rank_supervisor import RankDiedError
 from qthink.engine.sampling_params import SamplingParams
 
 log = logging.getLogger("qthink")
@@ -33,6 +34,9 @@ class AsyncEngine:
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stopping = threading.Event()
         self.engine.wakeup = lambda: self._commands.put((_nothing, (), None))  # a grammar is done
+        self.failure: RankDiedError | None = None  # why the engine stopped, if not asked to
+        if self.engine.ranks:
+            self.engine.ranks.on_death.append(self._wake)
         self._thread = threading.Thread(target=self._loop, name="qthink-engine", daemon=True)
         self._thread.start()
 
@@ -77,12 +81,12 @@ class AsyncEngine:
     async def shutdown(self) -> None:
         """Abort whatever is in flight and stop the engine thread."""
         self._stopping.set()
-        self._commands.put((lambda: None, (), None))
+        self._commands.put((_nothing, (), None))
         await asyncio.to_thread(self._thread.join, 10)
 
     async def _call(self, fn, *args):
         if not self._thread.is_alive():
-            raise EngineDeadError("the engine has stopped")
+            raise self._dead_error()
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._commands.put((fn, args, future))
         return await asyncio.wrap_future(future)
@@ -90,20 +94,46 @@ class AsyncEngine:
     # ---- engine thread ----------------------------------------------------------------------
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except RankDiedError as e:  # the engine cannot run on: fail everything, stop
+            self.failure = e
+            log.error("%s", self._dead_error())
+            self._fail_all(self._dead_error())
+        else:
+            self._fail_all(EngineDeadError("the engine is shutting down"))
+        finally:
+            self.engine.grammars.close()
+
+    def _serve(self) -> None:
         while not self._stopping.is_set():
+            self.engine.check_ranks()
             self._run_commands(block=not self.engine.has_ready_work())
             if self._stopping.is_set() or not self.engine.has_unfinished():
                 continue
-            try:
-                outputs = self.engine.step()
-            except Exception as e:  # a scheduler-level fault: fail what is in flight, go on
-                log.exception("engine step failed")
-                self._fail_all(e)
-                continue
-            for out in outputs:
-                self._deliver(out.request_id, out.refusal or out)
-        self._fail_all(EngineDeadError("the engine is shutting down"))
-        self.engine.grammars.close()
+            self._step()
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except RankDiedError:
+            raise
+        except Exception as e:  # a scheduler-level fault: fail what is in flight, go on
+            log.exception("engine step failed")
+            self._fail_all(e)
+            return
+        for out in outputs:
+            self._deliver(out.request_id, out.refusal or out)
+
+    def _wake(self) -> None:
+        """Called when a rank dies: an idle loop, waiting for a command, looks at once."""
+        self._commands.put((_nothing, (), None))
+
+    def _dead_error(self) -> EngineDeadError:
+        """What a caller is told: the first line of the cause (a rank's traceback stays in the log)."""
+        if self.failure is None:
+            return EngineDeadError("the engine has stopped")
+        return EngineDeadError(f"the engine has stopped: {str(self.failure).splitlines()[0]}")
 
     def _run_commands(self, block: bool) -> None:
         try:

@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -17,6 +18,7 @@ from qthink.engine.block_manager import BlockManager
 from qthink.engine.logits_processors import default_pipeline
 from qthink.engine.loop_guard import LoopGuardConfig
 from qthink.engine.outputs import Logprob, RequestOutput
+from qthink.engine.rank_supervisor import Ranks
 from qthink.engine.runner import ModelRunner, default_threads
 from qthink.engine.sampler import SampledToken
 from qthink.engine.sampling_params import SamplingParams
@@ -29,7 +31,7 @@ from qthink.engine.structured import GrammarCompiler, GrammarJob
 from qthink.errors import RequestError
 from qthink.loader import load_model, resolve_dtype, resolve_model
 from qthink.memory import KV_BYTES, available_memory, plan_kv_cache
-from qthink.model.parallel import SINGLE, check_divisible
+from qthink.model.parallel import SINGLE, TensorParallel, check_divisible
 from qthink.parsing.thinking import ThinkingFormat
 from qthink.tokenizer import Tokenizer
 
@@ -90,10 +92,14 @@ class LLMEngine:
         self.quantization = config.quantization
         num_blocks = self._plan_kv_blocks(context_is_default)  # max_model_len is final from here on
         quant = (config.quantization, config.quantization_group_size)
-        self.tp_workers, tp = self._start_tensor_parallel(config.tensor_parallel_size, quant)
-        self.model = load_model(self.model_dir, self.dtype, self.device, tp, *quant, self.model_config)
-        if tp.size > 1:
-            num_blocks = tensor_parallel.handshake(num_blocks, self.model)
+        self.ranks: Ranks | None = None  # ranks 1..N-1 under tensor parallelism
+        try:
+            tp = self._start_tensor_parallel(config.tensor_parallel_size, quant)
+            num_blocks = self._load(tp, quant, num_blocks)
+        except BaseException:
+            if self.ranks:
+                self.ranks.stop()
+            raise
         pipeline = default_pipeline(self.tokenizer.encode, self.max_model_len)
         self.runner = ModelRunner(self.model, self.model_config, config, self.device, num_blocks, pipeline)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
@@ -116,7 +122,7 @@ class LLMEngine:
     def _speculator(self, config: SpeculativeConfig | None) -> Speculator | None:
         if config is None:
             return None
-        if self.tp_workers:
+        if self.ranks:
             raise ConfigError("speculative decoding does not run with tensor parallelism yet")
         draft = None
         if config.method == "draft_model":
@@ -124,23 +130,45 @@ class LLMEngine:
             draft = DraftModelProposer(cast(str, config.model), *args)  # validated: draft_model names one
         return Speculator(config, self.max_model_len, draft)
 
-    def _start_tensor_parallel(self, size: int, quant: tuple[str | None, int]):
+    def _start_tensor_parallel(self, size: int, quant: tuple[str | None, int]) -> TensorParallel:
+        """Start ranks 1..size-1 and join them as rank 0; a rank that dies first raises its error."""
         if size == 1:
-            return [], SINGLE
+            return SINGLE
         check_divisible(self.model_config, size)
-        port = tensor_parallel.free_port()
-        workers = tensor_parallel.start_workers(
-            size, port, self.model_dir, self.dtype, self.device, self.config, quant
-        )
-        atexit.register(self.close)
-        return workers, tensor_parallel.init_group(0, size, port, self.device)
+        store = tensor_parallel.rendezvous_store()
+        args = (size, store.port, str(self.model_dir), self.dtype, str(self.device), self.config, quant)
+        self.ranks = Ranks.start(size, args)
+        atexit.register(self.ranks.stop)
+        with self.ranks.watching():
+            return tensor_parallel.init_group(0, size, self.ranks.store(store), self.device)
+
+    def _load(self, tp: TensorParallel, quant: tuple[str | None, int], num_blocks: int) -> int:
+        """Load this rank's weights; with other ranks, agree on the KV block count."""
+        with self.ranks.watching() if self.ranks else nullcontext():
+            self.model = load_model(self.model_dir, self.dtype, self.device, tp, *quant, self.model_config)
+            if self.ranks:
+                num_blocks = tensor_parallel.handshake(num_blocks, self.model)
+                self.ranks.running = True
+        return num_blocks
 
     def close(self) -> None:
         """Stop the grammar workers and the tensor-parallel ranks."""
         self.grammars.close()
-        if self.tp_workers:
-            tensor_parallel.stop_workers(self.tp_workers)
-            self.tp_workers = []
+        if self.ranks:
+            self.ranks.stop()
+
+    def check_ranks(self) -> None:
+        """Raise the error of a tensor-parallel rank that has ended, after stopping the others:
+        without it the engine cannot run, and stays failed."""
+        if self.ranks and self.ranks.failure:
+            self.ranks.stop()
+            raise self.ranks.failure
+
+    def _raise_if_rank_died(self, error: Exception) -> None:
+        """A step failed: if because a rank ended, fail the engine with that rank's error."""
+        if self.ranks:
+            self.ranks.explain(error)
+            self.check_ranks()
 
     @property
     def max_model_len(self) -> int:
@@ -299,6 +327,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Run one scheduled batch; outputs of every request that changed (finished ones leave)."""
+        self.check_ranks()
         refused = self._settle_grammars() if self.grammar_jobs else []
         if self.speculator is not None:
             self.speculator.propose(self.scheduler.running)
@@ -322,6 +351,7 @@ class LLMEngine:
         try:
             return cast(StepSamples, self.runner.run(batch))
         except Exception as batch_error:
+            self._raise_if_rank_died(batch_error)
             if len(batch.seqs) == 1:
                 return {batch.seqs[0]: batch_error}
         samples: StepSamples = {}
@@ -329,6 +359,7 @@ class LLMEngine:
             try:
                 samples.update(self.runner.run(ScheduledBatch([seq], [n])))
             except Exception as e:
+                self._raise_if_rank_died(e)
                 samples[seq] = e
         return samples
 

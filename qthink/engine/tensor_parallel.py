@@ -1,60 +1,56 @@
-"""Tensor-parallel ranks: rank 0 runs the engine, ranks 1..N-1 mirror its model steps."""
+"""Tensor-parallel process group: rank 0 runs the engine and hosts the rendezvous, ranks
+1..N-1 (qthink.engine.tp_worker) join it and mirror rank 0's model steps."""
 
 import logging
-import multiprocessing as mp
-import socket
-from multiprocessing.process import BaseProcess
-from pathlib import Path
+from datetime import timedelta
 from typing import cast
 
 import torch
 import torch.distributed as dist
 
-from qthink.config import EngineConfig, ModelConfig
-from qthink.loader import load_model
 from qthink.model.parallel import TensorParallel
 
 log = logging.getLogger("qthink")
 
+# A rank waits for rank 0's next step as long as the server idles; a rank that dies is noticed
+# by its peers' sockets closing and by rank 0's supervisor, never by a timeout.
+NO_TIMEOUT = timedelta(days=365)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def rendezvous_store() -> dist.TCPStore:
+    """Rank 0's store, on a port the system picks (`.port`), for the ranks to meet at."""
+    return dist.TCPStore("127.0.0.1", 0, None, True, timeout=NO_TIMEOUT, wait_for_workers=False)
+
+
+def join_store(port: int) -> dist.TCPStore:
+    return dist.TCPStore("127.0.0.1", port, None, False, timeout=NO_TIMEOUT)
 
 
 def rank_device(device: torch.device, rank: int) -> torch.device:
     return torch.device("cuda", rank) if device.type == "cuda" else device
 
 
-def init_group(rank: int, size: int, port: int, device: torch.device) -> TensorParallel:
+def init_group(rank: int, size: int, store: dist.Store, device: torch.device) -> TensorParallel:
     if dist.is_initialized():
         raise RuntimeError("a tensor-parallel engine already runs in this process")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+    timeout = NO_TIMEOUT if rank else None  # rank 0's waits are the ranks' compute: the default
+    try:
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+    except BaseException:
+        forget_failed_group()
+        raise
     return TensorParallel(rank, size)
 
 
-def start_workers(
-    size: int,
-    port: int,
-    model_dir: Path,
-    dtype,
-    device: torch.device,
-    config: EngineConfig,
-    quant: tuple[str | None, int],
-) -> list[BaseProcess]:
-    ctx = mp.get_context("spawn")
-    args = (size, port, str(model_dir), dtype, str(device), config, quant)
-    workers: list[BaseProcess] = [
-        ctx.Process(target=worker_main, args=(rank, *args), daemon=True, name=f"qthink-tp{rank}")
-        for rank in range(1, size)
-    ]
-    for w in workers:
-        w.start()
-    return workers
+def forget_failed_group() -> None:
+    """torch numbers default groups and counts one whose start failed, so the next engine in this
+    process would wait under a name its fresh ranks never use; count it back, as destroying the
+    default group does."""
+    if not dist.is_initialized():
+        dist.distributed_c10d._world.group_count = 0
 
 
 def handshake(num_blocks: int | None, model: torch.nn.Module) -> int:
@@ -72,43 +68,3 @@ def handshake(num_blocks: int | None, model: torch.nn.Module) -> int:
         )
         log.info("tensor parallel: %s", ranks)
     return cast(int, box[0])  # rank 0 always announces a count
-
-
-def stop_workers(workers: list[BaseProcess]) -> None:
-    if dist.is_initialized():
-        dist.broadcast_object_list([None], src=0)
-        dist.destroy_process_group()
-    for w in workers:
-        w.join(timeout=10)
-        if w.is_alive():
-            w.kill()
-
-
-def worker_main(
-    rank: int,
-    size: int,
-    port: int,
-    model_dir: str,
-    dtype,
-    device: str,
-    config: EngineConfig,
-    quant: tuple[str | None, int],
-) -> None:
-    from qthink.engine.runner import ModelRunner
-
-    dev = rank_device(torch.device(device), rank)
-    if dev.type == "cpu":
-        # as many as rank 0 (which set num_threads): the slowest rank sets the pace
-        torch.set_num_threads(cast(int, config.num_threads))
-    tp = init_group(rank, size, port, dev)
-    model_config = ModelConfig.from_pretrained(model_dir, hf_overrides=config.model_overrides())
-    model = load_model(Path(model_dir), dtype, dev, tp, *quant, model_config)
-    num_blocks = handshake(None, model)
-    runner = ModelRunner(model, model_config, config, dev, num_blocks)
-    while True:
-        box = [None]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is None:
-            break
-        runner.forward(*box[0])
-    dist.destroy_process_group()

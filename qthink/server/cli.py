@@ -142,8 +142,7 @@ def run(args) -> int:
     )
     _log_ready(engine, model, names, args)
     ports = [args.port] + ([args.ollama_port] if args.ollama_port else [])
-    serve(app, args.host, ports, log_level=args.uvicorn_log_level)
-    return 0
+    return serve(app, args.host, ports, log_level=args.uvicorn_log_level, engine=engine)
 
 
 def _log_ready(engine: AsyncEngine, model: str, names: list[str], args) -> None:
