@@ -45,8 +45,21 @@ def _cmdline(pid: int) -> bytes:
 
 
 def gone(pid: int) -> bool:
-    """Exited and reaped (no zombie left behind either)."""
-    return not os.path.exists(f"/proc/{pid}")
+    """Exited: no such process, or a zombie (an orphan's reaper may be slow, or absent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def kill_first_rank_when_it_starts(stop: threading.Event) -> None:
@@ -57,22 +70,45 @@ def kill_first_rank_when_it_starts(stop: threading.Event) -> None:
         time.sleep(0.005)
 
 
-def test_script_on_stdin_runs_two_ranks(tiny_model_dir):
-    """Ranks do not re-import the main module: `python - <<EOF` with tensor_parallel_size=2 works."""
+def test_ranks_end_when_rank_0_is_killed(tiny_model_dir):
+    """Rank 0 killed outright (no atexit, no close): its rank notices by itself and exits."""
     script = textwrap.dedent(f"""
-        import json
+        import time
+        from qthink import LLM
+        llm = LLM(model={str(tiny_model_dir)!r}, tensor_parallel_size=2, dtype="float32",
+                  max_model_len=128, kv_cache_memory=1 << 20)
+        print(llm.engine.ranks.processes[0].process.pid, flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/"
+    )
+    try:
+        proc.stdin.write(script)  # type: ignore[union-attr]  # stdin=PIPE
+        proc.stdin.close()  # type: ignore[union-attr]
+        rank1 = int(proc.stdout.readline())  # type: ignore[union-attr]  # stdout=PIPE
+        assert not gone(rank1)
+        proc.kill()
+        proc.wait()
+        assert wait_gone(rank1, 10), "the rank outlived rank 0"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_script_read_from_stdin_runs_two_ranks(tiny_model_dir):
+    script = textwrap.dedent(f"""
         from qthink import LLM, SamplingParams
         llm = LLM(model={str(tiny_model_dir)!r}, tensor_parallel_size=2, dtype="float32",
                   max_model_len=128, kv_cache_memory=1 << 20)
-        params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-        out = llm.generate([{{"prompt_token_ids": [151644, 872, 198, 3000]}}], params)
-        print(json.dumps(out[0].outputs[0].token_ids))
+        out = llm.generate([[151644, 872, 198]], SamplingParams(max_tokens=4, ignore_eos=True))
+        print(len(out[0].outputs[0].token_ids))
     """)
     run = subprocess.run(
         [sys.executable, "-"], input=script, capture_output=True, text=True, timeout=180, cwd="/"
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert len(json.loads(run.stdout.strip().splitlines()[-1])) == 6
+    assert run.returncode == 0 and run.stdout.split() == ["4"], run.stderr[-3000:]
     assert "Fatal Python error" not in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
 
 
