@@ -1,12 +1,15 @@
-"""Speculative decoding: n-gram speedup on qthink-nano, verify-step cost on the 4B shape, projection.
+"""Speculative decoding: suffix-drafting speedup on qthink-nano, verify-step cost on the 4B shape, projection.
 
     python benchmarks/bench_speculative.py [--checkpoint /work/bench-data/qwen3-4b-random] [--rounds 3]
+        [--layers N] [--weights bf16 int4] [--only-4b | --skip-4b]
 
-1. qthink-nano, held-out arithmetic tasks, greedy, one request at a time: decode tok/s with and
-   without n-gram speculation (same outputs required), interleaved rounds; acceptance rate and
-   mean accepted length.
-2. 4B shape (random weights; benchmarks/make_4b_checkpoint.py writes it), bf16 and int4, batch 1:
-   time of one verification step over k + 1 tokens against a one-token decode step, k = 2..8.
+1. qthink-nano, held-out arithmetic tasks (new ones every round, none repeated), greedy, one
+   request at a time: decode tok/s with and without suffix speculation (same outputs
+   required), interleaved rounds; acceptance rate, mean accepted length, tokens a step.
+2. 4B shape (random weights; benchmarks/make_4b_checkpoint.py writes it; --layers keeps the
+   first N decoder layers), bf16 and int4, batch 1: time of one verification step over k + 1
+   tokens against a one-token decode step, k = 2..8; then by batch size 1..16 at the
+   configured k, with the acceptance rate each batch needs to break even (the switch-off).
 3. A projection (not a measurement) of the 4B speedup at nano's measured draft statistics.
 4. qthink-nano at batch 16: speculation on (the automatic batch switch-off) against off.
 Ratios within one run are what counts: the machine's bandwidth swings over minutes.
@@ -221,11 +224,16 @@ def batch16(rounds: int) -> None:
     tasks = nano_prompts(plain, 16 * (rounds + 1))  # fresh tasks every round, as above
     run_all(plain, tasks[:16], True)
     run_all(auto, tasks[:16], True)
-    off, on = [], []
+    auto.speculator.reset_stats()
+    off, on, steps_off, steps_on = [], [], 0, 0
     for r in range(1, rounds + 1):
         prompts = tasks[16 * r : 16 * (r + 1)]
-        off.append(run_all(plain, prompts, True)[0])
-        on.append(run_all(auto, prompts, True)[0])
+        rate, _, steps = run_all(plain, prompts, True)
+        off.append(rate)
+        steps_off += steps
+        rate, _, steps = run_all(auto, prompts, True)
+        on.append(rate)
+        steps_on += steps
     ratio = statistics.median(on) / statistics.median(off)
     print(
         f"## qthink-nano, batch 16 ({rounds} rounds): "
@@ -233,7 +241,8 @@ def batch16(rounds: int) -> None:
     )
     print(
         f"  on/off {ratio:.2f}x (speculation switches off above "
-        f"{auto.speculator.config.disable_by_batch_size} decoding sequences)"
+        f"{auto.speculator.config.disable_by_batch_size} decoding sequences: "
+        f"{auto.speculator.num_drafts} drafts, {steps_on} steps on against {steps_off} off)"
     )
 
 
