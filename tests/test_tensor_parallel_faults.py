@@ -167,6 +167,7 @@ def test_rank_killed_mid_generation_fails_at_once(tiny_model_dir):
     with pytest.raises(RankDiedError, match="rank 1 was killed by SIGKILL while serving"):
         llm.generate([prompt, prompt], params)
     assert time.monotonic() - killed_at[0] < 5
+    assert not dist.is_initialized()  # torn down at once, so this process can start another
     with pytest.raises(RankDiedError):  # the engine stays failed
         llm.generate([prompt], params)
     assert gone(rank1.pid) and not dist.is_initialized()

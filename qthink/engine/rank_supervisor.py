@@ -118,8 +118,10 @@ class Ranks:
 
     def explain(self, error: Exception) -> None:
         """After a wait on the ranks failed with `error`: if a rank has ended (or ends within a
-        moment: the socket may close before the exit is seen), raise that rank's own error."""
+        moment: the socket may close before the exit is seen), stop the rest and raise that
+        rank's own error."""
         if self._died.wait(DEATH_GRACE_S):
+            self.stop()  # the group is broken: tear it down now, not at exit
             raise cast(RankDiedError, self.failure) from error  # set before _died
 
     @contextmanager
