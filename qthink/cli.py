@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     except MissingExtra as e:
         sys.exit(f"qthink {args.command}: {e}")
     except Exception as e:
-        if not _is_setting_error(e):
+        if not _is_reported_error(e):
             raise
         sys.exit(f"qthink {args.command}: error: {e}")
     sys.exit(code or 0)
@@ -70,9 +70,11 @@ def _refuse_unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None
     parser.error(f"unrecognized argument {name}{hint}")
 
 
-def _is_setting_error(e: Exception) -> bool:
-    """A bad setting or model (one clear line), rather than a bug (a traceback)."""
+def _is_reported_error(e: Exception) -> bool:
+    """A bad setting or model (one clear line), or a tensor-parallel rank that died (its own
+    error), rather than a bug (a traceback)."""
     from qthink.config import ConfigError
+    from qthink.engine.rank_supervisor import RankDiedError
     from qthink.loader import LoadError
 
-    return isinstance(e, (ConfigError, LoadError))
+    return isinstance(e, (ConfigError, LoadError, RankDiedError))

@@ -228,3 +228,25 @@ def test_serve_exits_when_a_rank_dies_mid_stream(tiny_model_dir, tmp_path):
     assert "the engine failed (tensor-parallel rank 1 was killed by SIGKILL while serving)" in log
     assert "rank 1 was killed by SIGKILL" in events[-1]["error"]["message"]  # not ended silently
     assert gone(ranks[0])
+
+
+@pytest.mark.slow
+def test_serve_whose_rank_dies_while_starting_exits_with_its_error(tiny_model_dir):
+    cmd = [sys.executable, "-m", "qthink", "serve", str(tiny_model_dir), "--port", str(free_port())]
+    cmd += ["--dtype", "float32", "--max-model-len", "128", "--tensor-parallel-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (ranks := rank_processes(proc.pid)):
+            assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]  # stderr=PIPE
+            time.sleep(0.005)
+        os.kill(ranks[0], signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1 and took < 10, err[-3000:]
+    assert "qthink serve: error: tensor-parallel rank 1 was killed by SIGKILL while starting" in err
+    assert "Traceback" not in err, err[-3000:]
