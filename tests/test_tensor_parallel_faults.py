@@ -250,3 +250,39 @@ def test_serve_whose_rank_dies_while_starting_exits_with_its_error(tiny_model_di
     assert proc.returncode == 1 and took < 10, err[-3000:]
     assert "qthink serve: error: tensor-parallel rank 1 was killed by SIGKILL while starting" in err
     assert "Traceback" not in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_group_drains_the_server(tiny_model_dir, tmp_path):
+    """A stop that signals every process (systemd's default): the rank ignores it, the server
+    finishes its stream, then stops the rank; no rank death is reported."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "qthink", "serve", str(tiny_model_dir), "--port", str(port)]
+    cmd += ["--dtype", "float32", "--max-model-len", "512", "--tensor-parallel-size", "2"]
+    log_file = tmp_path / "serve.log"
+    with open(log_file, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(proc, url)
+        rank1 = rank_processes(proc.pid)[0]
+        body = {"messages": [{"role": "user", "content": "count"}], "max_tokens": 60, "stream": True}
+        lines = []
+        with httpx.stream(
+            "POST", url + "/v1/chat/completions", json={**body, "ignore_eos": True}, timeout=60
+        ) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: ") and not lines:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                lines.append(line)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    log = log_file.read_text()
+    assert code in (0, -signal.SIGTERM), log[-3000:]
+    assert lines[-2:] == ["data: [DONE]", ""] or lines[-1] == "data: [DONE]", lines[-3:]
+    assert not any('"error"' in line for line in lines), lines[-3:]
+    assert "tensor-parallel rank" not in log.replace("tensor parallel: rank", ""), log[-3000:]
+    assert wait_gone(rank1, 10)

@@ -59,7 +59,8 @@ def exit_when_parent_goes() -> None:
 
 def main() -> None:
     report = os.fdopen(int(sys.argv[1]), "w", encoding="utf-8")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is rank 0's to handle; it stops us
+    for sig in (signal.SIGINT, signal.SIGTERM):  # sent to the whole group (Ctrl-C, systemd stop):
+        signal.signal(sig, signal.SIG_IGN)  # rank 0 handles them, drains, then stops us
     try:
         args = pickle.load(sys.stdin.buffer)
         threading.Thread(target=exit_when_parent_goes, daemon=True).start()
