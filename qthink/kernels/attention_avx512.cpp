@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -89,10 +90,53 @@ struct DecodeAttention {
   int64_t H, KVH, D, W;
   float scale;
 
+  // acc[g0 + i][d0 .. d0 + 16 C) = sum over t of scores[g0 + i][t] * V[t][d0 ..), for i < G: the
+  // G x C sums stay in registers while the V rows stream past (the same FMAs in the same order
+  // as one row at a time through memory).
+  template <int G, int C>
+  void weighted_values_block(int64_t g0, int64_t d0, int64_t len, int64_t kvh, const int64_t* seq_slots,
+                             const std::vector<float>& scores, std::vector<float>& acc) const {
+    __m512 sums[G][C];
+    for (int i = 0; i < G; ++i)
+      for (int c = 0; c < C; ++c) sums[i][c] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < len; ++t) {
+      const uint16_t* value = v + (seq_slots[t] * KVH + kvh) * D + d0;
+      __m512 rows[C];
+      for (int c = 0; c < C; ++c) rows[c] = widen_bf16(value + 16 * c);
+      for (int i = 0; i < G; ++i) {
+        const __m512 weight = _mm512_set1_ps(scores[(g0 + i) * len + t]);
+        for (int c = 0; c < C; ++c) sums[i][c] = _mm512_fmadd_ps(weight, rows[c], sums[i][c]);
+      }
+    }
+    for (int i = 0; i < G; ++i)
+      for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc.data() + (g0 + i) * D + d0 + 16 * c, sums[i][c]);
+  }
+
+  template <int C>
+  void weighted_values_of(int64_t groups, int64_t g0, int64_t d0, int64_t len, int64_t kvh, const int64_t* seq_slots,
+                          const std::vector<float>& scores, std::vector<float>& acc) const {
+    switch (groups) {
+      case 1: return weighted_values_block<1, C>(g0, d0, len, kvh, seq_slots, scores, acc);
+      case 2: return weighted_values_block<2, C>(g0, d0, len, kvh, seq_slots, scores, acc);
+      case 3: return weighted_values_block<3, C>(g0, d0, len, kvh, seq_slots, scores, acc);
+      default: return weighted_values_block<4, C>(g0, d0, len, kvh, seq_slots, scores, acc);
+    }
+  }
+
+  // Up to 4 query heads from g0, 64 (or the last 32) values from d0.
+  void weighted_values(int64_t g0, int64_t d0, int64_t len, int64_t kvh, const int64_t* seq_slots,
+                       const std::vector<float>& scores, std::vector<float>& acc) const {
+    const int64_t groups = std::min<int64_t>(H / KVH - g0, 4);
+    if (D - d0 >= 64)
+      weighted_values_of<4>(groups, g0, d0, len, kvh, seq_slots, scores, acc);
+    else
+      weighted_values_of<2>(groups, g0, d0, len, kvh, seq_slots, scores, acc);
+  }
+
   void operator()(int64_t b, int64_t kvh, std::vector<float>& scores, std::vector<float>& acc) const {
     const int64_t group = H / KVH, len = lens[b];
     scores.resize(group * len);
-    acc.assign(group * D, 0.0f);
+    acc.resize(group * D);  // every value is written by weighted_values
     const uint16_t* qb = q + (b * H + kvh * group) * D;
     const int64_t* seq_slots = slots + b * W;
     for (int64_t t = 0; t < len; ++t) {
@@ -102,16 +146,8 @@ struct DecodeAttention {
       for (int64_t g = 0; g < group; ++g) scores[g * len + t] = dot_bf16(qb + g * D, key, D) * scale;
     }
     for (int64_t g = 0; g < group; ++g) softmax(scores.data() + g * len, len);
-    for (int64_t t = 0; t < len; ++t) {
-      const uint16_t* value = v + (seq_slots[t] * KVH + kvh) * D;
-      for (int64_t d = 0; d < D; d += 16) {
-        const __m512 row = widen_bf16(value + d);
-        for (int64_t g = 0; g < group; ++g) {
-          float* a = acc.data() + g * D + d;
-          _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(scores[g * len + t]), row, _mm512_loadu_ps(a)));
-        }
-      }
-    }
+    for (int64_t g = 0; g < group; g += 4)
+      for (int64_t d = 0; d < D; d += D - d >= 64 ? 64 : 32) weighted_values(g, d, len, kvh, seq_slots, scores, acc);
     for (int64_t g = 0; g < group; ++g) {
       uint16_t* o = out + (b * H + kvh * group + g) * D;
       for (int64_t d = 0; d < D; d += 16) {
