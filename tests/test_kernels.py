@@ -11,10 +11,10 @@ import torch
 
 from qthink.kernels import kernel_ops, linear_kernels_available
 from qthink.model.quant import (
-    block_rows,
     dequantize_int4,
     dequantize_int8,
     int4_kernel_layout,
+    int8_kernel_layout,
     quantize_int4,
     quantize_int8,
 )
@@ -63,7 +63,7 @@ def test_bf16_kernel(n, k, m, with_bias):
 
 @needs_kernels
 @pytest.mark.parametrize("n,k", [(1, 64), (5, 128), (67, 256), (130, 320), (9, 192)])
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 17])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 13, 17, 40])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 def test_int8_kernel(n, k, m, with_bias, x_dtype):
@@ -74,7 +74,7 @@ def test_int8_kernel(n, k, m, with_bias, x_dtype):
     bias = torch.randn(n) if with_bias else None
     w = dequantize_int8(q, scale, torch.float64)
     ref, magnitude = reference(x, w, bias)
-    blocked = block_rows(q)
+    blocked = int8_kernel_layout(q)
     assert_within(kernel_ops().linear_int8(x, blocked, scale, bias, False), ref, magnitude, ACCUMULATION_RTOL)
     out = kernel_ops().linear_int8(x, blocked, scale, bias)
     group = 128 if k % 128 == 0 else 64
@@ -144,7 +144,9 @@ def test_tiled_gemm_int8(n, k, m, with_bias):
     q, scale = quantize_int8(weight)
     ref, magnitude = reference(x, dequantize_int8(q, scale, torch.float64), bias)
     # The tiles round each dequantized weight to bf16 once more.
-    assert_within(kernel_ops().gemm_int8(x, block_rows(q), scale, bias), ref, magnitude, BF16_OUTPUT_RTOL)
+    assert_within(
+        kernel_ops().gemm_int8(x, int8_kernel_layout(q), scale, bias), ref, magnitude, BF16_OUTPUT_RTOL
+    )
 
 
 @needs_kernels

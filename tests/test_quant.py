@@ -13,15 +13,15 @@ from qthink.model.quant import (
     Bf16Linear,
     Int4Linear,
     Int8Linear,
-    block_rows,
     dequantize_int4,
     dequantize_int8,
     int4_kernel_layout,
     int4_row_layout,
+    int8_kernel_layout,
+    int8_row_layout,
     quantize_int4,
     quantize_int8,
     quantize_model,
-    unblock_rows,
     unpack_int4,
 )
 
@@ -279,16 +279,16 @@ def test_int4_kernel_layout_round_trip(rows):
     assert all(torch.equal(a, b) for a, b in zip(back, (packed, scale, offset)))
 
 
-@pytest.mark.parametrize("rows", [1, 4, 7, 130])
-def test_int8_blocked_layout_round_trip(rows):
-    """The int8 kernels' blocked layout holds the same bytes: rows padded to 4, chunks of 64
-    bytes of 4 rows side by side, and back."""
+@pytest.mark.parametrize("rows", [1, 16, 17, 130])
+def test_int8_kernel_layout_round_trip(rows):
+    """The int8 kernels' layout holds the same bytes: rows padded to 16, bytes 4r..4r+3 of a
+    block's vector t holding weights 4t..4t+3 of row r, and back."""
     q, _ = quantize_int8(weight(rows, 128))
-    blocked = block_rows(q)
-    assert blocked.shape == ((rows + 3) // 4 * 4, 128)
-    flat, chunks = blocked.view(-1), 2  # 128 bytes a row: two chunks of 64
+    weights = int8_kernel_layout(q)
+    assert weights.shape == ((rows + 15) // 16 * 16, 128)
+    flat = weights.view(-1)
     for r in range(rows):
-        for c in range(chunks):
-            start = ((r // 4) * chunks + c) * 256 + (r % 4) * 64
-            assert torch.equal(flat[start : start + 64], q[r, c * 64 : (c + 1) * 64])
-    assert torch.equal(unblock_rows(blocked, rows), q)
+        for t in range(32):
+            start = ((r // 16) * 32 + t) * 64 + (r % 16) * 4
+            assert torch.equal(flat[start : start + 4], q[r, 4 * t : 4 * t + 4])
+    assert torch.equal(int8_row_layout(weights, rows), q)

@@ -20,22 +20,6 @@
 namespace {
 
 constexpr int64_t kRowsPerTask = 16;
-// int8 weights are stored in blocks of 4 rows: the 64-byte chunk c of the block's
-// rows 0..3 lie side by side, so a block of rows is one contiguous stream (block_rows in
-// qthink/model/quant.py). Rows are short (a row of 2,560 weights is 2,560 bytes): read row by
-// row they would be many short streams that the hardware prefetchers barely follow.
-constexpr int64_t kBlockRows = 4;
-constexpr int64_t kChunkBytes = 64;
-constexpr int64_t kBlockStride = kBlockRows * kChunkBytes;  // from one chunk of a row to its next
-
-// Where row n's chunk c starts in a blocked matrix of `row_bytes` bytes a row.
-template <typename T>
-inline const T* blocked_chunk(const T* w, int64_t row_bytes, int64_t n, int64_t c) {
-  return w + ((n / kBlockRows) * (row_bytes / kChunkBytes) + c) * kBlockStride + (n % kBlockRows) * kChunkBytes;
-}
-// Every GEMV loop prefetches the same spot of the next block of rows it will read: the
-// hardware prefetchers ramp up slowly on the many short row streams of a GEMV.
-
 inline float bf16_bits_to_float(uint16_t bits) {
   uint32_t widened = static_cast<uint32_t>(bits) << 16;
   float value;
@@ -218,41 +202,6 @@ void run_bf16_blocks(const Bf16Kernel& kernel, int64_t M, int64_t N, const Outpu
   }
 }
 
-struct Int8Kernel : BlockKernel<Int8Kernel> {
-  const int8_t* w;        // [N rounded up to 4, K], blocked, K a multiple of 64
-  const uint16_t* scale;  // [N] bf16
-  const float* x;         // [M, K] float32
-  int64_t K;
-
-  template <int NB, int MB>
-  void block(int64_t n, int64_t m, float (*res)[NB]) const {
-    __m512 acc[MB][NB];
-    set_all(acc, _mm512_setzero_ps());
-    const int8_t* rows[NB];
-    const int8_t* ahead[NB];
-    for (int j = 0; j < NB; ++j) {
-      rows[j] = blocked_chunk(w, K, n + j, 0);
-      ahead[j] = blocked_chunk(w, K, n + j + NB, 0);
-    }
-    const float* xs = x + m * K;
-    for (int64_t k = 0; k < K; k += 16) {
-      const int64_t pos = k / kChunkBytes * kBlockStride + k % kChunkBytes;
-      __m512 wv[NB];
-      for (int j = 0; j < NB; ++j) {
-        // One prefetch per 64-byte line: every fourth step of 16 int8 weights.
-        if (k % kChunkBytes == 0) _mm_prefetch((const char*)(ahead[j] + pos), _MM_HINT_T0);
-        wv[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(rows[j] + pos))));
-      }
-      for (int i = 0; i < MB; ++i) {
-        const __m512 xv = _mm512_loadu_ps(xs + i * K + k);
-        for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(wv[j], xv, acc[i][j]);
-      }
-    }
-    for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < NB; ++j) res[i][j] = _mm512_reduce_add_ps(acc[i][j]) * bf16_bits_to_float(scale[n + j]);
-  }
-};
-
 // int4 weights in blocks of 32 rows (int4_kernel_layout in qthink/model/quant.py): in the
 // block's 64-byte vector t, dword lane r holds weights 4t..4t+3 of row r in its low nibbles and
 // of row r + 16 in its high nibbles. One vpdpbusd of a masked vector against an activation
@@ -264,9 +213,9 @@ constexpr int64_t kInt4BlockRows = 32;
 // Activation rows per pass over a block: each loaded weight vector meets up to 6 of them (a
 // GEMM for large M). More would not leave the accumulators their registers.
 constexpr int64_t kInt4MaxPassRows = 6;
-// For large M a task takes this many blocks (their weights stay in L2) and runs every pass of
-// activation rows over them, so the activations are read once per 4 blocks.
-constexpr int64_t kInt4BlocksPerTask = 4;
+// For large M a task takes this many blocks of 32 rows (their weights stay in L2) and runs every
+// pass of activation rows over them, so the activations are read once per 4 blocks.
+constexpr int64_t kLaneBlocksPerTask = 4;
 
 // acc + the dot products of w's 4-byte lanes (unsigned) with the 4 int8 at x (every lane).
 inline __m512i dot_broadcast(__m512i acc, __m512i w, const int8_t* x) {
@@ -362,30 +311,46 @@ struct Int4Kernel {
       default: return block<6>(b, m, N, out);
     }
   }
-
-  // Every output row: tasks of blocks of 32 rows taken by the pool's threads, each running
-  // passes of near-equal size (at most kInt4MaxPassRows activation rows) over its blocks.
-  void run(int64_t M, int64_t N, const Output& out) const {
-    const int64_t blocks = (N + kInt4BlockRows - 1) / kInt4BlockRows;
-    const int64_t per_task = M > kInt4MaxPassRows ? kInt4BlocksPerTask : 1;
-    const int64_t passes = (M + kInt4MaxPassRows - 1) / kInt4MaxPassRows;
-    const int64_t pass_rows = (M + passes - 1) / passes;
-    qthink::parallel_for((blocks + per_task - 1) / per_task, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t first = task * per_task, last = std::min(blocks, first + per_task);
-        for (int64_t m = 0; m < M; m += pass_rows)
-          for (int64_t b = first; b < last; ++b) pass(std::min(pass_rows, M - m), b, m, N, out);
-      }
-    });
-  }
 };
 
-// int8 weights against int8 activations (one scale per group of G inputs), 64 products per
-// vpdpbusd. That instruction multiplies unsigned by signed bytes, so the weights enter as
-// w + 128 (one XOR) and 128 x the group's int8 activation sum comes off again (x_correction,
-// per activation row, already multiplied out by the group scales).
-struct Int8VnniKernel : BlockKernel<Int8VnniKernel> {
-  const int8_t* w;            // [N rounded up to 4, K], blocked
+// Every output row of a kernel whose blocks hold `block_rows` rows in vector lanes: tasks of
+// blocks taken by the pool's threads, each running passes of near-equal size (at most
+// `max_pass_rows` activation rows, kernel.pass) over its blocks.
+template <typename Kernel>
+void run_lane_blocks(const Kernel& kernel, int64_t M, int64_t N, int64_t block_rows, int64_t max_pass_rows,
+                     const Output& out) {
+  const int64_t blocks = (N + block_rows - 1) / block_rows;
+  const int64_t per_task = M > max_pass_rows ? kLaneBlocksPerTask * kInt4BlockRows / block_rows : 1;
+  const int64_t passes = (M + max_pass_rows - 1) / max_pass_rows;
+  const int64_t pass_rows = (M + passes - 1) / passes;
+  qthink::parallel_for((blocks + per_task - 1) / per_task, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t first = task * per_task, last = std::min(blocks, first + per_task);
+      for (int64_t m = 0; m < M; m += pass_rows)
+        for (int64_t b = first; b < last; ++b) kernel.pass(std::min(pass_rows, M - m), b, m, N, out);
+    }
+  });
+}
+
+// int8 weights in blocks of 16 rows (int8_kernel_layout in qthink/model/quant.py): in the
+// block's 64-byte vector t, dword lane r holds weights 4t..4t+3 of row r. As for int4, one
+// vpdpbusd against a broadcast activation dword makes 4 products for each of 16 rows and no
+// horizontal sum is left; the row scales ([N] bf16) apply to 16 rows at once.
+constexpr int64_t kInt8BlockRows = 16;
+constexpr int64_t kInt8MaxPassRows = 6;
+
+// The row scales of rows n.. (at most 16, `rows`) as floats.
+inline __m512 int8_row_scales(const uint16_t* scale, int64_t n, int64_t rows) {
+  const __mmask16 mask = rows >= 16 ? 0xFFFF : (1u << rows) - 1;
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, scale + n)), 16));
+}
+
+// int8 weights against int8 activations (one scale per group of G inputs). vpdpbusd multiplies
+// unsigned by signed bytes, so the weights enter as w + 128 (one XOR) and 128 x the int8
+// activation sum comes off again (x_correction, per activation row, already multiplied out by
+// the group scales).
+struct Int8Kernel {
+  const int8_t* w;            // [blocks * 16, K], int8_kernel_layout
   const uint16_t* scale;      // [N] bf16
   const int8_t* xq;           // [M, K]
   const float* x_scale;       // [M, K / G]
@@ -393,40 +358,96 @@ struct Int8VnniKernel : BlockKernel<Int8VnniKernel> {
   int64_t K;
   int64_t G;
 
-  template <int NB, int MB>
-  void block(int64_t n, int64_t m, float (*res)[NB]) const {
-    const int64_t groups = K / G;
+  template <int MB>
+  void block(int64_t b, int64_t m, int64_t N, const Output& out) const {
+    // Accumulators per activation row: enough independent chains to hide the dot products'
+    // latency (one dot product per vector and row).
+    constexpr int S = MB == 1 ? 4 : MB == 2 ? 2 : 1;
+    const int64_t groups = K / G, vectors = G / 4;
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    const int8_t* rows[NB];
-    const int8_t* ahead[NB];
-    for (int j = 0; j < NB; ++j) {
-      rows[j] = blocked_chunk(w, K, n + j, 0);
-      ahead[j] = blocked_chunk(w, K, n + j + NB, 0);
-    }
-    __m512 total[MB][NB];
-    set_all(total, _mm512_setzero_ps());
+    const uint8_t* weights = reinterpret_cast<const uint8_t*>(w) + b * (K / 4) * 64;
+    __m512 total[MB];
+    for (int i = 0; i < MB; ++i) total[i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
-      __m512i acc[MB][NB];
+      __m512i acc[MB][S];
       set_all(acc, _mm512_setzero_si512());
-      for (int64_t k = g * G; k < (g + 1) * G; k += 64) {
-        __m512i wv[NB];
-        for (int j = 0; j < NB; ++j) {
-          _mm_prefetch((const char*)(ahead[j] + k / kChunkBytes * kBlockStride), _MM_HINT_T0);
-          wv[j] = _mm512_xor_si512(_mm512_loadu_si512(rows[j] + k / kChunkBytes * kBlockStride), flip);
-        }
-        for (int i = 0; i < MB; ++i) {
-          const __m512i xv = _mm512_loadu_si512(xq + (m + i) * K + k);
-          for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wv[j], xv);
-        }
+      const uint8_t* wg = weights + g * vectors * 64;
+      const int8_t* xg = xq + m * K + g * G;
+      for (int64_t t = 0; t < vectors; t += 4) {  // G is 64 or 128: 16 or 32 vectors
+        __m512i v[4];
+        for (int u = 0; u < 4; ++u) v[u] = _mm512_xor_si512(load_vector(wg + (t + u) * 64), flip);
+        for (int i = 0; i < MB; ++i)
+          for (int u = 0; u < 4; ++u) acc[i][u % S] = dot_broadcast(acc[i][u % S], v[u], xg + i * K + (t + u) * 4);
       }
       for (int i = 0; i < MB; ++i) {
-        const __m512 step = _mm512_set1_ps(x_scale[(m + i) * groups + g]);
-        for (int j = 0; j < NB; ++j) total[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][j]), step, total[i][j]);
+        __m512i q = acc[i][0];
+        for (int u = 1; u < S; ++u) q = _mm512_add_epi32(q, acc[i][u]);
+        total[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(x_scale[(m + i) * groups + g]), total[i]);
       }
     }
+    const int64_t n = b * kInt8BlockRows, rows = std::min(kInt8BlockRows, N - n);
+    const __m512 s = int8_row_scales(scale, n, rows);
     for (int i = 0; i < MB; ++i)
-      for (int j = 0; j < NB; ++j)
-        res[i][j] = (_mm512_reduce_add_ps(total[i][j]) - x_correction[m + i]) * bf16_bits_to_float(scale[n + j]);
+      out.write16(m + i, n, _mm512_mul_ps(_mm512_sub_ps(total[i], _mm512_set1_ps(x_correction[m + i])), s), rows);
+  }
+
+  void pass(int64_t mb, int64_t b, int64_t m, int64_t N, const Output& out) const {
+    switch (mb) {
+      case 1: return block<1>(b, m, N, out);
+      case 2: return block<2>(b, m, N, out);
+      case 3: return block<3>(b, m, N, out);
+      case 4: return block<4>(b, m, N, out);
+      case 5: return block<5>(b, m, N, out);
+      default: return block<6>(b, m, N, out);
+    }
+  }
+};
+
+// int8 weights (int8_kernel_layout) against float32 activations, exactly: the output layer,
+// whose logits are sampled from directly. Each quarter of a vector (4 weights of 4 rows) is
+// widened to floats and meets the 4 activations it needs, broadcast to every quarter; the
+// quarters' lanes are summed per row once per block.
+struct Int8ExactKernel {
+  const int8_t* w;        // [blocks * 16, K], int8_kernel_layout
+  const uint16_t* scale;  // [N] bf16
+  const float* x;         // [M, K]
+  int64_t K;
+
+  template <int MB>
+  void block(int64_t b, int64_t m, int64_t N, const Output& out) const {
+    const int8_t* weights = w + b * (K / 4) * 64;
+    // acc[i][c], lane 4 q + j: row 4 c + q, products with activations j mod 4.
+    __m512 acc[MB][4];
+    set_all(acc, _mm512_setzero_ps());
+    for (int64_t t = 0; t < K / 4; ++t) {
+      __m512 quarter[4];
+      for (int c = 0; c < 4; ++c)
+        quarter[c] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(weights + t * 64 + 16 * c))));
+      for (int i = 0; i < MB; ++i) {
+        const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(x + (m + i) * K + t * 4));
+        for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_fmadd_ps(quarter[c], xv, acc[i][c]);
+      }
+    }
+    const int64_t n = b * kInt8BlockRows, rows = std::min(kInt8BlockRows, N - n);
+    const __m512 s = int8_row_scales(scale, n, rows);
+    for (int i = 0; i < MB; ++i) {
+      float lanes[4][16], sums[16];
+      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(lanes[c], acc[i][c]);
+      for (int r = 0; r < 16; ++r) {
+        const float* q = lanes[r / 4] + r % 4 * 4;
+        sums[r] = (q[0] + q[1]) + (q[2] + q[3]);
+      }
+      out.write16(m + i, n, _mm512_mul_ps(_mm512_loadu_ps(sums), s), rows);
+    }
+  }
+
+  void pass(int64_t mb, int64_t b, int64_t m, int64_t N, const Output& out) const {
+    switch (mb) {
+      case 1: return block<1>(b, m, N, out);
+      case 2: return block<2>(b, m, N, out);
+      case 3: return block<3>(b, m, N, out);
+      default: return block<4>(b, m, N, out);
+    }
   }
 };
 
@@ -521,40 +542,40 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return out;
 }
 
-// Returns N, the number of output rows (the blocked weight has them rounded up to 4).
+// Returns N, the number of output rows (the weight has them rounded up to 16).
 int64_t check_int8(const at::Tensor& w, const at::Tensor& scale) {
   TORCH_CHECK(scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() && scale.dim() == 1,
               "scale must be contiguous bf16 [N]");
   const int64_t N = scale.size(0);
-  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous() && w.size(1) % kChunkBytes == 0 &&
-                  w.size(0) == (N + kBlockRows - 1) / kBlockRows * kBlockRows,
-              "w must be contiguous int8 [N rounded up to 4, K] in blocks of 4 rows (block_rows), K a multiple of 64");
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous() && w.size(1) % 64 == 0 &&
+                  w.size(0) == (N + kInt8BlockRows - 1) / kInt8BlockRows * kInt8BlockRows,
+              "w must be contiguous int8 [N rounded up to 16, K] (int8_kernel_layout), K a multiple of 64");
   return N;
 }
 
 // With `round_activations` the VNNI kernel (int8 activations per group of 128, or of 64
-// where 128 does not divide K); otherwise the exact float kernel (the output layer: its
-// logits are sampled from directly).
+// where 128 does not divide K), for any M; otherwise the exact float kernel (the output layer:
+// its logits are sampled from directly).
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                        const c10::optional<at::Tensor>& bias, bool round_activations) {
-  const int64_t N = check_int8(w, scale), K = w.size(1);
+  const int64_t N = check_int8(w, scale), K = w.size(1), M = x.size(0);
   check_input(x, K);
-  at::Tensor out = at::empty({x.size(0), N}, x.options());
+  at::Tensor out = at::empty({M, N}, x.options());
   const Output output = make_output(out, bias);
   if (!round_activations) {
     const at::Tensor xf = x.to(at::kFloat).contiguous();
-    Int8Kernel kernel;
+    Int8ExactKernel kernel;
     kernel.w = w.data_ptr<int8_t>();
     kernel.scale = bf16_bits(scale);
     kernel.x = xf.data_ptr<float>();
     kernel.K = K;
-    run_blocks<4, 4>(kernel, x.size(0), N, output);
+    run_lane_blocks(kernel, M, N, kInt8BlockRows, 4, output);
     return out;
   }
   const int64_t G = K % 128 == 0 ? 128 : 64;
   const QuantizedRows rows = quantize_rows(x, G);
   // 128 x sum over groups of (group scale x sum of the group's int8 activations), per row.
-  const int64_t M = x.size(0), groups = K / G;
+  const int64_t groups = K / G;
   std::vector<float> correction(M, 0.0f);
   const float* scales = rows.scales.data_ptr<float>();
   const int32_t* int_sums = rows.int_sums.data_ptr<int32_t>();
@@ -562,7 +583,7 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     for (int64_t g = 0; g < groups; ++g) correction[r] += scales[r * groups + g] * int_sums[r * groups + g];
     correction[r] *= 128.0f;
   }
-  Int8VnniKernel kernel;
+  Int8Kernel kernel;
   kernel.w = w.data_ptr<int8_t>();
   kernel.scale = bf16_bits(scale);
   kernel.xq = rows.values.data_ptr<int8_t>();
@@ -570,11 +591,7 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   kernel.x_correction = correction.data();
   kernel.K = K;
   kernel.G = G;
-  if (x.size(0) == 1) {
-    run_blocks<4, 1>(kernel, x.size(0), N, output);
-  } else {
-    run_blocks<4, 2>(kernel, x.size(0), N, output);
-  }
+  run_lane_blocks(kernel, M, N, kInt8BlockRows, kInt8MaxPassRows, output);
   return out;
 }
 
@@ -611,24 +628,36 @@ at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   kernel.x_sum = rows.sums.data_ptr<float>();
   kernel.K = K;
   kernel.G = group_size;
-  kernel.run(x.size(0), N, make_output(out, bias));
+  run_lane_blocks(kernel, x.size(0), N, kInt4BlockRows, kInt4MaxPassRows, make_output(out, bias));
   return out;
 }
 
 // int8 rows dequantized to bf16, for large M where one GEMM beats many GEMVs.
 struct Int8Rows {
-  const int8_t* w;
+  const int8_t* w;  // int8_kernel_layout
   const uint16_t* scale;
   int64_t K;
 
   void operator()(int64_t n, uint16_t* dst) const {
     const __m512 s = _mm512_set1_ps(bf16_bits_to_float(scale[n]));
-    const int8_t* row = blocked_chunk(w, K, n, 0);
-    for (int64_t k = 0; k < K; k += 16) {
-      const int8_t* pos = row + k / kChunkBytes * kBlockStride + k % kChunkBytes;
-      const __m512i q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)pos));
-      _mm256_storeu_si256((__m256i*)(dst + k), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(_mm512_cvtepi32_ps(q), s)));
+    // Row n's dwords: lane n % 16 of each 64-byte vector of its block.
+    const int8_t* base = w + n / kInt8BlockRows * (K / 4) * 64 + n % kInt8BlockRows * 4;
+    const __m512i lanes = _mm512_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832,
+                                            896, 960);
+    for (int64_t k = 0; k < K; k += 64) {
+      const __m512i bytes = _mm512_i32gather_epi32(lanes, base + k / 4 * 64, 1);  // weights k..k+63
+      store_part<0>(bytes, s, dst + k);
+      store_part<1>(bytes, s, dst + k);
+      store_part<2>(bytes, s, dst + k);
+      store_part<3>(bytes, s, dst + k);
     }
+  }
+
+  // Weights 16 P .. 16 P + 15 of the 64 in `bytes`, times s, stored as bf16.
+  template <int P>
+  static void store_part(__m512i bytes, __m512 s, uint16_t* dst) {
+    const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(bytes, P)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 16 * P), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(q, s)));
   }
 };
 

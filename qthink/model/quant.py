@@ -21,10 +21,10 @@ __all__ = [
     "Int8Linear",
     "dequantize_int4",
     "dequantize_int8",
-    "block_rows",
     "int4_kernel_layout",
     "int4_row_layout",
-    "unblock_rows",
+    "int8_kernel_layout",
+    "int8_row_layout",
     "linear_kernels_available",
     "quantize_int4",
     "quantize_int8",
@@ -34,11 +34,13 @@ __all__ = [
 # Rows of x up to which the native GEMV beats a GEMM (benchmarks/bench_linear.py). The bf16
 # GEMV streams each weight once for up to 8 rows (a verification of k <= 7 drafts), twice
 # from cache above; on the 4B shapes it still beats torch's bf16 GEMM (oneDNN) at 16 rows.
+# (The int4 and rounding int8 kernels are GEMMs too, twice bf16's rate: they take any M.)
 SMALL_M = 16
 SMALL_M_BF16 = 16
 INT4_BLOCK = 64  # the packing unit along K: byte j of a block holds weights j and j + 32
 NATIVE_INT4_GROUP = 128  # the native int4 kernels need groups of whole 128-weight chunks
-BLOCK_ROWS, CHUNK_BYTES = 4, 64  # the native kernels' int8 layout (block_rows)
+INT8_BLOCK_ROWS = 16  # the native kernels' int8 layout (int8_kernel_layout)
+INT8_NATIVE_K = 64  # the native int8 kernels need rows of a multiple of 64 inputs
 INT4_BLOCK_ROWS = 32  # the native kernels' int4 layout (int4_kernel_layout)
 
 
@@ -56,6 +58,10 @@ def _float_bias(linear: "nn.Linear | Bf16Linear") -> torch.Tensor | None:
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+def _pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
+    return torch.cat((t, t.new_zeros(-t.shape[0] % multiple, *t.shape[1:])))
 
 
 class Bf16Linear(nn.Module):
@@ -77,23 +83,6 @@ class Bf16Linear(nn.Module):
         return F.linear(x, self.weight.to(x.dtype), bias)
 
 
-def block_rows(rows: torch.Tensor) -> torch.Tensor:
-    """The native kernels' layout of int8 rows ([N, B] bytes, B a multiple of
-    64): blocks of 4 rows (the last padded with zero rows), in which the 64-byte chunk c of
-    rows 0..3 lie side by side, so that the kernel reads a block of rows as one stream."""
-    n, width = rows.shape
-    padded = torch.cat((rows, rows.new_zeros(-n % BLOCK_ROWS, width)))
-    blocks = padded.view(-1, BLOCK_ROWS, width // CHUNK_BYTES, CHUNK_BYTES)
-    return blocks.transpose(1, 2).contiguous().view(-1, width)
-
-
-def unblock_rows(blocked: torch.Tensor, rows: int) -> torch.Tensor:
-    """The first `rows` rows back from `block_rows`'s layout."""
-    width = blocked.shape[1]
-    blocks = blocked.view(-1, width // CHUNK_BYTES, BLOCK_ROWS, CHUNK_BYTES)
-    return blocks.transpose(1, 2).reshape(-1, width)[:rows].contiguous()
-
-
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8: (q int8 [N, K], scale bf16 [N]), weight ≈ q * scale."""
     w = weight.detach().float()
@@ -106,12 +95,29 @@ def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = t
     return (q.float() * scale.float()[:, None]).to(dtype)
 
 
+def int8_kernel_layout(q: torch.Tensor) -> torch.Tensor:
+    """The native int8 kernels' layout of `quantize_int8`'s [N, K] weights: rows in blocks of 16
+    (the last padded with zero rows); in a block's 64-byte vector t, bytes 4r..4r+3 hold
+    weights 4t..4t+3 of row r. [rows rounded up to 16, K] int8."""
+    padded = _pad_rows(q, INT8_BLOCK_ROWS)
+    k = padded.shape[1]
+    blocks = padded.view(-1, INT8_BLOCK_ROWS, k // 4, 4).transpose(1, 2)  # [block, t, r, byte]
+    return blocks.contiguous().view(-1, k)
+
+
+def int8_row_layout(weights: torch.Tensor, rows: int) -> torch.Tensor:
+    """The first `rows` rows back from `int8_kernel_layout`."""
+    k = weights.shape[1]
+    blocks = weights.view(-1, k // 4, INT8_BLOCK_ROWS, 4).transpose(1, 2)  # [block, r, t, byte]
+    return blocks.reshape(-1, k)[:rows].contiguous()
+
+
 class Int8Linear(nn.Module):
     """int8 weights with one bf16 scale per output channel; where the native kernels can take
-    them (rows of a multiple of 64 inputs), in their blocked layout (`block_rows`). The native
-    decode kernel rounds the activations to int8 too, unless `exact_activations` (the output
-    layer: its logits are sampled from directly, and rounding its input moved qthink-nano's
-    next-token KL 500x)."""
+    them (rows of a multiple of 64 inputs), in their layout (`int8_kernel_layout`). The native
+    kernel rounds the activations to int8 too (a GEMV for decode, a GEMM for prefill), unless
+    `exact_activations` (the output layer: its logits are sampled from directly, and rounding its
+    input moved qthink-nano's next-token KL 500x)."""
 
     weight: torch.Tensor
     scale: torch.Tensor
@@ -123,18 +129,18 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         q, scale = quantize_int8(linear.weight)
         on_cpu = linear.weight.device.type == "cpu"
-        self.blocked = on_cpu and self.in_features % CHUNK_BYTES == 0 and linear_kernels_available()
-        self.register_buffer("weight", block_rows(q) if self.blocked else q)
+        self.blocked = on_cpu and self.in_features % INT8_NATIVE_K == 0 and linear_kernels_available()
+        self.register_buffer("weight", int8_kernel_layout(q) if self.blocked else q)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", _float_bias(linear))
 
     def packed_rows(self) -> torch.Tensor:
         """The int8 weights row by row, [out_features, in_features] (`quantize_int8`'s layout)."""
-        return unblock_rows(self.weight, self.out_features) if self.blocked else self.weight
+        return int8_row_layout(self.weight, self.out_features) if self.blocked else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, args = _rows(x), (self.weight, self.scale, self.bias)
-        if self.blocked and native_cpu(x) and rows_of(x) <= SMALL_M:
+        if self.blocked and native_cpu(x) and (rows_of(x) <= SMALL_M or not self.exact_activations):
             out = kernel_ops().linear_int8(rows, *args, not self.exact_activations)
         elif self.blocked and native_cpu(x) and x.dtype == torch.bfloat16:
             out = kernel_ops().gemm_int8(rows, *args)
@@ -194,10 +200,6 @@ def dequantize_int4(
     n, groups = scale.shape
     q = unpack_int4(packed).float().view(n, groups, -1)
     return (q * scale.float()[..., None] + offset.float()[..., None]).view(n, -1).to(dtype)
-
-
-def _pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
-    return torch.cat((t, t.new_zeros(-t.shape[0] % multiple, *t.shape[1:])))
 
 
 def int4_kernel_layout(
