@@ -12,7 +12,8 @@ and records /proc/loadavg before and after. qthink and llama.cpp run interleaved
 each after the other, for `--rounds` rounds; figures are the median and the spread (min-max),
 ratios are per round. `--busy` measures decode@1 only, each round once on the quiet machine and
 once beside one competing CPU-bound process that the script starts, and prints each engine's
-slowdown. Decode: prompt 128 tokens, 64 forced output tokens. Prefill: one 2,048-token prompt.
+slowdown. Decode: prompt 128 tokens, 64 forced output tokens. Prefill: one 2,048-token prompt
+(bf16 against llama.cpp; int8 and int4 against qthink's bf16).
 Throughput: 16 concurrent requests (qthink's continuous batching; llama-batched-bench -npl 16).
 The whole table takes about 40 minutes on 2 cores; `--decode-only` (decode@1 of the chosen
 `--weights`) about 3-4 minutes a format, `--busy` about 7 minutes a format.
@@ -136,14 +137,14 @@ def paired_rows(model: str, weights: str, llama: Path, rounds: int, decode_only:
     many = rounds_of(rounds, runs)
     q = {"decode@1": one["qthink"], f"decode@{BATCH}": many["qthink"]}
     ll = {"decode@1": one["llama.cpp"], f"decode@{BATCH}": many["llama.cpp"]}
+    print(f"{weights}: prefill {PREFILL}, tok/s", flush=True)
+    runs = {"qthink": lambda: measure(engine, PREFILL, 2, 1)["prefill_tok_s"]}
+    if weights == "bf16":  # quantized prefill is compared with qthink's bf16 prefill
+        runs["llama.cpp"] = lambda: llama_bench(tools, gguf, PREFILL, 0)
+    prefill = rounds_of(rounds, runs)
+    q["prefill@2048"] = prefill["qthink"]
     if weights == "bf16":
-        print(f"{weights}: prefill {PREFILL}, tok/s", flush=True)
-        runs = {
-            "qthink": lambda: measure(engine, PREFILL, 2, 1)["prefill_tok_s"],
-            "llama.cpp": lambda: llama_bench(tools, gguf, PREFILL, 0),
-        }
-        prefill = rounds_of(rounds, runs)
-        q["prefill@2048"], ll["prefill@2048"] = prefill["qthink"], prefill["llama.cpp"]
+        ll["prefill@2048"] = prefill["llama.cpp"]
     return q, ll  # the engine goes with this frame
 
 
@@ -273,6 +274,9 @@ def goal_table(model: str, llama: Path, rounds: int, weights: list[str], decode_
     if "bf16" in weights:
         p = "prefill@2048"
         rows.append(goal("prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], ll["bf16"][p], 1.1))
+        for w in weights:
+            if w != "bf16":
+                rows.append(goal(f"prefill 2048 {w} vs qthink bf16", q[w][p], q["bf16"][p], 1.0))
     return rows
 
 
