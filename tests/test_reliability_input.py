@@ -228,13 +228,13 @@ def test_token_ids_longer_than_the_context_are_refused(server):
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/api/chat", "/tokenize"])
 def test_a_body_of_countless_tiny_messages_is_refused_before_it_is_validated(server, path):
     """A million-message body would keep the event loop validating for seconds: over twice the
-    context in JSON values (at least 65,536), it is refused as too large."""
-    messages = [{"role": "user", "content": "hi"}] * 30_000  # 90,001 values, 1.1 MB
+    context in JSON values (at least 262,144), it is refused as too large."""
+    messages = [{"role": "user", "content": "hi"}] * 90_000  # 270,001 values, 3.3 MB
     body = {"model": "qthink-test", "max_tokens": 4, "messages": messages}
     started = time.monotonic()
     r = httpx.post(server.url + path, json=body, timeout=30)
     assert r.status_code == 413, r.text
-    assert "65,536 JSON strings, objects and arrays" in r.text
+    assert "262,144 JSON strings, objects and arrays" in r.text
     assert time.monotonic() - started < 5
 
 

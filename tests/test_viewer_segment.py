@@ -1,5 +1,7 @@
 """Step segmentation and labelling of thinking chains, on hand-written thinking texts."""
 
+import time
+
 import pytest
 
 from qthink.viewer.segment import (
@@ -152,3 +154,14 @@ def test_analyse_text_without_answer():
     assert len(result["steps"]) == 1
     assert result["answer_at"] is None and result["answer_step"] is None
     assert "token_start" not in result["steps"][0]
+
+
+def test_a_full_context_trace_with_its_tokens_segments_in_seconds():
+    """262,144 tokens of thinking (about a million characters): token ranges are found by
+    binary search, not by walking the tokens for every step (that took minutes)."""
+    tokens = [ARITHMETIC_CHAIN[i : i + 4] for i in range(0, len(ARITHMETIC_CHAIN), 4)]
+    tokens = tokens * (262_144 // len(tokens))
+    started = time.process_time()
+    result = analyse(tokens=tokens, answer="408")
+    assert time.process_time() - started < 10
+    assert result["steps"][-1]["token_end"] == len(tokens)

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from qthink.viewer.trace import Answer, Trace, TraceToken, save_trace
+from qthink.viewer.web import MAX_SEGMENT_CHARS
 from tests.helpers.server import free_port
 
 
@@ -82,6 +83,13 @@ def test_segment_endpoint_needs_the_thinking(viewer):
     response = httpx.post(viewer + "/viewer/segment", json={"answer": "4"})
     assert response.status_code == 400
     assert "text" in response.json()["detail"]
+
+
+def test_segment_endpoint_refuses_more_than_it_can_segment_quickly(viewer):
+    text = "Let me add them.\n\n" * (MAX_SEGMENT_CHARS // 18 + 1)
+    response = httpx.post(viewer + "/viewer/segment", json={"text": text}, timeout=60)
+    assert response.status_code == 413
+    assert f"{MAX_SEGMENT_CHARS:,} characters" in response.json()["detail"]
 
 
 def test_view_refuses_three_traces(tmp_path):

@@ -1,7 +1,10 @@
 """Split a thinking chain into steps (paragraphs) and label what each step does."""
 
 import re
+from bisect import bisect_right
 from dataclasses import asdict, dataclass
+from functools import cache
+from itertools import accumulate
 
 # Label -> cue phrases that open a step doing that. Checked in this order, so a step that
 # opens "Wait, let me double-check" is a check, not a backtrack: the more specific cue wins.
@@ -224,14 +227,21 @@ def _starts_after_filler(lowered: str) -> list[int]:
 def _cue_position(lowered: str, starts: list[int], cue: str, label: str) -> int | None:
     # Plans, backtracks and conclusions are told by how a step opens; checks and
     # alternatives ("so let me double-check") may come after a few words.
-    pattern = re.compile(re.escape(cue) + (r"\b" if cue[-1].isalnum() else ""))
+    at_start, anywhere = _cue_patterns(cue)
     for start in starts:
-        if pattern.match(lowered, start):
+        if at_start.match(lowered, start):
             return start
     if label in ("verify", "explore", "compute"):
-        match = re.search(r"\b" + pattern.pattern, lowered)
+        match = anywhere.search(lowered)
         return match.start() if match else None
     return None
+
+
+@cache
+def _cue_patterns(cue: str) -> tuple[re.Pattern, re.Pattern]:
+    """The cue matched where a step starts, and anywhere at a word boundary."""
+    pattern = re.escape(cue) + (r"\b" if cue[-1].isalnum() else "")
+    return re.compile(pattern), re.compile(r"\b" + pattern)
 
 
 def answer_candidates(answer: str) -> list[str]:
@@ -273,12 +283,12 @@ def find_answer_in_thinking(thinking: str, answer: str) -> int | None:
 
 def token_index_at(token_texts: list[str], offset: int) -> int:
     """Index of the token that holds character `offset` of "".join(token_texts)."""
-    position = 0
-    for i, token in enumerate(token_texts):
-        position += len(token)
-        if offset < position:
-            return i
-    return max(len(token_texts) - 1, 0)
+    return _token_index(list(accumulate(map(len, token_texts))), offset)
+
+
+def _token_index(token_ends: list[int], offset: int) -> int:
+    """`token_index_at` over the tokens' end offsets (a binary search)."""
+    return min(bisect_right(token_ends, offset), max(len(token_ends) - 1, 0))
 
 
 def analyse(thinking: str | None = None, answer: str = "", tokens: list[str] | None = None) -> dict:
@@ -299,6 +309,7 @@ def analyse(thinking: str | None = None, answer: str = "", tokens: list[str] | N
 def _add_token_ranges(steps: list[dict], tokens: list[str]) -> None:
     """Give each step a token range; the ranges tile the tokens, so every token is shown once
     (the token that carries a paragraph break goes with the step it opens)."""
-    bounds = [0] + [token_index_at(tokens, s["start"]) for s in steps[1:]] + [len(tokens)]
+    ends = list(accumulate(map(len, tokens)))
+    bounds = [0] + [_token_index(ends, s["start"]) for s in steps[1:]] + [len(tokens)]
     for step, start, end in zip(steps, bounds, bounds[1:], strict=False):
         step["token_start"], step["token_end"] = start, max(start, end)

@@ -15,10 +15,18 @@ STATIC_DIR = Path(__file__).parent / "static"
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
+# A thinking trace of the longest context (262,144 tokens) is about a million characters;
+# segmenting twice that takes about a second.
+MAX_SEGMENT_CHARS = 2_097_152
+
+
 class SegmentRequest(BaseModel):
     text: str | None = None
     tokens: list[str] | None = None
     answer: str = ""
+
+    def characters(self) -> int:
+        return len(self.text or "") + sum(map(len, self.tokens or ())) + len(self.answer)
 
 
 def mount(app: FastAPI, traces: list[Trace] | None = None, chat: bool = True) -> None:
@@ -38,6 +46,10 @@ def mount(app: FastAPI, traces: list[Trace] | None = None, chat: bool = True) ->
     def segment(request: SegmentRequest) -> dict:
         if request.text is None and request.tokens is None:
             raise HTTPException(400, "give the thinking as `text` or as `tokens`")
+        if request.characters() > MAX_SEGMENT_CHARS:
+            raise HTTPException(
+                413, f"at most {MAX_SEGMENT_CHARS:,} characters of thinking and answer can be segmented"
+            )
         return analyse(request.text, request.answer, request.tokens)
 
     app.mount("/viewer/static", StaticFiles(directory=STATIC_DIR), name="viewer-static")
