@@ -1,5 +1,6 @@
 """qthink-nano: its data format, deterministic training, the shipped checkpoint, its quality."""
 
+import dataclasses
 import json
 import math
 import random
@@ -113,26 +114,41 @@ def test_generated_tools_hold_out_whole_tools_from_training():
     assert held_out and not held_out & training
 
 
-def test_training_is_deterministic_to_the_byte(tok, tmp_path):
-    from qthink.nano.build import expand, save_artifact
-    from qthink.nano.train import TrainConfig, train
+def test_training_covers_every_evaluated_task_but_the_held_out_tools():
+    rng = random.Random(11)
+    questions, names = [], set()
+    for _ in range(400):
+        messages, tools = conversation(rng)
+        questions += [m["content"] for m in messages if m["role"] == "user"]
+        names.update(t["function"]["name"] for t in tools or [])
+    assert any("*" in q for q in questions), "multiplication"
+    assert any(re.search(r"\d[-+*]\d", q) for q in questions), "unspaced questions"
+    assert any(re.search(r"\d [-+*] \d", q) for q in questions), "spaced questions"
+    assert {"get_weather", "get_time"} < names and len(names) > 20, "generated tools beside the two"
+    held_out = {
+        generated_tool_use(random.Random(s), held_out=True)[0][-1]["tool_calls"][0]["function"]["name"]
+        for s in range(200)
+    }
+    called = set()
+    for seed in range(2000):
+        messages, _ = conversation(random.Random(seed))
+        called.update(c["function"]["name"] for m in messages for c in m.get("tool_calls", []))
+    assert not called & held_out
 
-    cfg = TrainConfig(
-        steps=2,
-        batch=2,
-        pool=2,
-        hidden=32,
-        layers=1,
-        heads=2,
-        kv_heads=1,
-        head_dim=16,
-        intermediate=64,
-        vocab_samples=30,
-    )
+
+def test_training_is_deterministic_to_the_byte(tok, tmp_path):
+    """Two stages, the second from the first's bf16 weights (as `retrain` runs them), twice."""
+    from qthink.nano.build import expand, save_artifact
+    from qthink.nano.train import STAGES, compact, train
+
+    tiny = dict(batch=2, pool=2, hidden=32, layers=1, heads=2, kv_heads=1, head_dim=16, intermediate=64)
+    first, second = (dataclasses.replace(c, steps=2, vocab_samples=30, **tiny) for c in STAGES)
     files = []
     for run in range(2):
-        model, vocab = train(tok, cfg, log=lambda *_: None)
-        files.append(save_artifact(model, vocab, cfg, tmp_path / f"run{run}.safetensors").read_bytes())
+        base, base_vocab = train(tok, first, log=lambda *_: None)
+        model, vocab = train(tok, second, log=lambda *_: None, start=compact(base, base_vocab))
+        assert vocab[: len(base_vocab)] == base_vocab and len(vocab) > len(base_vocab)
+        files.append(save_artifact(model, vocab, second, tmp_path / f"run{run}.safetensors").read_bytes())
     assert files[0] == files[1]
     folder = expand(tmp_path / "run0.safetensors", tmp_path / "checkpoint")
     config = json.loads((folder / "config.json").read_text())
@@ -177,12 +193,18 @@ def test_quality_smoke(nano_dir):
     from qthink.nano.evaluate import evaluate
 
     scores = evaluate(nano_dir, n=12)
-    # The shipped model scores 100% on each of these over 50 held-out problems
-    # (`qthink nano --eval -n 50`); at n=12 one miss is 0.92.
+    # Measured over 50 held-out problems (`qthink nano --eval -n 50`): 100% on the base tasks
+    # and thinking ends, multiplication 82%, unspaced sums 96%, answers with an unseen tool's
+    # result 70%; at n=12 one miss is 0.92.
     assert scores["think_end_produced"] >= 0.95
     assert scores["tool_call_correct"] >= 0.9
     assert scores["answer_uses_tool_result"] >= 0.9
     assert scores["arithmetic_boxed_correct"] >= 0.9
+    assert scores["multiplication_boxed_correct"] >= 0.6
+    assert scores["unspaced_boxed_correct"] >= 0.8
+    assert scores["unseen_tool_answer_uses_result"] >= 0.4
+    assert scores["unseen_tool_think_end_produced"] >= 0.9
+    assert scores["reasoning_without_literal_think_end"] >= 0.95
 
 
 def test_n_samples_agree_only_where_nano_is_certain(nano_dir):

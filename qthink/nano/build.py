@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qthink.cache import cache_dir
-from qthink.nano.train import CONSTANT, TrainConfig, model_config, train
+from qthink.nano.train import CONSTANT, STAGES, Compact, TrainConfig, compact, model_config, train
 from qthink.random_checkpoint import tokenizer_files_dir, write_checkpoint
 
 ARTIFACT = Path(__file__).parent / "nano.safetensors"
@@ -18,7 +18,7 @@ UNUSED_LOGIT_WEIGHT = -1e4  # times the constant dimension: unused tokens sit fa
 
 
 def save_artifact(model, vocab: list[int], cfg: TrainConfig, path: Path = ARTIFACT) -> Path:
-    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    state, _ = compact(model, vocab)
     state["vocab_ids"] = torch.tensor(vocab, dtype=torch.int64)
     save_file(state, path, metadata={"train_config": json.dumps(cfg.__dict__)})
     return path
@@ -60,14 +60,24 @@ def ensure_nano(rebuild: bool = False) -> Path:
     return out
 
 
-def retrain(path: Path, cfg: TrainConfig | None = None, log=print) -> Path:
-    """Train from scratch with the fixed seed and write the compact artefact to `path`."""
+def load_compact(artifact: Path) -> Compact:
+    state = load_file(artifact)
+    return state, state.pop("vocab_ids").tolist()
+
+
+def retrain(
+    path: Path, stages: tuple[TrainConfig, ...] = STAGES, start: Compact | None = None, log=print
+) -> Path:
+    """Train each stage from the previous one's weights (the first from scratch unless `start`
+    is given), with fixed seeds, and write the compact artefact to `path`."""
     from qthink.tokenizer import Tokenizer
 
     # One thread: float sums then do not depend on the machine's core count, so the rebuild
     # reproduces the shipped weights bit for bit (and a busy 2-core machine runs it faster).
     torch.set_num_threads(1)
-    cfg = cfg or TrainConfig()
     tokenizer = Tokenizer.from_pretrained(tokenizer_files_dir(), chat_template="thinking-2507")
-    model, vocab = train(tokenizer, cfg, log)
-    return save_artifact(model, vocab, cfg, path)
+    for number, cfg in enumerate(stages, 1):
+        log(f"stage {number} of {len(stages)}: {cfg.steps} steps")
+        model, vocab = train(tokenizer, cfg, log, start)
+        start = compact(model, vocab)
+    return save_artifact(model, vocab, stages[-1], path)

@@ -3,7 +3,7 @@
 import json
 import random
 
-TOOLS = [
+TOOLS: list[dict] = [
     {
         "type": "function",
         "function": {
@@ -232,7 +232,7 @@ def _code(prefix: str):
 
 
 # subject, preposition, argument names, argument values, result
-SUBJECTS = [
+SUBJECTS: list[tuple] = [
     ("weather", "in", ["city", "location"], CITIES, lambda r: f"{r.randint(-5, 35)} C, {r.choice(SKIES)}"),
     ("time", "in", ["city", "place"], CITIES, lambda r: f"{r.randint(0, 23):02d}:{r.randint(0, 59):02d}"),
     ("population", "of", ["city", "city_name"], CITIES, _number(10_000, 9_999_999)),
@@ -279,8 +279,19 @@ QUESTIONS = [
 ]
 
 
+def _name(verb: str, noun: str) -> str:
+    return f"{verb}_{noun.replace(' ', '_')}"
+
+
 def _held_out(verb: int, subject: int) -> bool:
-    return (verb + 2 * subject) % 5 == 0
+    """Held out of training: every fifth pair, except the trained tools' own names (get_weather)."""
+    trained = {t["function"]["name"] for t in TOOLS}
+    return (verb + 2 * subject) % 5 == 0 and _name(VERBS[verb], SUBJECTS[subject][0]) not in trained
+
+
+def _trained_pair(verb: int, subject: int) -> bool:
+    """The generated tools training calls: all but every fifth pair."""
+    return (verb + 2 * subject) % 5 != 0
 
 
 def _tool_spec(verb: str, subject: tuple, argument: str) -> dict:
@@ -288,7 +299,7 @@ def _tool_spec(verb: str, subject: tuple, argument: str) -> dict:
     return {
         "type": "function",
         "function": {
-            "name": f"{verb}_{noun.replace(' ', '_')}",
+            "name": _name(verb, noun),
             "description": f"{verb.capitalize()} the {noun} {prep} a given {argument.replace('_', ' ')}.",
             "parameters": {
                 "type": "object",
@@ -305,7 +316,8 @@ def generated_tool_use(
     """A call to a generated tool listed among one to three others, under a varied system prompt:
     (the conversation up to the call, the whole conversation, the tools). `held_out` draws the
     called tool from the pairs training never uses."""
-    pairs = [(v, s) for v in range(len(VERBS)) for s in range(len(SUBJECTS)) if _held_out(v, s) == held_out]
+    drawn = _held_out if held_out else _trained_pair
+    pairs = [(v, s) for v in range(len(VERBS)) for s in range(len(SUBJECTS)) if drawn(v, s)]
     verb, index = rng.choice(pairs)
     subject = SUBJECTS[index]
     noun, prep, arguments, values, make_result = subject
@@ -348,11 +360,20 @@ def multi_turn(rng: random.Random) -> list[dict]:
     return [first[0], {"role": "assistant", "content": first[1]["content"]}, *second]
 
 
-# Share of each kind of training conversation: arithmetic needs the most examples (its
-# single-digit sums are a table to memorise), tool calls learn from few. Multiplication,
-# unspaced questions and generated tools are in the held-out evaluation only: a 1,500-step
-# run that trained on them too lost the tool calls (see the README).
-MIX = {"arithmetic": 0.55, "multi_turn": 0.1, "multiple_choice": 0.1, "tool_use": 0.25}
+# Share of each kind of training conversation, per stage. The base stage: arithmetic needs the
+# most examples (its single-digit sums are a table to memorise), tool calls learn from few.
+BASE_MIX = {"arithmetic": 0.55, "multi_turn": 0.1, "multiple_choice": 0.1, "tool_use": 0.25}
+# The second stage adds what the base model cannot do, weighted toward it (multiplication, sums
+# asked spaced or unspaced, generated tools found in the schema by their subject) and replays
+# the base tasks so that they stay.
+MIX = {
+    "arithmetic_any_spacing": 0.2,
+    "multiplication": 0.3,
+    "multi_turn": 0.03,
+    "multiple_choice": 0.05,
+    "tool_use": 0.17,
+    "generated_tool_use": 0.25,
+}
 
 
 def conversation(rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[dict], list[dict] | None]:
@@ -360,6 +381,8 @@ def conversation(rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[
     kind = rng.choices(list(mix), weights=list(mix.values()))[0]
     if kind == "arithmetic":
         return arithmetic(rng), None
+    if kind == "arithmetic_any_spacing":
+        return arithmetic(rng, spaced=None), None
     if kind == "multiplication":
         return multiplication(rng), None
     if kind == "multi_turn":

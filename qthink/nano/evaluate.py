@@ -10,9 +10,10 @@ from qthink.nano.data import TOOLS, arithmetic, generated_tool_use, multiple_cho
 from qthink.parsing.tool_calls import parse_tool_calls
 
 HELD_OUT_SEED = 2_000_003  # training draws from other seeds
-# the tasks nano is trained on; the others (multiplication, unspaced questions, tools it has never
-# seen) measure how far it generalises
-TRAINED = ("arithmetic", "multiple_choice", "tool_call", "tool_answer")
+# the tasks nano is trained on; the unseen tools (verb-subject pairs training never uses) measure
+# whether it calls a tool from the schema it is given
+TRAINED = ("arithmetic", "multiple_choice", "tool_call", "tool_answer", "multiplication", "unspaced")
+UNSEEN = ("unseen_tool_call", "unseen_tool_answer")
 
 
 def _boxed(text: str | None) -> str | None:
@@ -80,6 +81,12 @@ def evaluate(
         "unseen_tool_call_correct": calls("unseen_tool_call"),
         "unseen_tool_answer_uses_result": uses("unseen_tool_answer"),
         "think_end_produced": _rate(think_end in o.token_ids for task in TRAINED for o, _, _ in done[task]),
+        "unseen_tool_think_end_produced": _rate(
+            think_end in o.token_ids for task in UNSEEN for o, _, _ in done[task]
+        ),
+        "reasoning_without_literal_think_end": _rate(
+            "</think>" not in (o.reasoning_content or "") for items in done.values() for o, _, _ in items
+        ),
     }
 
 

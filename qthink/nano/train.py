@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from qthink.config import ModelConfig
 from qthink.model.layers import RotaryEmbedding
 from qthink.model.qwen3 import Qwen3ForCausalLM
-from qthink.nano.data import MIX, conversation, render
+from qthink.nano.data import BASE_MIX, MIX, conversation, render
 from qthink.random_checkpoint import QWEN3_4B_CONFIG
 
 Row = tuple[list[int], list[int]]  # token ids and loss mask of one rendered conversation
+Compact = tuple[dict[str, torch.Tensor], list[int]]  # bf16 weights and the id of each vocabulary row
 CONSTANT = 0.1  # hidden dimension 0 carries this value unchanged through the residual stream
 
 
@@ -33,7 +34,14 @@ class TrainConfig:
     head_dim: int = 32
     intermediate: int = 384
     vocab_samples: int = 1000
-    mix: dict[str, float] = field(default_factory=lambda: dict(MIX))
+    mix: dict[str, float] = field(default_factory=lambda: dict(BASE_MIX))
+
+
+# The base tasks from scratch, then the new ones (with the base tasks replayed) from its weights.
+STAGES = (
+    TrainConfig(),
+    TrainConfig(seed=1, steps=1600, lr=1.5e-3, warmup=20, mix=dict(MIX)),
+)
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> dict:
@@ -129,13 +137,34 @@ def collate(rows: list[Row], remap: dict[int, int]) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def train(tokenizer, cfg: TrainConfig, log=print) -> tuple[Qwen3ForCausalLM, list[int]]:
-    """Returns the trained compact model and the full-vocabulary id of each compact row."""
+def compact(model: Qwen3ForCausalLM, vocab: list[int]) -> Compact:
+    """The weights as shipped (bf16) with their vocabulary: what a next stage starts from."""
+    return {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()}, vocab
+
+
+def _start_from(model: Qwen3ForCausalLM, start: Compact) -> None:
+    """Load a previous stage's weights; vocabulary rows it lacks keep their fresh initialisation."""
+    state, _ = start
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            p[: state[name].shape[0]].copy_(state[name].float())
+
+
+def train(
+    tokenizer, cfg: TrainConfig, log=print, start: Compact | None = None
+) -> tuple[Qwen3ForCausalLM, list[int]]:
+    """Returns the trained compact model and the full-vocabulary id of each compact row; from
+    `start` (a previous stage's compact weights) when given, its vocabulary extended."""
     torch.use_deterministic_algorithms(True)
     batches = training_batches(tokenizer, cfg)
     vocab = corpus_vocabulary(tokenizer, cfg, batches)
+    if start is not None:
+        known = set(start[1])
+        vocab = start[1] + [t for t in vocab if t not in known]
     remap = {t: i for i, t in enumerate(vocab)}
     model = build_model(cfg, len(vocab))
+    if start is not None:
+        _start_from(model, start)
     decay = [p for n, p in model.named_parameters() if not n.endswith("norm.weight")]
     keep = [p for n, p in model.named_parameters() if n.endswith("norm.weight")]
     opt = torch.optim.AdamW(
@@ -143,7 +172,7 @@ def train(tokenizer, cfg: TrainConfig, log=print) -> tuple[Qwen3ForCausalLM, lis
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
-    start = time.time()
+    began = time.time()
     for step, rows in enumerate(batches):
         ids, mask = collate(rows, remap)
         for group in opt.param_groups:
@@ -157,7 +186,7 @@ def train(tokenizer, cfg: TrainConfig, log=print) -> tuple[Qwen3ForCausalLM, lis
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            log(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - start:6.0f}s")
+            log(f"step {step:4d}  loss {loss.item():.4f}  {time.time() - began:6.0f}s")
     return model, vocab
 
 
