@@ -345,23 +345,26 @@ inline __m512 int8_row_scales(const uint16_t* scale, int64_t n, int64_t rows) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, scale + n)), 16));
 }
 
-// int8 weights against int8 activations (one scale per group of G inputs). vpdpbusd multiplies
-// unsigned by signed bytes, so the weights enter as w + 128 (one XOR) and 128 x the int8
-// activation sum comes off again (x_correction, per activation row, already multiplied out by
-// the group scales).
+// int8 weights against int8 activations (one scale per group of G inputs), in one or two
+// levels: with two, x ~ s1 q1 + s2 q2 (q2 the rounded remainder x - s1 q1), and each weight
+// vector, loaded once, meets both, so the near-exact result costs the same weight bytes.
+// vpdpbusd multiplies unsigned by signed bytes, so the weights enter as w + 128 (one XOR) and
+// 128 x the int8 activation sum comes off again (x_correction, per activation row, already
+// multiplied out by the group scales of every level).
 struct Int8Kernel {
   const int8_t* w;            // [blocks * 16, K], int8_kernel_layout
   const uint16_t* scale;      // [N] bf16
-  const int8_t* xq;           // [M, K]
-  const float* x_scale;       // [M, K / G]
+  const int8_t* xq[2];        // per level: [M, K]
+  const float* x_scale[2];    // per level: [M, K / G]
   const float* x_correction;  // [M]
   int64_t K;
   int64_t G;
+  int levels;  // 1 or 2
 
-  template <int MB>
+  template <int MB, int L>
   void block(int64_t b, int64_t m, int64_t N, const Output& out) const {
-    // Accumulators per activation row: enough independent chains to hide the dot products'
-    // latency (one dot product per vector and row).
+    // Accumulators per level and activation row: enough independent chains to hide the dot
+    // products' latency (one dot product per vector, row and level).
     constexpr int S = MB == 1 ? 4 : MB == 2 ? 2 : 1;
     const int64_t groups = K / G, vectors = G / 4;
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -369,21 +372,26 @@ struct Int8Kernel {
     __m512 total[MB];
     for (int i = 0; i < MB; ++i) total[i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; ++g) {
-      __m512i acc[MB][S];
+      __m512i acc[L * MB][S];
       set_all(acc, _mm512_setzero_si512());
       const uint8_t* wg = weights + g * vectors * 64;
-      const int8_t* xg = xq + m * K + g * G;
       for (int64_t t = 0; t < vectors; t += 4) {  // G is 64 or 128: 16 or 32 vectors
         __m512i v[4];
         for (int u = 0; u < 4; ++u) v[u] = _mm512_xor_si512(load_vector(wg + (t + u) * 64), flip);
-        for (int i = 0; i < MB; ++i)
-          for (int u = 0; u < 4; ++u) acc[i][u % S] = dot_broadcast(acc[i][u % S], v[u], xg + i * K + (t + u) * 4);
+        for (int l = 0; l < L; ++l)
+          for (int i = 0; i < MB; ++i) {
+            const int8_t* x = xq[l] + (m + i) * K + g * G + t * 4;
+            __m512i(&chains)[S] = acc[l * MB + i];
+            for (int u = 0; u < 4; ++u) chains[u % S] = dot_broadcast(chains[u % S], v[u], x + u * 4);
+          }
       }
-      for (int i = 0; i < MB; ++i) {
-        __m512i q = acc[i][0];
-        for (int u = 1; u < S; ++u) q = _mm512_add_epi32(q, acc[i][u]);
-        total[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(x_scale[(m + i) * groups + g]), total[i]);
-      }
+      for (int l = 0; l < L; ++l)
+        for (int i = 0; i < MB; ++i) {
+          __m512i q = acc[l * MB + i][0];
+          for (int u = 1; u < S; ++u) q = _mm512_add_epi32(q, acc[l * MB + i][u]);
+          const __m512 step = _mm512_set1_ps(x_scale[l][(m + i) * groups + g]);
+          total[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), step, total[i]);
+        }
     }
     const int64_t n = b * kInt8BlockRows, rows = std::min(kInt8BlockRows, N - n);
     const __m512 s = int8_row_scales(scale, n, rows);
@@ -391,63 +399,20 @@ struct Int8Kernel {
       out.write16(m + i, n, _mm512_mul_ps(_mm512_sub_ps(total[i], _mm512_set1_ps(x_correction[m + i])), s), rows);
   }
 
-  void pass(int64_t mb, int64_t b, int64_t m, int64_t N, const Output& out) const {
+  template <int L>
+  void pass_levels(int64_t mb, int64_t b, int64_t m, int64_t N, const Output& out) const {
     switch (mb) {
-      case 1: return block<1>(b, m, N, out);
-      case 2: return block<2>(b, m, N, out);
-      case 3: return block<3>(b, m, N, out);
-      case 4: return block<4>(b, m, N, out);
-      case 5: return block<5>(b, m, N, out);
-      default: return block<6>(b, m, N, out);
-    }
-  }
-};
-
-// int8 weights (int8_kernel_layout) against float32 activations, exactly: the output layer,
-// whose logits are sampled from directly. Each quarter of a vector (4 weights of 4 rows) is
-// widened to floats and meets the 4 activations it needs, broadcast to every quarter; the
-// quarters' lanes are summed per row once per block.
-struct Int8ExactKernel {
-  const int8_t* w;        // [blocks * 16, K], int8_kernel_layout
-  const uint16_t* scale;  // [N] bf16
-  const float* x;         // [M, K]
-  int64_t K;
-
-  template <int MB>
-  void block(int64_t b, int64_t m, int64_t N, const Output& out) const {
-    const int8_t* weights = w + b * (K / 4) * 64;
-    // acc[i][c], lane 4 q + j: row 4 c + q, products with activations j mod 4.
-    __m512 acc[MB][4];
-    set_all(acc, _mm512_setzero_ps());
-    for (int64_t t = 0; t < K / 4; ++t) {
-      __m512 quarter[4];
-      for (int c = 0; c < 4; ++c)
-        quarter[c] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(weights + t * 64 + 16 * c))));
-      for (int i = 0; i < MB; ++i) {
-        const __m512 xv = _mm512_broadcast_f32x4(_mm_loadu_ps(x + (m + i) * K + t * 4));
-        for (int c = 0; c < 4; ++c) acc[i][c] = _mm512_fmadd_ps(quarter[c], xv, acc[i][c]);
-      }
-    }
-    const int64_t n = b * kInt8BlockRows, rows = std::min(kInt8BlockRows, N - n);
-    const __m512 s = int8_row_scales(scale, n, rows);
-    for (int i = 0; i < MB; ++i) {
-      float lanes[4][16], sums[16];
-      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(lanes[c], acc[i][c]);
-      for (int r = 0; r < 16; ++r) {
-        const float* q = lanes[r / 4] + r % 4 * 4;
-        sums[r] = (q[0] + q[1]) + (q[2] + q[3]);
-      }
-      out.write16(m + i, n, _mm512_mul_ps(_mm512_loadu_ps(sums), s), rows);
+      case 1: return block<1, L>(b, m, N, out);
+      case 2: return block<2, L>(b, m, N, out);
+      case 3: return block<3, L>(b, m, N, out);
+      case 4: return block<4, L>(b, m, N, out);
+      case 5: return block<5, L>(b, m, N, out);
+      default: return block<6, L>(b, m, N, out);
     }
   }
 
   void pass(int64_t mb, int64_t b, int64_t m, int64_t N, const Output& out) const {
-    switch (mb) {
-      case 1: return block<1>(b, m, N, out);
-      case 2: return block<2>(b, m, N, out);
-      case 3: return block<3>(b, m, N, out);
-      default: return block<4>(b, m, N, out);
-    }
+    return levels == 2 ? pass_levels<2>(mb, b, m, N, out) : pass_levels<1>(mb, b, m, N, out);
   }
 };
 
@@ -553,45 +518,41 @@ int64_t check_int8(const at::Tensor& w, const at::Tensor& scale) {
   return N;
 }
 
-// With `round_activations` the VNNI kernel (int8 activations per group of 128, or of 64
-// where 128 does not divide K), for any M; otherwise the exact float kernel (the output layer:
-// its logits are sampled from directly).
+// The VNNI kernel with int8 activations per group of 128 (or of 64 where 128 does not divide
+// K), for any M. `activation_levels` 2 adds the rounded remainder as a second level, near exact
+// (error ~1/127 of one level's): the output layer, whose logits are sampled from directly.
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
-                       const c10::optional<at::Tensor>& bias, bool round_activations) {
+                       const c10::optional<at::Tensor>& bias, int64_t activation_levels) {
+  TORCH_CHECK(activation_levels == 1 || activation_levels == 2, "activation_levels must be 1 or 2, got ",
+              activation_levels);
   const int64_t N = check_int8(w, scale), K = w.size(1), M = x.size(0);
   check_input(x, K);
   at::Tensor out = at::empty({M, N}, x.options());
-  const Output output = make_output(out, bias);
-  if (!round_activations) {
-    const at::Tensor xf = x.to(at::kFloat).contiguous();
-    Int8ExactKernel kernel;
-    kernel.w = w.data_ptr<int8_t>();
-    kernel.scale = bf16_bits(scale);
-    kernel.x = xf.data_ptr<float>();
-    kernel.K = K;
-    run_lane_blocks(kernel, M, N, kInt8BlockRows, 4, output);
-    return out;
+  const int64_t G = K % 128 == 0 ? 128 : 64, groups = K / G;
+  std::vector<QuantizedRows> levels{quantize_rows(x, G)};
+  if (activation_levels == 2) {
+    const QuantizedRows& first = levels[0];
+    const at::Tensor rounded = first.values.to(at::kFloat).view({M, groups, G}) * first.scales.unsqueeze(-1);
+    levels.push_back(quantize_rows(x.to(at::kFloat).view({M, groups, G}).sub(rounded).view({M, K}), G));
   }
-  const int64_t G = K % 128 == 0 ? 128 : 64;
-  const QuantizedRows rows = quantize_rows(x, G);
-  // 128 x sum over groups of (group scale x sum of the group's int8 activations), per row.
-  const int64_t groups = K / G;
+  // 128 x sum over levels and groups of (group scale x sum of the group's int8 activations), per row.
   std::vector<float> correction(M, 0.0f);
-  const float* scales = rows.scales.data_ptr<float>();
-  const int32_t* int_sums = rows.int_sums.data_ptr<int32_t>();
-  for (int64_t r = 0; r < M; ++r) {
-    for (int64_t g = 0; g < groups; ++g) correction[r] += scales[r * groups + g] * int_sums[r * groups + g];
-    correction[r] *= 128.0f;
-  }
   Int8Kernel kernel;
+  for (size_t l = 0; l < levels.size(); ++l) {
+    const float* scales = levels[l].scales.data_ptr<float>();
+    const int32_t* int_sums = levels[l].int_sums.data_ptr<int32_t>();
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t g = 0; g < groups; ++g) correction[r] += 128.0f * scales[r * groups + g] * int_sums[r * groups + g];
+    kernel.xq[l] = levels[l].values.data_ptr<int8_t>();
+    kernel.x_scale[l] = scales;
+  }
   kernel.w = w.data_ptr<int8_t>();
   kernel.scale = bf16_bits(scale);
-  kernel.xq = rows.values.data_ptr<int8_t>();
-  kernel.x_scale = rows.scales.data_ptr<float>();
   kernel.x_correction = correction.data();
   kernel.K = K;
   kernel.G = G;
-  run_lane_blocks(kernel, M, N, kInt8BlockRows, kInt8MaxPassRows, output);
+  kernel.levels = static_cast<int>(activation_levels);
+  run_lane_blocks(kernel, M, N, kInt8BlockRows, kInt8MaxPassRows, make_output(out, bias));
   return out;
 }
 
@@ -713,7 +674,7 @@ at::Tensor gemm_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
 TORCH_LIBRARY(qthink_kernels, m) {
   m.def("linear_bf16(Tensor x, Tensor w, Tensor? bias) -> Tensor");
-  m.def("linear_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias, bool round_activations=True) -> Tensor");
+  m.def("linear_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias, int activation_levels=1) -> Tensor");
   m.def(
       "linear_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, int out_features, Tensor? bias) "
       "-> Tensor");

@@ -115,9 +115,10 @@ def int8_row_layout(weights: torch.Tensor, rows: int) -> torch.Tensor:
 class Int8Linear(nn.Module):
     """int8 weights with one bf16 scale per output channel; where the native kernels can take
     them (rows of a multiple of 64 inputs), in their layout (`int8_kernel_layout`). The native
-    kernel rounds the activations to int8 too (a GEMV for decode, a GEMM for prefill), unless
+    kernel rounds the activations to int8 too (a GEMV for decode, a GEMM for prefill); with
     `exact_activations` (the output layer: its logits are sampled from directly, and rounding its
-    input moved qthink-nano's next-token KL 500x)."""
+    input once moved qthink-nano's next-token KL 500x) it adds the rounded remainder as a second
+    int8 level, near exact at the same weight bytes."""
 
     weight: torch.Tensor
     scale: torch.Tensor
@@ -141,7 +142,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, args = _rows(x), (self.weight, self.scale, self.bias)
         if self.blocked and native_cpu(x) and (rows_of(x) <= SMALL_M or not self.exact_activations):
-            out = kernel_ops().linear_int8(rows, *args, not self.exact_activations)
+            out = kernel_ops().linear_int8(rows, *args, 2 if self.exact_activations else 1)
         elif self.blocked and native_cpu(x) and x.dtype == torch.bfloat16:
             out = kernel_ops().gemm_int8(rows, *args)
         elif x.device.type == "cpu" and x.dtype == torch.bfloat16:
