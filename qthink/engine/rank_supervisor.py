@@ -83,6 +83,9 @@ class Ranks:
                 pass_fds=(write_end,),
                 env=worker_environment(),
             )
+        except BaseException:
+            os.close(read_end)
+            raise
         finally:
             os.close(write_end)
         child = RankProcess(rank, process)
