@@ -153,7 +153,8 @@ def test_nano_finishes_a_json_object_answer():
 
     llm = LLM(model=str(ensure_nano()), max_model_len=1024, kv_cache_memory=16 << 20)
     params = SamplingParams(temperature=0, max_tokens=600, structured_output={"json_object": True})
-    out = llm.chat([{"role": "user", "content": "Which number is the largest? A) 3 B) 9 C) 5 D) 1. Reply in JSON."}], params)[0].outputs[0]
+    question = "Which number is the largest? A) 3 B) 9 C) 5 D) 1. Reply in JSON."
+    out = llm.chat([{"role": "user", "content": question}], params)[0].outputs[0]
     assert out.finish_reason == "stop" and len(out.token_ids) < 300
     assert isinstance(json.loads(out.content), dict)
 
