@@ -79,3 +79,24 @@ def test_logprobs_come_before_the_penalties():
 def test_reweighting_may_not_come_before_a_constraint():
     with pytest.raises(ValueError, match="must come before"):
         LogitsPipeline([Penalties(), ForcedTokens()])
+
+
+def test_the_pipeline_says_which_sequences_it_touches():
+    """A sequence it does not touch takes the raw argmax (the runner's greedy path): none with a
+    penalty, pending min_tokens, forced tokens or a thinking budget spent."""
+    pipeline = default_pipeline(lambda text: PHRASE, max_model_len=100)
+    assert not pipeline.touches(sequence(temperature=0))
+    assert not pipeline.touches(sequence(temperature=0, min_tokens=0, repetition_penalty=1.0))
+    for params in ({"repetition_penalty": 1.2}, {"presence_penalty": 0.5}, {"frequency_penalty": -0.5}):
+        assert pipeline.touches(sequence(temperature=0, **params))
+    short = sequence(temperature=0, min_tokens=2)
+    assert pipeline.touches(short)
+    short.append(11)
+    short.append(12)
+    assert not pipeline.touches(short)  # min_tokens reached: EOS is no longer blocked
+    forced = sequence(temperature=0)
+    forced.forced_tokens = [5]
+    assert pipeline.touches(forced)
+    spent = sequence(temperature=0, max_thinking_tokens=1)
+    spent.append(11)
+    assert spent.thinking_must_close() and pipeline.touches(spent)

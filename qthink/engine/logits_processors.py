@@ -31,6 +31,11 @@ class LogitsProcessor(Protocol):
         """The processed [rows, vocab] logits: changed in place, or a new tensor."""
         ...
 
+    def touches(self, seq: Sequence) -> bool:
+        """Whether this step it may change the sequence's rows (or state): False lets a greedy
+        row skip the pipeline and take the raw argmax."""
+        ...
+
 
 class GrammarMask:
     """Structured output: -inf for every token the row's grammar cannot accept next."""
@@ -42,6 +47,9 @@ class GrammarMask:
             if seq.grammar is not None and seq.grammar.active:
                 seq.grammar.mask(logits[row])
         return logits
+
+    def touches(self, seq: Sequence) -> bool:
+        return seq.grammar is not None
 
 
 class ThinkingBudget:
@@ -74,6 +82,9 @@ class ThinkingBudget:
             seq.forced_tokens = self.phrases[phrase][:room]
         return logits
 
+    def touches(self, seq: Sequence) -> bool:
+        return bool(seq.forced_tokens) or seq.thinking_must_close()
+
 
 class ForcedTokens:
     """A row with forced tokens queued can only sample the first; the engine appends the rest
@@ -88,6 +99,9 @@ class ForcedTokens:
                 logits[row, seq.forced_tokens[0]] = 0.0  # the only choice: logprob 0
         return logits
 
+    def touches(self, seq: Sequence) -> bool:
+        return bool(seq.forced_tokens)
+
 
 class Penalties:
     """min_tokens, repetition, frequency and presence penalties (the sampler's definitions)."""
@@ -96,6 +110,15 @@ class Penalties:
 
     def __call__(self, logits: torch.Tensor, step: StepLogits) -> torch.Tensor:
         return apply_penalties(logits, step.sampling)
+
+    def touches(self, seq: Sequence) -> bool:
+        """A penalty is set, or min_tokens still blocks EOS (drafts only lengthen the output)."""
+        p = seq.params
+        return (
+            p.repetition_penalty != 1.0
+            or bool(p.presence_penalty or p.frequency_penalty)
+            or (p.min_tokens > seq.num_output_tokens)
+        )
 
 
 class LogitsPipeline:
@@ -115,6 +138,9 @@ class LogitsPipeline:
             if processor.constrains:
                 constrained = logits
         return constrained, logits
+
+    def touches(self, seq: Sequence) -> bool:
+        return any(p.touches(seq) for p in self.processors)
 
 
 def default_pipeline(encode: Callable[[str], list[int]], max_model_len: int) -> LogitsPipeline:

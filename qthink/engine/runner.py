@@ -12,6 +12,7 @@ from qthink.engine.logits_processors import LogitsPipeline, StepLogits
 from qthink.engine.sampler import SampledToken, SamplingBatch, sample, token_rows
 from qthink.engine.scheduler import ScheduledBatch
 from qthink.engine.sequence import Sequence
+from qthink.engine.spec.rejection import verify_greedy
 from qthink.engine.spec.verify import verify_drafts
 from qthink.kernels.threads import torch_ops_on_one_thread
 from qthink.model.attention import AttentionMetadata, KVCache
@@ -65,9 +66,14 @@ class ModelRunner:
             return {}
         seqs = [batch.seqs[i] for i in sampled]
         counts = [1 + len(s.draft_ids) for s in seqs]
-        ends = torch.tensor(batch.num_tokens, device=self.device).cumsum(0)[sampled].tolist()
-        rows = [r for end, c in zip(ends, counts) for r in range(end - c, end)]
-        logits = self.forward(input_ids, positions, meta, torch.tensor(rows, device=self.device))
+        ends = np.cumsum(batch.num_tokens)[sampled].tolist()
+        rows = torch.tensor(
+            [r for end, c in zip(ends, counts) for r in range(end - c, end)], device=self.device
+        )
+        if self._all_plain_greedy(seqs):
+            tokens = self.model.greedy(input_ids, positions, meta, self.caches, rows).tolist()
+            return dict(zip(seqs, _greedy_emitted(tokens, seqs)))
+        logits = self.forward(input_ids, positions, meta, rows)
         logits = cast(torch.Tensor, logits).float()  # given rows, forward returns their logits
         plain = [i for i, c in enumerate(counts) if c == 1]
         if len(plain) == len(seqs):
@@ -76,12 +82,20 @@ class ModelRunner:
         spec = [i for i, c in enumerate(counts) if c > 1]
         spec_rows = [r for i in spec for r in range(starts[i], starts[i] + counts[i])]
         spec_seqs = [seqs[i] for i in spec]
-        verified = verify_drafts(logits[spec_rows], spec_seqs, self.logits_pipeline, self.generator)
+        spec_logits = logits[spec_rows] if plain else logits  # every row verifies: no copy
+        verified = verify_drafts(spec_logits, spec_seqs, self.logits_pipeline, self.generator)
         out = dict(zip(spec_seqs, verified))
         if plain:
             plain_seqs = [seqs[i] for i in plain]
             out.update(zip(plain_seqs, self._sample(logits[[starts[i] for i in plain]], plain_seqs)))
         return out
+
+    def _all_plain_greedy(self, seqs: list[Sequence]) -> bool:
+        """Every sequence takes the argmax of the raw logits: greedy, no logprobs, and no logits
+        processor touches it (no penalty, grammar or forced token); one process holds the model."""
+        pipeline = self.logits_pipeline
+        plain = (s.params.greedy and s.params.logprobs is None and not pipeline.touches(s) for s in seqs)
+        return self.tp.size == 1 and all(plain)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[list[SampledToken]]:
         """One token per sequence from its row of float32 logits, shaped by the logits pipeline."""
@@ -161,6 +175,18 @@ class ModelRunner:
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+
+def _greedy_emitted(tokens: list[int], seqs: list[Sequence]) -> list[list[SampledToken]]:
+    """Each sequence's tokens from the argmax of its rows (one, or one per draft and one more):
+    the verified drafts and the token after them."""
+    out, start = [], 0
+    for seq in seqs:
+        picked = tokens[start : start + 1 + len(seq.draft_ids)]
+        start += len(picked)
+        emitted = verify_greedy(picked, seq.draft_ids) if seq.draft_ids else picked
+        out.append([SampledToken(t, None, None, [], []) for t in emitted])
+    return out
 
 
 KV_CACHE_DTYPES = {

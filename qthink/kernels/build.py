@@ -23,6 +23,7 @@ SOURCES = [
         "thread_pool.cpp",
         "linear_avx512.cpp",
         "attention_avx512.cpp",
+        "greedy_head_avx512.cpp",
         "norm_avx512.cpp",
         "activation_avx512.cpp",
     )
@@ -135,7 +136,8 @@ def linear_kernels_available() -> bool:
 
 def kernel_ops():
     """The loaded kernels' op namespace: linear_bf16, linear_int8 (small M, GEMV), linear_int4
-    (any M: GEMV, and a VNNI GEMM for prefill), gemm_int8 (large M, dequantized tiles through
+    (any M: GEMV, and a VNNI GEMM for prefill), greedy_head (each row's argmax of a bf16 output
+    layer, no logits), gemm_int8 (large M, dequantized tiles through
     torch's GEMM), decode_attention (one query per sequence against the paged bf16 KV cache),
     rms_norm (bf16 rows) and set_num_threads / get_num_threads (the kernels' thread count)."""
     return torch.ops.qthink_kernels

@@ -8,6 +8,7 @@ from torch import nn
 from qthink.config import ModelConfig
 from qthink.kernels import kernel_ops
 from qthink.model.attention import Attention, AttentionMetadata, KVCache, native_decode_step
+from qthink.model.greedy_head import GreedyHead
 from qthink.model.layers import MLP, Embedding, RMSNorm, RotaryEmbedding
 from qthink.model.parallel import SINGLE, VocabParallelEmbedding
 
@@ -71,6 +72,7 @@ class Qwen3ForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.greedy_head: GreedyHead | None = None
 
     def hidden_states(
         self,
@@ -115,3 +117,18 @@ class Qwen3ForCausalLM(nn.Module):
         if logits_indices is not None:
             h = h[logits_indices]
         return self.lm_head(h)
+
+    def greedy(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+        caches: list[KVCache],
+        logits_indices: torch.Tensor,
+    ) -> torch.Tensor:
+        """The greedy token at each of `logits_indices` (int64): `forward`'s argmax, without
+        the logits where the output layer's native kernel takes them (`GreedyHead`)."""
+        if self.greedy_head is None or self.greedy_head.lm_head is not self.lm_head:
+            self.greedy_head = GreedyHead(self.lm_head)  # built on first use, after quantization
+        h = self.hidden_states(input_ids, positions, meta, caches)
+        return self.greedy_head(h[logits_indices])

@@ -43,7 +43,10 @@ def verify_drafts(
         rows.extend(range(start, start + len(tokens)))
         start += count
     chosen = torch.tensor([t for ts in emitted for t in ts], device=logits.device)
-    flat = sampled_tokens(constrained[rows], chosen, batch.num_logprobs)
+    # the accepted rows' logits only when logprobs are asked (a copy of [rows, vocab])
+    flat = sampled_tokens(
+        constrained[rows] if batch.num_logprobs >= 0 else constrained, chosen, batch.num_logprobs
+    )
     out, at = [], 0
     for tokens in emitted:
         out.append(flat[at : at + len(tokens)])

@@ -1,0 +1,204 @@
+// Greedy output layer for AVX-512 BF16 CPUs: each row's argmax of x w^T, without the logits.
+//
+// Greedy decoding with no logprobs, penalties or constraints needs only each row's best
+// token. Finding it inside the output layer's one pass over the weights skips writing the
+// [M, vocab] logits and the passes that widen them to float32 and search them: on a small
+// model with a large vocabulary that is most of a decode step, and k + 1 times as much in a
+// verification step. The scores are linear_bf16's bit for bit (the same bf16 dot products in
+// the same order, the same pairwise horizontal sum, rounded to bf16 as torch rounds), and ties
+// go to the lowest token id, as torch's max; a row with a NaN score gets its first NaN's id.
+
+#include <ATen/ATen.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <vector>
+
+#include "bf16_vectors.h"
+#include "thread_pool.h"
+
+namespace {
+
+constexpr int64_t kChunkRows = 512;  // weight rows per task of the thread pool
+constexpr int kLanes = 16;
+
+// The lane of transpose_sums' result that holds input a's sum (and the input whose sum lane l
+// holds): the tree below transposes a 4 x 4 grid.
+constexpr int transposed(int a) { return 4 * (a % 4) + a / 4; }
+
+// Lane transposed(a) = the sum of a[a]'s 16 lanes, paired as _mm512_reduce_add_ps pairs them
+// (lane i with i + 8, then i + 4, i + 2, i + 1), so each sum is the same float: 16 horizontal
+// sums in 30 instructions instead of about 120.
+inline __m512 transpose_sums(const __m512 (&a)[kLanes]) {
+  __m512 halves[8], quarters[4], eighths[2];
+  for (int p = 0; p < 8; ++p)
+    halves[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  for (int q = 0; q < 4; ++q)
+    quarters[q] = _mm512_add_ps(_mm512_shuffle_f32x4(halves[2 * q], halves[2 * q + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                _mm512_shuffle_f32x4(halves[2 * q], halves[2 * q + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  for (int s = 0; s < 2; ++s) {
+    const __m512d x = _mm512_castps_pd(quarters[2 * s]), y = _mm512_castps_pd(quarters[2 * s + 1]);
+    eighths[s] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_ps(eighths[0], eighths[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(eighths[0], eighths[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// The best score and token so far of each lane: a lane sees one activation row and every NB-th
+// weight row, in increasing order, so a strictly greater score keeps the earliest of equals.
+struct LaneBest {
+  __m512 score = _mm512_set1_ps(-INFINITY);
+  __m512i token = _mm512_set1_epi32(-1);      // -1: no score yet
+  __m512i first_nan = _mm512_set1_epi32(INT_MAX);
+
+  void update(__m512 sums, __m512i tokens, __mmask16 valid) {
+    const __mmask16 nan = _mm512_cmp_ps_mask(sums, sums, _CMP_UNORD_Q) & valid;
+    first_nan = _mm512_mask_min_epi32(first_nan, nan, first_nan, tokens);
+    const __m512 rounded = qthink::widen(qthink::narrow(sums));
+    const __mmask16 none = _mm512_cmp_epi32_mask(token, _mm512_setzero_si512(), _MM_CMPINT_LT);
+    const __mmask16 better = (_mm512_cmp_ps_mask(rounded, score, _CMP_GT_OQ) | (none & ~nan)) & valid & ~nan;
+    score = _mm512_mask_mov_ps(score, better, rounded);
+    token = _mm512_mask_mov_epi32(token, better, tokens);
+  }
+};
+
+// A row's best over some weight rows: the score, its lowest token (-1: none), its first NaN.
+struct RowBest {
+  float score = -INFINITY;
+  int64_t token = -1;
+  int64_t first_nan = INT64_MAX;
+
+  void merge(const RowBest& other) {  // other covers later weight rows than *this
+    first_nan = std::min(first_nan, other.first_nan);
+    if (other.token >= 0 && (token < 0 || other.score > score)) {
+      score = other.score;
+      token = other.token;
+    }
+  }
+
+  int64_t result() const { return first_nan != INT64_MAX ? first_nan : std::max<int64_t>(token, 0); }
+};
+
+struct GreedyHead {
+  const uint16_t* w;  // [N, K] bf16
+  const uint16_t* x;  // [M, K] bf16
+  int64_t M, N, K;
+
+  // Lane i * NB + j: x row m + i . w row n + j, as linear_bf16's Bf16Kernel::block computes it
+  // (accumulator a sits at transposed(a), so the sum tree puts it back in lane a; weight rows
+  // past N repeat the last one, and their lanes are masked off by the caller).
+  template <int MB, int NB>
+  __m512 scores(int64_t n, int64_t m) const {
+    const uint16_t* rows[NB];
+    for (int j = 0; j < NB; ++j) rows[j] = w + std::min(n + j, N - 1) * K;
+    __m512 acc[kLanes];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      __m512i wv[NB];
+      for (int j = 0; j < NB; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(rows[j] + NB * K + k), _MM_HINT_T0);
+        wv[j] = _mm512_loadu_si512(rows[j] + k);
+      }
+      for (int i = 0; i < MB; ++i) {
+        const __m512i xv = _mm512_loadu_si512(x + (m + i) * K + k);
+        for (int j = 0; j < NB; ++j)
+          acc[transposed(i * NB + j)] = _mm512_dpbf16_ps(acc[transposed(i * NB + j)], reinterpret_cast<__m512bh>(wv[j]),
+                                                         reinterpret_cast<__m512bh>(xv));
+      }
+    }
+    if (k < K) {
+      const __mmask32 mask = (1u << (K - k)) - 1;
+      for (int j = 0; j < NB; ++j) {
+        const __m512i wv = _mm512_maskz_loadu_epi16(mask, rows[j] + k);
+        for (int i = 0; i < MB; ++i) {
+          const __m512i xv = _mm512_maskz_loadu_epi16(mask, x + (m + i) * K + k);
+          acc[transposed(i * NB + j)] = _mm512_dpbf16_ps(acc[transposed(i * NB + j)], reinterpret_cast<__m512bh>(wv),
+                                                         reinterpret_cast<__m512bh>(xv));
+        }
+      }
+    }
+    return transpose_sums(acc);
+  }
+
+  // One pass of MB activation rows from m over weight rows [begin, end), NB = 16 / MB at a time.
+  template <int MB>
+  void pass(int64_t begin, int64_t end, int64_t m, RowBest* best) const {
+    constexpr int NB = kLanes / MB;
+    alignas(64) int32_t offsets[kLanes];
+    for (int l = 0; l < kLanes; ++l) offsets[l] = l % NB;  // lane i * NB + j: weight row n + j
+    const __m512i lane_rows = _mm512_load_si512(offsets);
+    LaneBest lanes;
+    for (int64_t n = begin; n < end; n += NB) {
+      const __m512i tokens = _mm512_add_epi32(lane_rows, _mm512_set1_epi32(static_cast<int32_t>(n)));
+      const __mmask16 valid = _mm512_cmp_epi32_mask(tokens, _mm512_set1_epi32(static_cast<int32_t>(end)), _MM_CMPINT_LT);
+      lanes.update(scores<MB, NB>(n, m), tokens, valid);
+    }
+    alignas(64) float score[kLanes];
+    alignas(64) int32_t token[kLanes], first_nan[kLanes];
+    _mm512_store_ps(score, lanes.score);
+    _mm512_store_si512(token, lanes.token);
+    _mm512_store_si512(first_nan, lanes.first_nan);
+    for (int l = 0; l < kLanes; ++l) {  // lanes of one row in any order: equal scores keep the lower token
+      RowBest& row = best[l / NB];
+      if (first_nan[l] != INT_MAX) row.first_nan = std::min<int64_t>(row.first_nan, first_nan[l]);
+      if (token[l] >= 0 && (row.token < 0 || score[l] > row.score || (score[l] == row.score && token[l] < row.token))) {
+        row.score = score[l];
+        row.token = token[l];
+      }
+    }
+  }
+
+  // Every activation row over weight rows [begin, end): passes of 4, 2 or 1 rows.
+  void run(int64_t begin, int64_t end, RowBest* best) const {
+    for (int64_t m = 0; m < M;) {
+      if (M - m >= 4) {
+        pass<4>(begin, end, m, best + m);
+        m += 4;
+      } else if (M - m >= 2) {
+        pass<2>(begin, end, m, best + m);
+        m += 2;
+      } else {
+        pass<1>(begin, end, m, best + m);
+        m += 1;
+      }
+    }
+  }
+};
+
+const uint16_t* bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+// The token greedy sampling takes from each row of linear_bf16(x, w, None): int64 [M].
+at::Tensor greedy_head(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == at::kBFloat16 && w.dim() == 2 && w.is_contiguous(),
+              "w must be a contiguous bf16 CPU tensor [N, K]");
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kBFloat16 && x.dim() == 2 && x.size(1) == w.size(1),
+              "x must be a bf16 CPU tensor [M, K] with w's K");
+  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
+  TORCH_CHECK(N > 0 && N < INT_MAX && K > 0, "w must have 1 to 2^31 - 2 rows and at least one column");
+  const at::Tensor xc = x.contiguous();
+  const GreedyHead head{bits(w), bits(xc), M, N, K};
+  const int64_t chunks = (N + kChunkRows - 1) / kChunkRows;
+  std::vector<RowBest> partial(chunks * M);  // each chunk's best per row, merged in order below
+  qthink::parallel_for(chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) head.run(c * kChunkRows, std::min(N, (c + 1) * kChunkRows), &partial[c * M]);
+  });
+  at::Tensor out = at::empty({M}, x.options().dtype(at::kLong));
+  int64_t* tokens = out.data_ptr<int64_t>();
+  for (int64_t m = 0; m < M; ++m) {
+    RowBest best;
+    for (int64_t c = 0; c < chunks; ++c) best.merge(partial[c * M + m]);
+    tokens[m] = best.result();
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(qthink_kernels, m) { m.def("greedy_head(Tensor x, Tensor w) -> Tensor"); }
+
+TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) { m.impl("greedy_head", &greedy_head); }
