@@ -6,9 +6,13 @@ import random
 import pytest
 import torch
 
+from qthink.config import SpeculativeConfig
+from qthink.engine.sampling_params import SamplingParams
+from qthink.engine.sequence import Sequence
 from qthink.engine.spec.history import RequestHistory
 from qthink.engine.spec.ngram import NgramDrafter
 from qthink.engine.spec.rejection import rejection_sample, verify_greedy
+from qthink.engine.spec.speculator import Speculator
 
 
 def test_drafter_proposes_what_followed_the_longest_suffix_match():
@@ -52,6 +56,28 @@ def test_history_drafts_what_followed_in_finished_requests():
     assert history.propose([2, 3, 4], 3) == [5, 6]  # the longest match wins
     assert history.propose([0, 7, 8], 3) == []  # nothing followed it
     assert history.propose([4], 3) == []  # shorter than min_n
+
+
+def test_history_answers_only_a_longer_match_than_asked():
+    history = RequestHistory(2, 4, 8)
+    history.add([1, 2, 3, 4, 5, 6])
+    assert history.propose([0, 2, 3, 4], 2, longer_than=2) == [5, 6]  # it matches 3 tokens
+    assert history.propose([0, 2, 3, 4], 2, longer_than=3) == []
+
+
+def test_suffix_drafting_takes_the_longer_match_of_the_sequence_and_the_history():
+    config = SpeculativeConfig(method="suffix", num_speculative_tokens=2, prompt_lookup_min=2)
+    speculator = Speculator(config, max_model_len=100)
+    assert speculator.history is not None  # suffix keeps one
+    speculator.history.add([8, 1, 2, 3, 4, 5])
+    params = SamplingParams(temperature=0)
+    own = Sequence("a", 0, [9, 2, 3, 7, 1, 2, 3], params, max_tokens=10)  # (2, 3) before: 7
+    other = Sequence("b", 0, [6, 2, 3, 7, 0, 2, 3], params, max_tokens=10)
+    for seq in (own, other):
+        seq.num_computed_tokens = len(seq) - 1  # decoding
+    speculator.propose([own, other])
+    assert own.draft_ids == [4, 5]  # (1, 2, 3) matches the finished request: 3 tokens beat 2
+    assert other.draft_ids == [7, 0]  # its own (2, 3) is as long as any match in the history
 
 
 def test_history_drops_the_older_half_past_its_limit():

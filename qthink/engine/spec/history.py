@@ -29,9 +29,10 @@ class RequestHistory:
         else:
             self._index(text)
 
-    def propose(self, tokens: list[int], k: int) -> list[int]:
-        """Up to k tokens that followed the longest recorded n-gram ending `tokens`."""
-        for n in range(min(self.max_n, len(tokens)), self.min_n - 1, -1):
+    def propose(self, tokens: list[int], k: int, longer_than: int = 0) -> list[int]:
+        """Up to k tokens that followed the longest recorded n-gram ending `tokens`, if that is
+        longer than `longer_than` tokens (the match the sequence's own text already has)."""
+        for n in range(min(self.max_n, len(tokens)), max(self.min_n, longer_than + 1) - 1, -1):
             hit = self.index.get(tuple(tokens[len(tokens) - n :]))
             if hit is not None:
                 text, start = hit

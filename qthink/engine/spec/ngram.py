@@ -21,14 +21,18 @@ class NgramDrafter:
 
     def propose(self, tokens: list[int], k: int | None = None) -> list[int]:
         """Up to k draft tokens to follow `tokens`, a list that only ever grows between calls."""
+        return self.match(tokens, k)[1]
+
+    def match(self, tokens: list[int], k: int | None = None) -> tuple[int, list[int]]:
+        """(n, draft): the longest matched n-gram's length (0: none) and `propose`'s draft."""
         k = self.k if k is None else k
         end = len(tokens)
         self._index(tokens, end - 1)
         for n in range(min(self.max_n, end - 1), self.min_n - 1, -1):
             start = self.index.get(tuple(tokens[end - n : end]))
             if start is not None:
-                return _continuation(tokens, start, k)
-        return []
+                return n, _continuation(tokens, start, k)
+        return 0, []
 
     def _index(self, tokens: list[int], stop: int) -> None:
         """Index the n-grams ending at positions num_indexed .. stop - 1 (latest wins)."""

@@ -70,9 +70,11 @@ class Speculator:
             return
         for seq, k in wanted.items():
             drafter = cast(NgramDrafter, self.states[seq].drafter)  # ngram or suffix: no draft model
-            seq.draft_ids = drafter.propose(seq.token_ids, k)
-            if not seq.draft_ids and self.history is not None:
-                seq.draft_ids = self.history.propose(seq.token_ids, k)
+            n, seq.draft_ids = drafter.match(seq.token_ids, k)
+            if self.history is not None:
+                # suffix: an earlier request that shares a longer suffix knows better (the
+                # answer template recurs across requests, a short n-gram within one)
+                seq.draft_ids = self.history.propose(seq.token_ids, k, longer_than=n) or seq.draft_ids
 
     def finished(self, seq: Sequence) -> None:
         """A sequence ended (stop or length): the suffix method drafts from its text from now on."""
