@@ -22,7 +22,8 @@
 
 namespace {
 
-constexpr int64_t kChunkRows = 512;  // weight rows per task of the thread pool
+// Weight bytes per task of the thread pool: the passes after a chunk's first find it in L2.
+constexpr int64_t kChunkBytes = 128 << 10;
 constexpr int kLanes = 16;
 
 // The lane of transpose_sums' result that holds input a's sum (and the input whose sum lane l
@@ -182,10 +183,11 @@ at::Tensor greedy_head(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(N > 0 && N < INT_MAX && K > 0, "w must have 1 to 2^31 - 2 rows and at least one column");
   const at::Tensor xc = x.contiguous();
   const GreedyHead head{bits(w), bits(xc), M, N, K};
-  const int64_t chunks = (N + kChunkRows - 1) / kChunkRows;
+  const int64_t chunk_rows = std::max<int64_t>(kLanes, kChunkBytes / (2 * K) / kLanes * kLanes);
+  const int64_t chunks = (N + chunk_rows - 1) / chunk_rows;
   std::vector<RowBest> partial(chunks * M);  // each chunk's best per row, merged in order below
   qthink::parallel_for(chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) head.run(c * kChunkRows, std::min(N, (c + 1) * kChunkRows), &partial[c * M]);
+    for (int64_t c = begin; c < end; ++c) head.run(c * chunk_rows, std::min(N, (c + 1) * chunk_rows), &partial[c * M]);
   });
   at::Tensor out = at::empty({M}, x.options().dtype(at::kLong));
   int64_t* tokens = out.data_ptr<int64_t>();
