@@ -1,5 +1,5 @@
-"""The fused native decode step: its kernels round as torch's ops do, and a bf16 model decodes
-the same tokens and log-probabilities through it as through the layer-by-layer path."""
+"""The fused native decode step: its kernels round as torch's ops do, and a bf16, int8 or int4
+model decodes the same tokens and log-probabilities through it as through the layer-by-layer path."""
 
 import pytest
 import torch
@@ -70,10 +70,16 @@ def test_qk_norm_rope_cache_is_norm_rope_and_the_cache_write(qk_norm):
         )
 
 
-def generate(path, logprobs: int = 3):
+def generate(path, logprobs: int = 3, quantization: str | None = None):
     from qthink import LLM, SamplingParams
 
-    llm = LLM(model=str(path), dtype="bfloat16", max_model_len=256, kv_cache_memory=1 << 24)
+    llm = LLM(
+        model=str(path),
+        dtype="bfloat16",
+        max_model_len=256,
+        kv_cache_memory=1 << 24,
+        quantization=quantization,
+    )
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=logprobs)
     prompts = [{"prompt_token_ids": [151644, 872, 198, 9707 + i, 11, 1246]} for i in range(3)]
     return [
@@ -97,3 +103,34 @@ def test_bf16_decode_through_the_fused_step_matches_the_layer_path(make_checkpoi
     assert calls.get("qthink_kernels::qk_norm_rope_cache", 0) > 0  # the fused path ran
     monkeypatch.setattr(attention, "NATIVE_DECODE_ROWS", 0)
     assert generate(path) == fused
+
+
+@needs_kernels
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_quantized_decode_through_the_fused_step_matches_the_layer_path(
+    make_checkpoint, monkeypatch, quantization
+):
+    """int8 and int4 weights take the fused step too, q/k/v and gate/up each in one native call
+    (x rounded to int8 once), and decode bit for bit what the layer-by-layer path decodes."""
+    path = make_checkpoint(
+        seed=5,
+        hidden_size=256,
+        intermediate_size=512,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+    )
+
+    def calls(**kwargs):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = generate(path, quantization=quantization, **kwargs)
+        return out, {e.key: e.count for e in prof.key_averages()}
+
+    fused, fused_calls = calls()
+    assert fused_calls.get("qthink_kernels::qk_norm_rope_cache", 0) > 0
+    assert fused_calls.get(f"qthink_kernels::linear_{quantization}_many", 0) > 0
+    monkeypatch.setattr(attention, "NATIVE_DECODE_ROWS", 0)
+    layered, layered_calls = calls()
+    assert "qthink_kernels::qk_norm_rope_cache" not in layered_calls
+    assert f"qthink_kernels::linear_{quantization}_many" not in layered_calls
+    assert layered == fused

@@ -175,6 +175,74 @@ def test_tiled_gemm_int8(n, k, m, with_bias):
     )
 
 
+def int4_parts(shapes: list[tuple[int, int]], group: int) -> list[tuple[torch.Tensor, ...]]:
+    """int4_kernel_layout weights of the [n, k] shapes, random, each with a bias."""
+    parts = []
+    for i, (n, k) in enumerate(shapes):
+        weight = torch.randn(n, k, generator=torch.Generator().manual_seed(10 + i))
+        parts.append((*int4_kernel_layout(*quantize_int4(weight, group)), torch.randn(n)))
+    return parts
+
+
+@needs_kernels
+@pytest.mark.parametrize("m", [1, 2, 5, 7, 13])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int4_many_is_each_matrix_on_its_own(m, dtype):
+    """One call over matrices that share x (q, k, v: rows not a multiple of 32 too) gives each
+    matrix's own call bit for bit; any output can go without a bias."""
+    shapes, group = [(96, 384), (40, 384), (33, 384)], 128
+    parts = int4_parts(shapes, group)
+    x = torch.randn(m, 384, generator=torch.Generator().manual_seed(3)).to(dtype)
+    biases = [parts[0][3], None, parts[2][3]]
+    outs = kernel_ops().linear_int4_many(
+        x,
+        [p[0] for p in parts],
+        [p[1] for p in parts],
+        [p[2] for p in parts],
+        group,
+        [n for n, _ in shapes],
+        biases,
+    )
+    for out, (w, scale, offset, _), (n, _), bias in zip(outs, parts, shapes, biases):
+        assert out.dtype == dtype and torch.equal(
+            out, kernel_ops().linear_int4(x, w, scale, offset, group, n, bias)
+        )
+
+
+@needs_kernels
+@pytest.mark.parametrize("m", [1, 3, 9])
+@pytest.mark.parametrize("levels", [1, 2])
+def test_int8_many_is_each_matrix_on_its_own(m, levels):
+    weights = [torch.randn(n, 320, generator=torch.Generator().manual_seed(n)) for n in (48, 17, 64)]
+    quantized = [quantize_int8(w) for w in weights]
+    blocked = [int8_kernel_layout(q) for q, _ in quantized]
+    biases = [torch.randn(48), torch.randn(17), None]
+    x = bf16_values(m, 320, seed=4).bfloat16()
+    outs = kernel_ops().linear_int8_many(x, blocked, [s for _, s in quantized], biases, levels)
+    for out, w, (_, scale), bias in zip(outs, blocked, quantized, biases):
+        assert torch.equal(out, kernel_ops().linear_int8(x, w, scale, bias, levels))
+
+
+@needs_kernels
+def test_many_kernels_reject_mismatched_lists():
+    (w, scale, offset, _), (w2, scale2, offset2, _) = int4_parts([(32, 256), (32, 512)], 128)
+    x = torch.randn(1, 256)
+    with pytest.raises(RuntimeError, match="lists of one length"):
+        kernel_ops().linear_int4_many(x, [w, w], [scale], [offset, offset], 128, [32, 32], [None, None])
+    with pytest.raises(RuntimeError, match="K = 256"):
+        kernel_ops().linear_int4_many(
+            x, [w, w2], [scale, scale2], [offset, offset2], 128, [32, 32], [None, None]
+        )
+    q, s = quantize_int8(torch.randn(16, 256))
+    q2, s2 = quantize_int8(torch.randn(16, 128))
+    with pytest.raises(RuntimeError, match="K = 256"):
+        kernel_ops().linear_int8_many(
+            x, [int8_kernel_layout(q), int8_kernel_layout(q2)], [s, s2], [None, None]
+        )
+    with pytest.raises(RuntimeError, match="lists of one length"):
+        kernel_ops().linear_int8_many(x, [], [], [])
+
+
 @needs_kernels
 def test_kernels_reject_unsupported_shapes():
     packed, scale, offset = int4_kernel_layout(*quantize_int4(torch.randn(4, 256), 128))

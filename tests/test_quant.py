@@ -22,6 +22,7 @@ from qthink.model.quant import (
     quantize_int4,
     quantize_int8,
     quantize_model,
+    shared_input_linears,
     unpack_int4,
 )
 
@@ -133,6 +134,37 @@ def test_fallback_agrees_with_kernels(kind, rows, monkeypatch):
     fallback = module(x)
     tolerance = INT_NATIVE_TOLERANCE if kind.startswith("int") else 1e-2
     assert relative_error(native, fallback.double()) < tolerance
+
+
+SHARED_INPUT = {
+    "int4": ([lambda lin: Int4Linear(lin, 128)] * 3, "qthink_kernels::linear_int4_many"),
+    "int8": ([Int8Linear] * 3, "qthink_kernels::linear_int8_many"),
+    "int4, two group sizes": ([lambda lin: Int4Linear(lin, 128), lambda lin: Int4Linear(lin, 256)] * 2, None),
+    "int8, one with exact activations": (
+        [Int8Linear, lambda lin: Int8Linear(lin, exact_activations=True)],
+        None,
+    ),
+    "int4 and int8": ([lambda lin: Int4Linear(lin, 128), Int8Linear], None),
+    "bf16": ([Bf16Linear] * 2, None),
+}
+
+
+@pytest.mark.parametrize("case", list(SHARED_INPUT))
+@pytest.mark.parametrize("rows", [1, 3])
+def test_shared_input_linears_are_the_modules_calls(case, rows):
+    """One native call where every module rounds x alike, else a call each: the modules' outputs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    makers, op = SHARED_INPUT[case]
+    modules = [
+        make(make_linear(n, 256, n % 2 == 0, torch.bfloat16)) for make, n in zip(makers, (64, 33, 96, 128))
+    ]
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(3)).bfloat16()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        outs = shared_input_linears(x, modules)
+    assert all(torch.equal(out, module(x)) for out, module in zip(outs, modules))
+    called = {e.key for e in prof.key_averages() if e.key.endswith("_many")}
+    assert called == ({op} if op and linear_kernels_available() else set())
 
 
 @pytest.mark.parametrize("kind", list(MODULES))

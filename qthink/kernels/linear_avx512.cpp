@@ -313,21 +313,38 @@ struct Int4Kernel {
   }
 };
 
-// Every output row of a kernel whose blocks hold `block_rows` rows in vector lanes: tasks of
-// blocks taken by the pool's threads, each running passes of near-equal size (at most
-// `max_pass_rows` activation rows, kernel.pass) over its blocks.
+// One weight matrix of a call: its kernel, its output and its number of rows.
 template <typename Kernel>
-void run_lane_blocks(const Kernel& kernel, int64_t M, int64_t N, int64_t block_rows, int64_t max_pass_rows,
-                     const Output& out) {
-  const int64_t blocks = (N + block_rows - 1) / block_rows;
+struct LanePart {
+  Kernel kernel;
+  Output out;
+  int64_t N;
+};
+
+// Every output row of kernels whose blocks hold `block_rows` rows in vector lanes: tasks of
+// blocks taken by the pool's threads, each running passes of near-equal size (at most
+// `max_pass_rows` activation rows, kernel.pass) over its blocks. Several matrices that share
+// their input (q, k and v; gate and up) are one job: one wake-up and one wait for the threads.
+template <typename Kernel>
+void run_lane_blocks(const std::vector<LanePart<Kernel>>& parts, int64_t M, int64_t block_rows,
+                     int64_t max_pass_rows) {
   const int64_t per_task = M > max_pass_rows ? kLaneBlocksPerTask * kInt4BlockRows / block_rows : 1;
   const int64_t passes = (M + max_pass_rows - 1) / max_pass_rows;
   const int64_t pass_rows = (M + passes - 1) / passes;
-  qthink::parallel_for((blocks + per_task - 1) / per_task, 1, [&](int64_t begin, int64_t end) {
+  std::vector<int64_t> first_task{0};  // of each part, then the total
+  for (const LanePart<Kernel>& part : parts) {
+    const int64_t blocks = (part.N + block_rows - 1) / block_rows;
+    first_task.push_back(first_task.back() + (blocks + per_task - 1) / per_task);
+  }
+  qthink::parallel_for(first_task.back(), 1, [&](int64_t begin, int64_t end) {
+    size_t p = 0;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t first = task * per_task, last = std::min(blocks, first + per_task);
+      while (task >= first_task[p + 1]) ++p;
+      const LanePart<Kernel>& part = parts[p];
+      const int64_t blocks = (part.N + block_rows - 1) / block_rows;
+      const int64_t first = (task - first_task[p]) * per_task, last = std::min(blocks, first + per_task);
       for (int64_t m = 0; m < M; m += pass_rows)
-        for (int64_t b = first; b < last; ++b) kernel.pass(std::min(pass_rows, M - m), b, m, N, out);
+        for (int64_t b = first; b < last; ++b) part.kernel.pass(std::min(pass_rows, M - m), b, m, part.N, part.out);
     }
   });
 }
@@ -519,15 +536,18 @@ int64_t check_int8(const at::Tensor& w, const at::Tensor& scale) {
 }
 
 // The VNNI kernel with int8 activations per group of 128 (or of 64 where 128 does not divide
-// K), for any M. `activation_levels` 2 adds the rounded remainder as a second level, near exact
-// (error ~1/127 of one level's): the output layer, whose logits are sampled from directly.
-at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
-                       const c10::optional<at::Tensor>& bias, int64_t activation_levels) {
+// K), for any M, over one or more weight matrices that share the input x (rounded once).
+// `activation_levels` 2 adds the rounded remainder as a second level, near exact (error ~1/127
+// of one level's): the output layer, whose logits are sampled from directly.
+std::vector<at::Tensor> int8_linears(const at::Tensor& rows, at::TensorList w, at::TensorList scale,
+                                     const std::vector<c10::optional<at::Tensor>>& bias, int64_t activation_levels) {
+  const at::Tensor x = rows.contiguous();
   TORCH_CHECK(activation_levels == 1 || activation_levels == 2, "activation_levels must be 1 or 2, got ",
               activation_levels);
-  const int64_t N = check_int8(w, scale), K = w.size(1), M = x.size(0);
+  TORCH_CHECK(!w.empty() && scale.size() == w.size() && bias.size() == w.size(),
+              "w, scale and bias must be lists of one length");
+  const int64_t K = w[0].size(1), M = x.size(0);
   check_input(x, K);
-  at::Tensor out = at::empty({M, N}, x.options());
   const int64_t G = K % 128 == 0 ? 128 : 64, groups = K / G;
   std::vector<QuantizedRows> levels{quantize_rows(x, G)};
   if (activation_levels == 2) {
@@ -546,14 +566,34 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     kernel.xq[l] = levels[l].values.data_ptr<int8_t>();
     kernel.x_scale[l] = scales;
   }
-  kernel.w = w.data_ptr<int8_t>();
-  kernel.scale = bf16_bits(scale);
   kernel.x_correction = correction.data();
   kernel.K = K;
   kernel.G = G;
   kernel.levels = static_cast<int>(activation_levels);
-  run_lane_blocks(kernel, M, N, kInt8BlockRows, kInt8MaxPassRows, make_output(out, bias));
-  return out;
+  std::vector<at::Tensor> outs;
+  std::vector<LanePart<Int8Kernel>> parts;
+  for (size_t p = 0; p < w.size(); ++p) {
+    const int64_t N = check_int8(w[p], scale[p]);
+    TORCH_CHECK(w[p].size(1) == K, "every w must have K = ", K, " inputs");
+    outs.push_back(at::empty({M, N}, x.options()));
+    kernel.w = w[p].data_ptr<int8_t>();
+    kernel.scale = bf16_bits(scale[p]);
+    parts.push_back({kernel, make_output(outs.back(), bias[p]), N});
+  }
+  run_lane_blocks(parts, M, kInt8BlockRows, kInt8MaxPassRows);
+  return outs;
+}
+
+at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
+                       const c10::optional<at::Tensor>& bias, int64_t activation_levels) {
+  return int8_linears(x, w, scale, {bias}, activation_levels)[0];
+}
+
+// x times each of several int8 weights (one call for q, k and v, or gate and up).
+std::vector<at::Tensor> linear_int8_many(const at::Tensor& x, at::TensorList w, at::TensorList scale,
+                                         const c10::List<c10::optional<at::Tensor>>& bias,
+                                         int64_t activation_levels) {
+  return int8_linears(x, w, scale, {bias.begin(), bias.end()}, activation_levels);
 }
 
 // int4 weights in int4_kernel_layout for `N` output rows, groups of G (a multiple of 128).
@@ -572,25 +612,47 @@ void check_int4(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& 
                 "(int4_kernel_layout)");
 }
 
-at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
-                       int64_t group_size, int64_t out_features, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(w.dim() == 2, "w must be uint8 [N, K/2]");
-  const int64_t K = w.size(1) * 2, N = out_features;
+// x times one or more int4 weights that share it (rounded to int8 once), `out_features` rows each.
+std::vector<at::Tensor> int4_linears(const at::Tensor& x, at::TensorList w, at::TensorList scale,
+                                     at::TensorList offset, int64_t group_size, at::IntArrayRef out_features,
+                                     const std::vector<c10::optional<at::Tensor>>& bias) {
+  TORCH_CHECK(!w.empty() && scale.size() == w.size() && offset.size() == w.size() &&
+                  out_features.size() == w.size() && bias.size() == w.size(),
+              "w, scale, offset, out_features and bias must be lists of one length");
+  for (const at::Tensor& t : w) TORCH_CHECK(t.dim() == 2, "w must be uint8 [N, K/2]");
+  const int64_t K = w[0].size(1) * 2, M = x.size(0);
+  for (const at::Tensor& t : w) TORCH_CHECK(t.size(1) * 2 == K, "every w must have K = ", K, " inputs");
   check_input(x, K);
-  check_int4(w, scale, offset, N, K, group_size);
+  for (size_t p = 0; p < w.size(); ++p) check_int4(w[p], scale[p], offset[p], out_features[p], K, group_size);
   const QuantizedRows rows = quantize_rows(x, group_size);
-  at::Tensor out = at::empty({x.size(0), N}, x.options());
   Int4Kernel kernel;
-  kernel.w = w.data_ptr<uint8_t>();
-  kernel.scale = bf16_bits(scale);
-  kernel.offset = bf16_bits(offset);
   kernel.xq = rows.values.data_ptr<int8_t>();
   kernel.x_scale = rows.scales.data_ptr<float>();
   kernel.x_sum = rows.sums.data_ptr<float>();
   kernel.K = K;
   kernel.G = group_size;
-  run_lane_blocks(kernel, x.size(0), N, kInt4BlockRows, kInt4MaxPassRows, make_output(out, bias));
-  return out;
+  std::vector<at::Tensor> outs;
+  std::vector<LanePart<Int4Kernel>> parts;
+  for (size_t p = 0; p < w.size(); ++p) {
+    outs.push_back(at::empty({M, out_features[p]}, x.options()));
+    kernel.w = w[p].data_ptr<uint8_t>();
+    kernel.scale = bf16_bits(scale[p]);
+    kernel.offset = bf16_bits(offset[p]);
+    parts.push_back({kernel, make_output(outs.back(), bias[p]), out_features[p]});
+  }
+  run_lane_blocks(parts, M, kInt4BlockRows, kInt4MaxPassRows);
+  return outs;
+}
+
+at::Tensor linear_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale, const at::Tensor& offset,
+                       int64_t group_size, int64_t out_features, const c10::optional<at::Tensor>& bias) {
+  return int4_linears(x, w, scale, offset, group_size, out_features, {bias})[0];
+}
+
+std::vector<at::Tensor> linear_int4_many(const at::Tensor& x, at::TensorList w, at::TensorList scale,
+                                         at::TensorList offset, int64_t group_size, at::IntArrayRef out_features,
+                                         const c10::List<c10::optional<at::Tensor>>& bias) {
+  return int4_linears(x, w, scale, offset, group_size, out_features, {bias.begin(), bias.end()});
 }
 
 // int8 rows dequantized to bf16, for large M where one GEMM beats many GEMVs.
@@ -679,6 +741,12 @@ TORCH_LIBRARY(qthink_kernels, m) {
       "linear_int4(Tensor x, Tensor w, Tensor scale, Tensor offset, int group_size, int out_features, Tensor? bias) "
       "-> Tensor");
   m.def("gemm_int8(Tensor x, Tensor w, Tensor scale, Tensor? bias) -> Tensor");
+  m.def(
+      "linear_int8_many(Tensor x, Tensor[] w, Tensor[] scale, Tensor?[] bias, int activation_levels=1) -> "
+      "Tensor[]");
+  m.def(
+      "linear_int4_many(Tensor x, Tensor[] w, Tensor[] scale, Tensor[] offset, int group_size, int[] out_features, "
+      "Tensor?[] bias) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) {
@@ -686,4 +754,6 @@ TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) {
   m.impl("linear_int8", &linear_int8);
   m.impl("linear_int4", &linear_int4);
   m.impl("gemm_int8", &gemm_int8);
+  m.impl("linear_int8_many", &linear_int8_many);
+  m.impl("linear_int4_many", &linear_int4_many);
 }

@@ -9,6 +9,7 @@ from torch import nn
 from qthink.config import ModelConfig
 from qthink.kernels import kernel_ops, linear_kernels_available
 from qthink.model.layers import RMSNorm, apply_rotary
+from qthink.model.quant import shared_input_linears
 
 
 @dataclass
@@ -116,17 +117,19 @@ class Attention(nn.Module):
         return self.o_proj(out.reshape(*shape, self.heads * self.head_dim))
 
     def decode_step(self, x: torch.Tensor, cos, sin, meta: AttentionMetadata, cache: KVCache) -> torch.Tensor:
-        """`forward` of a native decode step (`native_decode_step`): x [T, hidden]; the q/k
-        norms, RoPE and the cache write in one call, then attention straight from the cache."""
+        """`forward` of a native decode step (`native_decode_step`): x [T, hidden]; q, k and v in
+        one call where the weights allow, the q/k norms, RoPE and the cache write in one call, then
+        attention straight from the cache."""
         q_weight = None if self.q_norm is None else self.q_norm.weight
         k_weight = None if self.k_norm is None else self.k_norm.weight
         eps = 0.0 if self.q_norm is None else self.q_norm.eps
         slots, lens = meta.decode_slots, meta.decode_lens
         ops = kernel_ops()
+        q, k, v = shared_input_linears(x, (self.q_proj, self.k_proj, self.v_proj))
         q = ops.qk_norm_rope_cache(
-            self.q_proj(x),
-            self.k_proj(x),
-            self.v_proj(x),
+            q,
+            k,
+            v,
             q_weight,
             k_weight,
             eps,

@@ -8,6 +8,8 @@ the rest to torch's `F.linear`. Other devices and machines without the
 kernels (or with QTHINK_KERNELS=0) take torch's own ops throughout.
 """
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,7 @@ __all__ = [
     "quantize_int4",
     "quantize_int8",
     "quantize_model",
+    "shared_input_linears",
 ]
 
 # Rows of x up to which the native GEMV beats a GEMM (benchmarks/bench_linear.py). The bf16
@@ -45,7 +48,7 @@ INT4_BLOCK_ROWS = 32  # the native kernels' int4 layout (int4_kernel_layout)
 
 
 def native_cpu(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and linear_kernels_available()
+    return x.is_cpu and linear_kernels_available()
 
 
 def rows_of(x: torch.Tensor) -> int:
@@ -76,11 +79,13 @@ class Bf16Linear(nn.Module):
         self.register_buffer("bias", _float_bias(linear), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if rows_of(x) <= SMALL_M_BF16 and self.weight.is_contiguous() and native_cpu(x):
-            out = kernel_ops().linear_bf16(_rows(x), self.weight, self.bias)
-            return out.view(*x.shape[:-1], self.out_features)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        weight, bias = self._parameters["weight"], self._buffers["bias"]  # see Int4Linear.kernel_args
+        assert weight is not None
+        if rows_of(x) <= SMALL_M_BF16 and weight.is_contiguous() and native_cpu(x):
+            if x.dim() == 2:  # a step's rows: no reshapes
+                return kernel_ops().linear_bf16(x, weight, bias)
+            return kernel_ops().linear_bf16(_rows(x), weight, bias).view(*x.shape[:-1], self.out_features)
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,11 +144,20 @@ class Int8Linear(nn.Module):
         """The int8 weights row by row, [out_features, in_features] (`quantize_int8`'s layout)."""
         return int8_row_layout(self.weight, self.out_features) if self.blocked else self.weight
 
+    def kernel_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(weight, scale, bias), as Int4Linear.kernel_args."""
+        buffers = self._buffers
+        return buffers["weight"], buffers["scale"], buffers["bias"]  # type: ignore[return-value]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, args = _rows(x), (self.weight, self.scale, self.bias)
         if self.blocked and native_cpu(x) and (rows_of(x) <= SMALL_M or not self.exact_activations):
-            out = kernel_ops().linear_int8(rows, *args, 2 if self.exact_activations else 1)
-        elif self.blocked and native_cpu(x) and x.dtype == torch.bfloat16:
+            levels = 2 if self.exact_activations else 1
+            if x.dim() == 2:  # a step's rows: no reshapes
+                return kernel_ops().linear_int8(x, *self.kernel_args(), levels)
+            out = kernel_ops().linear_int8(_rows(x), *self.kernel_args(), levels)
+            return out.view(*x.shape[:-1], self.out_features)
+        rows, args = _rows(x), (self.weight, self.scale, self.bias)
+        if self.blocked and native_cpu(x) and x.dtype == torch.bfloat16:
             out = kernel_ops().gemm_int8(rows, *args)
         elif x.device.type == "cpu" and x.dtype == torch.bfloat16:
             # torch's int8 matmul is fast only with bf16 activations.
@@ -269,15 +283,48 @@ class Int4Linear(nn.Module):
             return int4_row_layout(self.weight, self.scale, self.offset, self.out_features)
         return self.weight, self.scale, self.offset
 
+    def kernel_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(weight, scale, offset, bias) read from the buffer table directly: nn.Module's
+        attribute lookup costs ~0.5 us a tensor, and a decode step reads a thousand of them."""
+        buffers = self._buffers
+        return buffers["weight"], buffers["scale"], buffers["offset"], buffers["bias"]  # type: ignore[return-value]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        args = (self.weight, self.scale, self.offset, self.group_size, self.out_features, self.bias)
         if self.blocked and native_cpu(x):  # GEMV for decode, its GEMM form for prefill
-            out = kernel_ops().linear_int4(_rows(x), *args)
+            w, scale, offset, bias = self.kernel_args()
+            if x.dim() == 2:  # a step's rows: no reshapes
+                return kernel_ops().linear_int4(x, w, scale, offset, self.group_size, self.out_features, bias)
+            out = kernel_ops().linear_int4(
+                _rows(x), w, scale, offset, self.group_size, self.out_features, bias
+            )
         else:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             w = dequantize_int4(*self.row_layout(), x.dtype)
             out = F.linear(_rows(x), w, bias)
         return out.view(*x.shape[:-1], self.out_features)
+
+
+def shared_input_linears(x: torch.Tensor, linears: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """Each of `linears` applied to the rows x [T, in_features] (q, k and v; gate and up): one
+    native call when all are int4 with one group size, or all int8 rounding their input alike, so
+    x is rounded to int8 once and the kernels' threads wake once; else one call each. The
+    outputs are those of the modules' own calls, bit for bit."""
+    first = linears[0]
+    if not (x.dim() == 2 and native_cpu(x) and getattr(first, "blocked", False)):
+        return [m(x) for m in linears]
+    if isinstance(first, Int4Linear):
+        int4 = [
+            m for m in linears if isinstance(m, Int4Linear) and m.blocked and m.group_size == first.group_size
+        ]
+        if len(int4) == len(linears):
+            w, scale, offset, bias = zip(*(m.kernel_args() for m in int4))
+            outs = [m.out_features for m in int4]
+            return kernel_ops().linear_int4_many(x, w, scale, offset, first.group_size, outs, bias)
+    int8 = [m for m in linears if isinstance(m, Int8Linear) and m.blocked and not m.exact_activations]
+    if len(int8) == len(linears):
+        w, scale, bias = zip(*(m.kernel_args() for m in int8))
+        return kernel_ops().linear_int8_many(x, w, scale, bias)
+    return [m(x) for m in linears]
 
 
 def _replacement(

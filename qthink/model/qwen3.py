@@ -11,6 +11,7 @@ from qthink.model.attention import Attention, AttentionMetadata, KVCache, native
 from qthink.model.greedy_head import GreedyHead
 from qthink.model.layers import MLP, Embedding, RMSNorm, RotaryEmbedding
 from qthink.model.parallel import SINGLE, VocabParallelEmbedding
+from qthink.model.quant import shared_input_linears
 
 
 class DecoderLayer(nn.Module):
@@ -42,7 +43,8 @@ class DecoderLayer(nn.Module):
         norm = self.post_attention_layernorm
         h, x = ops.add_rms_norm(attn, h, norm.weight, norm.eps)
         mlp = self.mlp
-        out = mlp.down_proj(ops.silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+        gate, up = shared_input_linears(x, (mlp.gate_proj, mlp.up_proj))
+        out = mlp.down_proj(ops.silu_mul(gate, up))
         return ops.add_rms_norm(out, h, next_norm.weight, next_norm.eps)
 
 
