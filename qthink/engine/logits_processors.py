@@ -140,7 +140,10 @@ class LogitsPipeline:
         return constrained, logits
 
     def touches(self, seq: Sequence) -> bool:
-        return any(p.touches(seq) for p in self.processors)
+        for processor in self.processors:  # a loop: this runs for every sequence every step
+            if processor.touches(seq):
+                return True
+        return False
 
 
 def default_pipeline(encode: Callable[[str], list[int]], max_model_len: int) -> LogitsPipeline:

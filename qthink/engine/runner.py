@@ -93,9 +93,13 @@ class ModelRunner:
     def _all_plain_greedy(self, seqs: list[Sequence]) -> bool:
         """Every sequence takes the argmax of the raw logits: greedy, no logprobs, and no logits
         processor touches it (no penalty, grammar or forced token); one process holds the model."""
-        pipeline = self.logits_pipeline
-        plain = (s.params.greedy and s.params.logprobs is None and not pipeline.touches(s) for s in seqs)
-        return self.tp.size == 1 and all(plain)
+        if self.tp.size > 1:
+            return False
+        touches = self.logits_pipeline.touches
+        for seq in seqs:
+            if not seq.params.greedy or seq.params.logprobs is not None or touches(seq):
+                return False
+        return True
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[list[SampledToken]]:
         """One token per sequence from its row of float32 logits, shaped by the logits pipeline."""

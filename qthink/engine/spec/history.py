@@ -40,7 +40,8 @@ class RequestHistory:
         return []
 
     def _index(self, text: list[int]) -> None:
-        index, lo, hi = self.index, self.min_n, self.max_n
-        for last in range(len(text) - 1):  # an n-gram at the very end has nothing after it
-            for n in range(lo, min(hi, last + 1) + 1):
-                index[tuple(text[last + 1 - n : last + 1])] = (text, last + 1)
+        body = text[:-1]  # an n-gram at the very end has nothing after it
+        for n in range(self.min_n, self.max_n + 1):
+            # the n-grams of body in order (a later one wins), each with the position after it
+            grams = zip(*(body[i:] for i in range(n)))
+            self.index.update(zip(grams, ((text, end) for end in range(n, len(text)))))
