@@ -10,13 +10,16 @@ import pytest
 import torch
 
 from qthink.nano.data import (
+    MIX,
     TOOLS,
+    TOOLS_MIX,
     arithmetic,
     conversation,
     generated_tool_use,
     multiplication,
     render,
     tool_use,
+    varied_tool_use,
 )
 from qthink.tokenizer import Tokenizer
 
@@ -114,6 +117,23 @@ def test_generated_tools_hold_out_whole_tools_from_training():
     assert held_out and not held_out & training
 
 
+def test_varied_tools_hold_out_whole_names_from_training():
+    training = {
+        varied_tool_use(random.Random(s))[0][-1]["tool_calls"][0]["function"]["name"] for s in range(3000)
+    }
+    held_out = set()
+    for seed in range(300):
+        first, whole, tools = varied_tool_use(random.Random(seed), held_out=True)
+        call = first[-1]["tool_calls"][0]["function"]
+        held_out.add(call["name"])
+        ((argument, value),) = call["arguments"].items()
+        spec = next(t["function"] for t in tools if t["function"]["name"] == call["name"])
+        assert spec["parameters"]["required"] == [argument] and value in first[-2]["content"]
+        assert len({t["function"]["name"] for t in tools}) == len(tools)
+        assert whole[-1]["content"].endswith(whole[-2]["content"].split('"result": "')[-1].rstrip('"}') + ".")
+    assert len(training) > 1000 and len(held_out) > 200 and not held_out & training
+
+
 def test_training_covers_every_evaluated_task_but_the_held_out_tools():
     rng = random.Random(11)
     questions, names = [], set()
@@ -126,29 +146,34 @@ def test_training_covers_every_evaluated_task_but_the_held_out_tools():
     assert any(re.search(r"\d [-+*] \d", q) for q in questions), "spaced questions"
     assert {"get_weather", "get_time"} < names and len(names) > 20, "generated tools beside the two"
     held_out = {
-        generated_tool_use(random.Random(s), held_out=True)[0][-1]["tool_calls"][0]["function"]["name"]
+        make(random.Random(s), held_out=True)[0][-1]["tool_calls"][0]["function"]["name"]
+        for make in (generated_tool_use, varied_tool_use)
         for s in range(200)
     }
     called = set()
-    for seed in range(2000):
-        messages, _ = conversation(random.Random(seed))
-        called.update(c["function"]["name"] for m in messages for c in m.get("tool_calls", []))
-    assert not called & held_out
+    for mix in (MIX, TOOLS_MIX):
+        for seed in range(2000):
+            messages, _ = conversation(random.Random(seed), mix)
+            called.update(c["function"]["name"] for m in messages for c in m.get("tool_calls", []))
+    assert len(called) > 300 and not called & held_out
 
 
 def test_training_is_deterministic_to_the_byte(tok, tmp_path):
-    """Two stages, the second from the first's bf16 weights (as `retrain` runs them), twice."""
+    """Every stage, each from the previous one's bf16 weights (as `retrain` runs them), twice."""
     from qthink.nano.build import expand, save_artifact
     from qthink.nano.train import STAGES, compact, train
 
     tiny = dict(batch=2, pool=2, hidden=32, layers=1, heads=2, kv_heads=1, head_dim=16, intermediate=64)
-    first, second = (dataclasses.replace(c, steps=2, vocab_samples=30, **tiny) for c in STAGES)
+    stages = [dataclasses.replace(c, steps=2, vocab_samples=30, **tiny) for c in STAGES]
     files = []
     for run in range(2):
-        base, base_vocab = train(tok, first, log=lambda *_: None)
-        model, vocab = train(tok, second, log=lambda *_: None, start=compact(base, base_vocab))
-        assert vocab[: len(base_vocab)] == base_vocab and len(vocab) > len(base_vocab)
-        files.append(save_artifact(model, vocab, second, tmp_path / f"run{run}.safetensors").read_bytes())
+        start = None
+        for cfg in stages:
+            model, vocab = train(tok, cfg, log=lambda *_: None, start=start)
+            if start is not None:
+                assert vocab[: len(start[1])] == start[1] and len(vocab) > len(start[1])
+            start = compact(model, vocab)
+        files.append(save_artifact(model, vocab, stages[-1], tmp_path / f"run{run}.safetensors").read_bytes())
     assert files[0] == files[1]
     folder = expand(tmp_path / "run0.safetensors", tmp_path / "checkpoint")
     config = json.loads((folder / "config.json").read_text())
@@ -194,15 +219,17 @@ def test_quality_smoke(nano_dir):
 
     scores = evaluate(nano_dir, n=12)
     # Measured over 50 held-out problems (`qthink nano --eval -n 50`): 100% on the base tasks
-    # and thinking ends, multiplication 82%, unspaced sums 96%, answers with an unseen tool's
-    # result 70%; at n=12 one miss is 0.92.
+    # and thinking ends, multiplication 98%, unspaced sums 100%, calls to an unseen tool 68%
+    # (before the schema stages 12%), answers with its result 84%; at n=12 one miss is 0.92.
     assert scores["think_end_produced"] >= 0.95
     assert scores["tool_call_correct"] >= 0.9
     assert scores["answer_uses_tool_result"] >= 0.9
     assert scores["arithmetic_boxed_correct"] >= 0.9
-    assert scores["multiplication_boxed_correct"] >= 0.6
+    assert scores["multiplication_boxed_correct"] >= 0.8
     assert scores["unspaced_boxed_correct"] >= 0.8
-    assert scores["unseen_tool_answer_uses_result"] >= 0.4
+    assert scores["unseen_tool_call_correct"] >= 0.4
+    assert scores["unseen_tool_answer_uses_result"] >= 0.6
+    assert scores["novel_tool_answer_uses_result"] >= 0.6
     assert scores["unseen_tool_think_end_produced"] >= 0.9
     assert scores["reasoning_without_literal_think_end"] >= 0.95
 
@@ -224,4 +251,6 @@ def test_n_samples_agree_only_where_nano_is_certain(nano_dir):
     certain = [lp[t].logprob for o in trained.outputs for t, lp in zip(o.token_ids, o.logprobs)]
     assert min(certain) > math.log(0.98)
     assert len({tuple(o.token_ids) for o in trained.outputs}) == 1
-    assert len({tuple(o.token_ids) for o in unsure.outputs}) == 3
+    unsure_tokens = [lp[t].logprob for o in unsure.outputs for t, lp in zip(o.token_ids, o.logprobs)]
+    assert min(unsure_tokens) < math.log(0.5)
+    assert len({tuple(o.token_ids) for o in unsure.outputs}) > 1

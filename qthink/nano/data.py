@@ -2,6 +2,7 @@
 
 import json
 import random
+import zlib
 
 TOOLS: list[dict] = [
     {
@@ -294,6 +295,14 @@ def _trained_pair(verb: int, subject: int) -> bool:
     return (verb + 2 * subject) % 5 != 0
 
 
+HELD_OUT_NAMES = {
+    _name(VERBS[v], SUBJECTS[s][0])
+    for v in range(len(VERBS))
+    for s in range(len(SUBJECTS))
+    if _held_out(v, s)
+}
+
+
 def _tool_spec(verb: str, subject: tuple, argument: str) -> dict:
     noun, prep = subject[0], subject[1]
     return {
@@ -354,6 +363,126 @@ def generated_tool_use(
     return first, whole, tools
 
 
+# Varied tools: names, subjects, parameters and values drawn from wide pools, so that no name or
+# parameter can be recalled from training and the only way to call the right tool is to read its
+# name and parameter from the schema and copy the value from the question. A fifth of the names
+# (by a hash of the name) are never called in training: `varied_tool_use(held_out=True)` draws them.
+TOOL_VERBS = "get fetch lookup find query check read search show load retrieve count track locate".split()
+TOOL_NOUNS = (
+    "account address alarm album article balance battery booking budget calendar camera card cart "
+    "class comment contact course credit customer delivery device discount distance document driver "
+    "event expense file forecast friend fuel grade hotel invoice item job language lesson library "
+    "license machine meeting menu message movie note package parcel patient payment permit photo "
+    "plan player playlist policy printer product project queue recipe record reminder report room "
+    "route salary seat sensor server ship shop song station student subscription task ticket topic "
+    "train trip vehicle visit wallet warehouse"
+).split()
+TOOL_ATTRIBUTES = (
+    "status count size price rating owner level total history summary details length weight".split()
+)
+TOOL_KEYS = "id name code number key query city user date label".split()
+VALUE_WORDS = "Amber Basil Cedar Delta Ember Falcon Granite Harbor Indigo Juniper Kestrel Lotus Maple".split()
+PREPOSITIONS = ["of", "for", "in"]
+DESCRIPTIONS = [
+    "{Verb} the {subject} {prep} a given {key}.",
+    "Returns the {subject} for a {key}.",
+    "{Verb} the current {subject}.",
+    "Look up the {subject} by {key}.",
+]
+MORE_QUESTIONS = QUESTIONS + [
+    "Can you get the {s} {p} {v}?",
+    "Please look up the {s} {p} {v}.",
+    "What's the {s} {p} {v}?",
+    "Show me the {s} {p} {v}.",
+]
+
+
+def _varied_value(rng: random.Random) -> str:
+    """A value the question states and the call must copy: a code, a number, a city or a word."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        letters = "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(rng.randint(1, 3)))
+        return f"{letters}{rng.randint(10, 99999)}"
+    if kind == 1:
+        return str(rng.randint(1, 99999))
+    if kind == 2:
+        return rng.choice(CITIES)
+    if kind == 3:
+        return rng.choice(VALUE_WORDS)
+    return rng.choice(PEOPLE)
+
+
+def _varied_tool(rng: random.Random, noun: str | None = None) -> tuple[dict, str, str]:
+    """A tool spec with one required string parameter, its subject phrase and its preposition."""
+    noun = noun or rng.choice(TOOL_NOUNS)
+    subject = f"{noun} {rng.choice(TOOL_ATTRIBUTES)}" if rng.random() < 0.7 else noun
+    verb, prep = rng.choice(TOOL_VERBS), rng.choice(PREPOSITIONS)
+    key = rng.choice([rng.choice(TOOL_KEYS), f"{noun}_{rng.choice(TOOL_KEYS)}"])
+    description = rng.choice(DESCRIPTIONS).format(
+        Verb=verb.capitalize(), subject=subject, prep=prep, key=key.replace("_", " ")
+    )
+    spec = {
+        "type": "function",
+        "function": {
+            "name": _name(verb, subject),
+            "description": description,
+            "parameters": {"type": "object", "properties": {key: {"type": "string"}}, "required": [key]},
+        },
+    }
+    return spec, subject, prep
+
+
+def _novel(name: str) -> bool:
+    """A fifth of the varied names, by hash: never called in training."""
+    return zlib.crc32(name.encode()) % 5 == 0
+
+
+def varied_tool_use(rng: random.Random, held_out: bool = False) -> tuple[list[dict], list[dict], list[dict]]:
+    """A call to a varied tool listed among up to three others (some sharing its noun), under a
+    varied system prompt: (the conversation up to the call, the whole conversation, the tools)."""
+    while True:
+        tool, subject, prep = _varied_tool(rng)
+        name = tool["function"]["name"]
+        if _novel(name) if held_out else not (_novel(name) or name in HELD_OUT_NAMES):
+            break
+    noun = subject.split()[0]
+    tools, subjects = [tool], {subject}
+    for _ in range(rng.randint(0, 3)):
+        other, other_subject, _ = _varied_tool(rng, noun if rng.random() < 0.4 else None)
+        if other_subject not in subjects and other["function"]["name"] != name:
+            tools.append(other)
+            subjects.add(other_subject)
+    rng.shuffle(tools)
+    (key,) = tool["function"]["parameters"]["required"]
+    value = _varied_value(rng)
+    system = rng.choice(SYSTEM_PROMPTS)
+    call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": {key: value}}}
+    first: list[dict] = [{"role": "system", "content": system}] if system else []
+    first += [
+        {"role": "user", "content": rng.choice(MORE_QUESTIONS).format(s=subject, p=prep, v=value)},
+        {
+            "role": "assistant",
+            "reasoning_content": f"The user asks for the {subject} {prep} {value}. "
+            f"I should call {name} with {key} {value}.",
+            "content": "",
+            "tool_calls": [call],
+        },
+    ]
+    result = rng.choice(
+        [_varied_value(rng), rng.choice(STATES), f"{rng.randint(0, 999)}.{rng.randint(0, 99):02d}"]
+    )
+    response = json.dumps({key: value, "result": result}) if rng.random() < 0.5 else result
+    whole = first + [
+        {"role": "tool", "content": response},
+        {
+            "role": "assistant",
+            "reasoning_content": f"The tool says {result}. I will tell the user.",
+            "content": f"The {subject} {prep} {value} is {result}.",
+        },
+    ]
+    return first, whole, tools
+
+
 def multi_turn(rng: random.Random) -> list[dict]:
     """Two arithmetic turns: the first answer kept in history without its thinking."""
     first, second = arithmetic(rng), arithmetic(rng)
@@ -374,6 +503,27 @@ MIX = {
     "tool_use": 0.17,
     "generated_tool_use": 0.25,
 }
+# The third stage teaches calling a tool from its schema: varied tools (names and parameters
+# that cannot be recalled) weighted up, everything before replayed.
+TOOLS_MIX = {
+    "arithmetic_any_spacing": 0.14,
+    "multiplication": 0.2,
+    "multi_turn": 0.03,
+    "multiple_choice": 0.05,
+    "tool_use": 0.1,
+    "generated_tool_use": 0.13,
+    "varied_tool_use": 0.35,
+}
+# The fourth stage goes on with it, the tools weighted further up.
+SCHEMA_MIX = {
+    "arithmetic_any_spacing": 0.1,
+    "multiplication": 0.14,
+    "multi_turn": 0.03,
+    "multiple_choice": 0.07,
+    "tool_use": 0.06,
+    "generated_tool_use": 0.18,
+    "varied_tool_use": 0.42,
+}
 
 
 def conversation(rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[dict], list[dict] | None]:
@@ -389,6 +539,9 @@ def conversation(rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[
         return multi_turn(rng), None
     if kind == "multiple_choice":
         return multiple_choice(rng), None
+    if kind == "varied_tool_use":
+        first, whole, tools = varied_tool_use(rng)
+        return (first if rng.random() < 0.5 else whole), tools
     if kind == "generated_tool_use":
         first, whole, tools = generated_tool_use(rng)
         return (first if rng.random() < 0.5 else whole), tools

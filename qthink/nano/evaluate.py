@@ -6,14 +6,22 @@ import re
 
 from qthink.engine.offline import LLM, Prompt
 from qthink.engine.sampling_params import SamplingParams
-from qthink.nano.data import TOOLS, arithmetic, generated_tool_use, multiple_choice, multiplication, tool_use
+from qthink.nano.data import (
+    TOOLS,
+    arithmetic,
+    generated_tool_use,
+    multiple_choice,
+    multiplication,
+    tool_use,
+    varied_tool_use,
+)
 from qthink.parsing.tool_calls import parse_tool_calls
 
 HELD_OUT_SEED = 2_000_003  # training draws from other seeds
-# the tasks nano is trained on; the unseen tools (verb-subject pairs training never uses) measure
-# whether it calls a tool from the schema it is given
+# the tasks nano is trained on; the unseen tools (verb-subject pairs training never uses) and the
+# novel ones (varied names training never calls) measure whether it calls a tool from its schema
 TRAINED = ("arithmetic", "multiple_choice", "tool_call", "tool_answer", "multiplication", "unspaced")
-UNSEEN = ("unseen_tool_call", "unseen_tool_answer")
+UNSEEN = ("unseen_tool_call", "unseen_tool_answer", "novel_tool_call", "novel_tool_answer")
 
 
 def _boxed(text: str | None) -> str | None:
@@ -30,6 +38,7 @@ def held_out_problems(n: int) -> dict[str, list[tuple[list[dict], list[dict] | N
     times = [multiplication(rng) for _ in range(n)]
     unspaced = [(arithmetic if i % 2 else multiplication)(rng, spaced=False) for i in range(n)]
     unseen = [generated_tool_use(rng, held_out=True) for _ in range(n)]
+    novel = [varied_tool_use(rng, held_out=True) for _ in range(n)]
     return {
         "arithmetic": [(m[:-1], None, m[-1]) for m in math],
         "multiple_choice": [(m[:-1], None, m[-1]) for m in choice],
@@ -39,6 +48,8 @@ def held_out_problems(n: int) -> dict[str, list[tuple[list[dict], list[dict] | N
         "unspaced": [(m[:-1], None, m[-1]) for m in unspaced],
         "unseen_tool_call": [(first[:-1], specs, first[-1]) for first, _, specs in unseen],
         "unseen_tool_answer": [(whole[:-1], specs, whole[-2]) for _, whole, specs in unseen],
+        "novel_tool_call": [(first[:-1], specs, first[-1]) for first, _, specs in novel],
+        "novel_tool_answer": [(whole[:-1], specs, whole[-2]) for _, whole, specs in novel],
     }
 
 
@@ -80,6 +91,8 @@ def evaluate(
         "answer_uses_tool_result": uses("tool_answer"),
         "unseen_tool_call_correct": calls("unseen_tool_call"),
         "unseen_tool_answer_uses_result": uses("unseen_tool_answer"),
+        "novel_tool_call_correct": calls("novel_tool_call"),
+        "novel_tool_answer_uses_result": uses("novel_tool_answer"),
         "think_end_produced": _rate(think_end in o.token_ids for task in TRAINED for o, _, _ in done[task]),
         "unseen_tool_think_end_produced": _rate(
             think_end in o.token_ids for task in UNSEEN for o, _, _ in done[task]
