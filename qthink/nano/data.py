@@ -336,18 +336,28 @@ def generated_tool_use(
     others = rng.sample([i for i in range(len(SUBJECTS)) if i != index], rng.randint(0, 2))
     tools = [tool] + [_tool_spec(rng.choice(VERBS), SUBJECTS[i], rng.choice(SUBJECTS[i][2])) for i in others]
     rng.shuffle(tools)
-    name = tool["function"]["name"]
+    call = (tool["function"]["name"], argument, value)
+    return (*_tool_conversation(rng, QUESTIONS, (noun, prep), call, make_result), tools)
+
+
+def _tool_conversation(
+    rng: random.Random, questions: list[str], asked: tuple[str, str], call: tuple[str, str, str], make_result
+) -> tuple[list[dict], list[dict]]:
+    """A question about a (subject, preposition) answered by calling a tool (name, argument,
+    value): the conversation up to the call, and the whole one with the tool's result and the
+    answer that quotes it."""
+    (subject, prep), (name, argument, value) = asked, call
     system = rng.choice(SYSTEM_PROMPTS)
-    call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": {argument: value}}}
+    function = {"name": name, "arguments": {argument: value}}
     first: list[dict] = [{"role": "system", "content": system}] if system else []
     first += [
-        {"role": "user", "content": rng.choice(QUESTIONS).format(s=noun, p=prep, v=value)},
+        {"role": "user", "content": rng.choice(questions).format(s=subject, p=prep, v=value)},
         {
             "role": "assistant",
-            "reasoning_content": f"The user asks for the {noun} {prep} {value}. "
+            "reasoning_content": f"The user asks for the {subject} {prep} {value}. "
             f"I should call {name} with {argument} {value}.",
             "content": "",
-            "tool_calls": [call],
+            "tool_calls": [{"id": "call_0", "type": "function", "function": function}],
         },
     ]
     result = make_result(rng)
@@ -357,10 +367,10 @@ def generated_tool_use(
         {
             "role": "assistant",
             "reasoning_content": f"The tool says {result}. I will tell the user.",
-            "content": f"The {noun} {prep} {value} is {result}.",
+            "content": f"The {subject} {prep} {value} is {result}.",
         },
     ]
-    return first, whole, tools
+    return first, whole
 
 
 # Varied tools: names, subjects, parameters and values drawn from wide pools, so that no name or
@@ -454,33 +464,13 @@ def varied_tool_use(rng: random.Random, held_out: bool = False) -> tuple[list[di
             subjects.add(other_subject)
     rng.shuffle(tools)
     (key,) = tool["function"]["parameters"]["required"]
-    value = _varied_value(rng)
-    system = rng.choice(SYSTEM_PROMPTS)
-    call = {"id": "call_0", "type": "function", "function": {"name": name, "arguments": {key: value}}}
-    first: list[dict] = [{"role": "system", "content": system}] if system else []
-    first += [
-        {"role": "user", "content": rng.choice(MORE_QUESTIONS).format(s=subject, p=prep, v=value)},
-        {
-            "role": "assistant",
-            "reasoning_content": f"The user asks for the {subject} {prep} {value}. "
-            f"I should call {name} with {key} {value}.",
-            "content": "",
-            "tool_calls": [call],
-        },
-    ]
-    result = rng.choice(
-        [_varied_value(rng), rng.choice(STATES), f"{rng.randint(0, 999)}.{rng.randint(0, 99):02d}"]
-    )
-    response = json.dumps({key: value, "result": result}) if rng.random() < 0.5 else result
-    whole = first + [
-        {"role": "tool", "content": response},
-        {
-            "role": "assistant",
-            "reasoning_content": f"The tool says {result}. I will tell the user.",
-            "content": f"The {subject} {prep} {value} is {result}.",
-        },
-    ]
-    return first, whole, tools
+    call = (name, key, _varied_value(rng))
+    return (*_tool_conversation(rng, MORE_QUESTIONS, (subject, prep), call, _varied_result), tools)
+
+
+def _varied_result(rng: random.Random) -> str:
+    value, state = _varied_value(rng), rng.choice(STATES)
+    return rng.choice([value, state, f"{rng.randint(0, 999)}.{rng.randint(0, 99):02d}"])
 
 
 def multi_turn(rng: random.Random) -> list[dict]:
