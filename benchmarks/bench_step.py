@@ -37,7 +37,14 @@ from qthink.model.qwen3 import Qwen3ForCausalLM
 
 PROMPT, OUTPUT, PROFILED_STEPS = 128, 64, 16
 QUANTIZATION = {"bf16": None, "int8": "int8", "int4": "int4"}
-MATMUL_OPS = ("qthink_kernels::linear_", "qthink_kernels::gemm_", "aten::mm", "aten::addmm", "aten::_weight_")
+MATMUL_OPS = (
+    "qthink_kernels::linear_",
+    "qthink_kernels::gemm_",
+    "qthink_kernels::greedy_head",
+    "aten::mm",
+    "aten::addmm",
+    "aten::_weight_",
+)
 ATTENTION_OPS = ("qthink_kernels::decode_attention", "aten::_scaled_dot_product", "aten::scaled_dot_product")
 
 
