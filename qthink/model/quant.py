@@ -63,6 +63,16 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).contiguous()
 
 
+def _step_rows(x: torch.Tensor) -> torch.Tensor:
+    """x as [rows, features] for a native kernel: a step's 2-D rows as they are (no reshape)."""
+    return x if x.dim() == 2 else _rows(x)
+
+
+def _shaped_as(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A kernel's [rows, out_features] output in the shape of its input x."""
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], out.shape[-1])
+
+
 def _pad_rows(t: torch.Tensor, multiple: int) -> torch.Tensor:
     return torch.cat((t, t.new_zeros(-t.shape[0] % multiple, *t.shape[1:])))
 
@@ -82,9 +92,7 @@ class Bf16Linear(nn.Module):
         weight, bias = self._parameters["weight"], self._buffers["bias"]  # see Int4Linear.kernel_args
         assert weight is not None
         if rows_of(x) <= SMALL_M_BF16 and weight.is_contiguous() and native_cpu(x):
-            if x.dim() == 2:  # a step's rows: no reshapes
-                return kernel_ops().linear_bf16(x, weight, bias)
-            return kernel_ops().linear_bf16(_rows(x), weight, bias).view(*x.shape[:-1], self.out_features)
+            return _shaped_as(kernel_ops().linear_bf16(_step_rows(x), weight, bias), x)
         return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
@@ -152,10 +160,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.blocked and native_cpu(x) and (rows_of(x) <= SMALL_M or not self.exact_activations):
             levels = 2 if self.exact_activations else 1
-            if x.dim() == 2:  # a step's rows: no reshapes
-                return kernel_ops().linear_int8(x, *self.kernel_args(), levels)
-            out = kernel_ops().linear_int8(_rows(x), *self.kernel_args(), levels)
-            return out.view(*x.shape[:-1], self.out_features)
+            return _shaped_as(kernel_ops().linear_int8(_step_rows(x), *self.kernel_args(), levels), x)
         rows, args = _rows(x), (self.weight, self.scale, self.bias)
         if self.blocked and native_cpu(x) and x.dtype == torch.bfloat16:
             out = kernel_ops().gemm_int8(rows, *args)
@@ -292,16 +297,13 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.blocked and native_cpu(x):  # GEMV for decode, its GEMM form for prefill
             w, scale, offset, bias = self.kernel_args()
-            if x.dim() == 2:  # a step's rows: no reshapes
-                return kernel_ops().linear_int4(x, w, scale, offset, self.group_size, self.out_features, bias)
             out = kernel_ops().linear_int4(
-                _rows(x), w, scale, offset, self.group_size, self.out_features, bias
+                _step_rows(x), w, scale, offset, self.group_size, self.out_features, bias
             )
-        else:
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            w = dequantize_int4(*self.row_layout(), x.dtype)
-            out = F.linear(_rows(x), w, bias)
-        return out.view(*x.shape[:-1], self.out_features)
+            return _shaped_as(out, x)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        w = dequantize_int4(*self.row_layout(), x.dtype)
+        return F.linear(_rows(x), w, bias).view(*x.shape[:-1], self.out_features)
 
 
 def shared_input_linears(x: torch.Tensor, linears: Sequence[nn.Module]) -> list[torch.Tensor]:
