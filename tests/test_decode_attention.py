@@ -77,3 +77,22 @@ def test_bad_lengths_are_refused():
     q, k_cache, v_cache, slots, lens = random_case(2, 4, 2, 32, 8, seed=3)
     with pytest.raises(RuntimeError, match="every length"):
         kernel_ops().decode_attention(q, k_cache, v_cache, slots, lens + 100, 0.1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("context,rows", [(1, 5), (15, 2), (37, 5), (300, 9)])
+def test_a_verification_run_reads_the_context_once_and_matches_each_row_alone(context, rows):
+    """The k + 1 rows of a verification (one sequence, lengths one apart, one slot table) next to
+    other sequences: each row's output is bit for bit that of the row computed on its own, and
+    near the float64 reference."""
+    q, k_cache, v_cache, slots, lens = random_case(rows + 2, 32, 8, 128, context + rows, seed=context)
+    lens[1 : rows + 1] = torch.arange(context + 1, context + rows + 1)
+    slots[1 : rows + 1] = slots[rows]  # one table, each row attending to its own prefix
+    scale = 128**-0.5
+    together = kernel_ops().decode_attention(q, k_cache, v_cache, slots, lens, scale)
+    for b in range(rows + 2):
+        one = slice(b, b + 1)
+        alone = kernel_ops().decode_attention(q[one], k_cache, v_cache, slots[one].contiguous(), lens[one], scale)
+        assert torch.equal(together[b], alone[0])
+    expected = reference(q, k_cache, v_cache, slots, lens, scale)
+    assert (together.double() - expected).abs().max() < 1e-2 * expected.abs().max()

@@ -1,10 +1,11 @@
 // Decode attention straight from the paged KV cache (bf16) for AVX-512 BF16 CPUs.
 //
-// One query token per sequence. Gathering every sequence's K and V into a padded batch
-// before attention copies the whole context once per layer and step; reading the cache
-// slots in place halves the memory traffic and skips the padding. Tasks are (sequence, KV
-// head) pairs; each handles the query heads of its group: scores with bf16 dot products,
-// a float32 softmax, then the weighted sum of V rows.
+// One query token per sequence, or a verification's few tokens of one sequence. Gathering
+// every sequence's K and V into a padded batch before attention copies the whole context once
+// per layer and step; reading the cache slots in place halves the memory traffic and skips the
+// padding. Tasks are (sequence, KV head) pairs; each handles the query heads of its group (of
+// every row of the sequence): scores with bf16 dot products, 16 keys to a vector, a float32
+// softmax, then the weighted sum of V rows.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,16 +23,6 @@ namespace {
 inline __m512 widen_bf16(const uint16_t* p) {
   const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-inline float dot_bf16(const uint16_t* a, const uint16_t* b, int64_t D) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t d = 0; d < D; d += 32) {
-    const __m512i x = _mm512_loadu_si512(a + d);
-    const __m512i y = _mm512_loadu_si512(b + d);
-    acc = _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(x), reinterpret_cast<__m512bh>(y));
-  }
-  return _mm512_reduce_add_ps(acc);
 }
 
 // e^x for x <= 0 (softmax of max-shifted scores): 2^n * 2^f with n = round(x log2 e) and
@@ -70,8 +61,8 @@ inline void softmax(float* s, int64_t len) {
   }
 }
 
-// Slots are scattered over the cache: fetch the K and V rows a few positions ahead.
-constexpr int64_t kAhead = 8;
+// Slots are scattered over the cache: fetch the K and V rows of the key block after next.
+constexpr int64_t kBlocksAhead = 2;
 
 inline void prefetch_row(const uint16_t* cache, const int64_t* slots, int64_t t, int64_t len, int64_t KVH,
                          int64_t kvh, int64_t D) {
@@ -79,6 +70,29 @@ inline void prefetch_row(const uint16_t* cache, const int64_t* slots, int64_t t,
   const char* row = reinterpret_cast<const char*>(cache + (slots[t] * KVH + kvh) * D);
   for (int64_t b = 0; b < D * 2; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
 }
+
+// Lane j of the result = the sum of a[j]'s 16 lanes, for 16 vectors at once: a tree of
+// unpacks and 128-bit shuffles (45 operations, against 16 full horizontal sums). Each lane's
+// sum depends on its own vector only, in a fixed order.
+inline __m512 sum_each(const __m512 (&a)[16]) {
+  __m512 pairs[8], quads[4], halves[2];
+  for (int i = 0; i < 8; ++i)  // per 128-bit lane: a[2i] and a[2i+1], two partial sums each
+    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: that lane's sum of a[4i] .. a[4i+3]
+    const __m512d x = _mm512_castps_pd(pairs[2 * i]), y = _mm512_castps_pd(pairs[2 * i + 1]);
+    quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i)  // 128-bit lanes: a[8i..8i+3] over lanes 0-1 and 2-3, a[8i+4..] the same
+    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Keys scored together: one vector of scores per query head and block.
+constexpr int64_t kKeyBlock = 16;
+// Rows of one sequence taken as one task (a verification's k + 1 tokens).
+constexpr int64_t kMaxRunRows = 16;
 
 struct DecodeAttention {
   const uint16_t* q;  // [B, H, D]
@@ -90,12 +104,12 @@ struct DecodeAttention {
   int64_t H, KVH, D, W;
   float scale;
 
-  // acc[g0 + i][d0 .. d0 + 16 C) = sum over t of scores[g0 + i][t] * V[t][d0 ..), for i < G: the
-  // G x C sums stay in registers while the V rows stream past (the same FMAs in the same order
-  // as one row at a time through memory).
+  // acc[g0 + i][d0 .. d0 + 16 C) = sum over t of scores[(g0 + i) * stride + t] * V[t][d0 ..), for
+  // i < G: the G x C sums stay in registers while the V rows stream past (the same FMAs in the
+  // same order as one row at a time through memory).
   template <int G, int C>
   void weighted_values_block(int64_t g0, int64_t d0, int64_t len, int64_t kvh, const int64_t* seq_slots,
-                             const std::vector<float>& scores, std::vector<float>& acc) const {
+                             const float* scores, int64_t stride, float* acc) const {
     __m512 sums[G][C];
     for (int i = 0; i < G; ++i)
       for (int c = 0; c < C; ++c) sums[i][c] = _mm512_setzero_ps();
@@ -104,59 +118,103 @@ struct DecodeAttention {
       __m512 rows[C];
       for (int c = 0; c < C; ++c) rows[c] = widen_bf16(value + 16 * c);
       for (int i = 0; i < G; ++i) {
-        const __m512 weight = _mm512_set1_ps(scores[(g0 + i) * len + t]);
+        const __m512 weight = _mm512_set1_ps(scores[(g0 + i) * stride + t]);
         for (int c = 0; c < C; ++c) sums[i][c] = _mm512_fmadd_ps(weight, rows[c], sums[i][c]);
       }
     }
     for (int i = 0; i < G; ++i)
-      for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc.data() + (g0 + i) * D + d0 + 16 * c, sums[i][c]);
+      for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc + (g0 + i) * D + d0 + 16 * c, sums[i][c]);
   }
 
   template <int C>
   void weighted_values_of(int64_t groups, int64_t g0, int64_t d0, int64_t len, int64_t kvh, const int64_t* seq_slots,
-                          const std::vector<float>& scores, std::vector<float>& acc) const {
+                          const float* scores, int64_t stride, float* acc) const {
     switch (groups) {
-      case 1: return weighted_values_block<1, C>(g0, d0, len, kvh, seq_slots, scores, acc);
-      case 2: return weighted_values_block<2, C>(g0, d0, len, kvh, seq_slots, scores, acc);
-      case 3: return weighted_values_block<3, C>(g0, d0, len, kvh, seq_slots, scores, acc);
-      default: return weighted_values_block<4, C>(g0, d0, len, kvh, seq_slots, scores, acc);
+      case 1: return weighted_values_block<1, C>(g0, d0, len, kvh, seq_slots, scores, stride, acc);
+      case 2: return weighted_values_block<2, C>(g0, d0, len, kvh, seq_slots, scores, stride, acc);
+      case 3: return weighted_values_block<3, C>(g0, d0, len, kvh, seq_slots, scores, stride, acc);
+      default: return weighted_values_block<4, C>(g0, d0, len, kvh, seq_slots, scores, stride, acc);
     }
   }
 
   // Up to 4 query heads from g0, 64 (or the last 32) values from d0.
   void weighted_values(int64_t g0, int64_t d0, int64_t len, int64_t kvh, const int64_t* seq_slots,
-                       const std::vector<float>& scores, std::vector<float>& acc) const {
+                       const float* scores, int64_t stride, float* acc) const {
     const int64_t groups = std::min<int64_t>(H / KVH - g0, 4);
     if (D - d0 >= 64)
-      weighted_values_of<4>(groups, g0, d0, len, kvh, seq_slots, scores, acc);
+      weighted_values_of<4>(groups, g0, d0, len, kvh, seq_slots, scores, stride, acc);
     else
-      weighted_values_of<2>(groups, g0, d0, len, kvh, seq_slots, scores, acc);
+      weighted_values_of<2>(groups, g0, d0, len, kvh, seq_slots, scores, stride, acc);
   }
 
-  void operator()(int64_t b, int64_t kvh, std::vector<float>& scores, std::vector<float>& acc) const {
-    const int64_t group = H / KVH, len = lens[b];
-    scores.resize(group * len);
-    acc.resize(group * D);  // every value is written by weighted_values
-    const uint16_t* qb = q + (b * H + kvh * group) * D;
-    const int64_t* seq_slots = slots + b * W;
-    for (int64_t t = 0; t < len; ++t) {
-      prefetch_row(k, seq_slots, t + kAhead, len, KVH, kvh, D);
-      prefetch_row(v, seq_slots, t + kAhead, len, KVH, kvh, D);
-      const uint16_t* key = k + (seq_slots[t] * KVH + kvh) * D;
-      for (int64_t g = 0; g < group; ++g) scores[g * len + t] = dot_bf16(qb + g * D, key, D) * scale;
+  // scores[i * stride + t0 ..] for the `queries` query heads at `qs` (D apart) and the keys at
+  // slots t0 .. t0 + 15 (fewer at the end: `count`): each loaded key chunk serves every head.
+  void score_block(const uint16_t* qs, int64_t queries, int64_t t0, int64_t count, int64_t kvh,
+                   const int64_t* seq_slots, float* scores, int64_t stride) const {
+    const uint16_t* keys[kKeyBlock];
+    for (int64_t j = 0; j < kKeyBlock; ++j) keys[j] = k + (seq_slots[t0 + std::min(j, count - 1)] * KVH + kvh) * D;
+    const __mmask16 mask = count >= 16 ? 0xFFFF : (1u << count) - 1;
+    const __m512 scaled = _mm512_set1_ps(scale);
+    for (int64_t i = 0; i < queries; ++i) {
+      __m512 acc[kKeyBlock];
+      for (__m512& a : acc) a = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 32) {
+        const __m512bh x = reinterpret_cast<__m512bh>(_mm512_loadu_si512(qs + i * D + d));
+        for (int64_t j = 0; j < kKeyBlock; ++j)
+          acc[j] = _mm512_dpbf16_ps(acc[j], reinterpret_cast<__m512bh>(_mm512_loadu_si512(keys[j] + d)), x);
+      }
+      _mm512_mask_storeu_ps(scores + i * stride + t0, mask, _mm512_mul_ps(sum_each(acc), scaled));
     }
-    for (int64_t g = 0; g < group; ++g) softmax(scores.data() + g * len, len);
-    for (int64_t g = 0; g < group; g += 4)
-      for (int64_t d = 0; d < D; d += D - d >= 64 ? 64 : 32) weighted_values(g, d, len, kvh, seq_slots, scores, acc);
-    for (int64_t g = 0; g < group; ++g) {
-      uint16_t* o = out + (b * H + kvh * group + g) * D;
-      for (int64_t d = 0; d < D; d += 16) {
-        const __m256bh packed = _mm512_cvtneps_pbh(_mm512_loadu_ps(acc.data() + g * D + d));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + d), reinterpret_cast<const __m256i&>(packed));
+  }
+
+  // Rows b0 .. b0 + R - 1 (one sequence: row r attends to the first lens[b0 + r] slots of the
+  // last row's table) against KV head kvh: the keys are read once for all of them.
+  void operator()(int64_t b0, int64_t R, int64_t kvh, std::vector<float>& scores, std::vector<float>& acc) const {
+    const int64_t group = H / KVH, longest = lens[b0 + R - 1], queries = R * group;
+    scores.resize(queries * longest);
+    acc.resize(group * D);  // every value is written by weighted_values
+    const int64_t* seq_slots = slots + (b0 + R - 1) * W;
+    const uint16_t* qs = q + (b0 * H + kvh * group) * D;  // row r's heads start H * D later
+    for (int64_t t0 = 0; t0 < longest; t0 += kKeyBlock) {
+      for (int64_t t = t0 + kKeyBlock * kBlocksAhead; t < t0 + kKeyBlock * (kBlocksAhead + 1); ++t) {
+        prefetch_row(k, seq_slots, t, longest, KVH, kvh, D);
+        prefetch_row(v, seq_slots, t, longest, KVH, kvh, D);
+      }
+      const int64_t count = std::min(kKeyBlock, longest - t0);
+      for (int64_t r = 0; r < R; ++r)
+        if (t0 < lens[b0 + r])
+          score_block(qs + r * H * D, group, t0, count, kvh, seq_slots, scores.data() + r * group * longest, longest);
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t len = lens[b0 + r];
+      float* row_scores = scores.data() + r * group * longest;
+      for (int64_t g = 0; g < group; ++g) softmax(row_scores + g * longest, len);
+      for (int64_t g = 0; g < group; g += 4)
+        for (int64_t d = 0; d < D; d += D - d >= 64 ? 64 : 32)
+          weighted_values(g, d, len, kvh, seq_slots, row_scores, longest, acc.data());
+      for (int64_t g = 0; g < group; ++g) {
+        uint16_t* o = out + ((b0 + r) * H + kvh * group + g) * D;
+        for (int64_t d = 0; d < D; d += 16) {
+          const __m256bh packed = _mm512_cvtneps_pbh(_mm512_loadu_ps(acc.data() + g * D + d));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + d), reinterpret_cast<const __m256i&>(packed));
+        }
       }
     }
   }
 };
+
+// The first row of each run of rows that belong to one sequence (lengths one apart, the same
+// slots before each), then B: a verification's k + 1 rows read the context once.
+std::vector<int64_t> sequence_runs(const int64_t* slots, const int64_t* lens, int64_t B, int64_t W) {
+  std::vector<int64_t> starts;
+  for (int64_t b = 0; b < B; ++b) {
+    const bool continues = b > 0 && b - starts.back() < kMaxRunRows && lens[b] == lens[b - 1] + 1 &&
+                           std::equal(slots + (b - 1) * W, slots + (b - 1) * W + lens[b - 1], slots + b * W);
+    if (!continues) starts.push_back(b);
+  }
+  starts.push_back(B);
+  return starts;
+}
 
 const uint16_t* bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
@@ -177,11 +235,14 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   const DecodeAttention kernel{bits(q), bits(k_cache), bits(v_cache), slots.data_ptr<int64_t>(),
                                lens.data_ptr<int64_t>(), reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
                                H, KVH, D, slots.size(1), static_cast<float>(scale)};
-  // KV head major: the rows of one sequence (a verification's k + 1 queries, each over its own
-  // prefix) run one after another on the same K/V rows, which the first left in cache.
-  qthink::parallel_for(B * KVH, 1, [&](int64_t begin, int64_t end) {
+  const std::vector<int64_t> runs = sequence_runs(slots.data_ptr<int64_t>(), len, B, slots.size(1));
+  const int64_t num_runs = static_cast<int64_t>(runs.size()) - 1;
+  qthink::parallel_for(num_runs * KVH, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores, acc;
-    for (int64_t task = begin; task < end; ++task) kernel(task % B, task / B, scores, acc);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t run = task % num_runs;
+      kernel(runs[run], runs[run + 1] - runs[run], task / num_runs, scores, acc);
+    }
   });
   return out;
 }
