@@ -92,7 +92,8 @@ def test_a_verification_run_reads_the_context_once_and_matches_each_row_alone(co
     together = kernel_ops().decode_attention(q, k_cache, v_cache, slots, lens, scale)
     for b in range(rows + 2):
         one = slice(b, b + 1)
-        alone = kernel_ops().decode_attention(q[one], k_cache, v_cache, slots[one].contiguous(), lens[one], scale)
+        row_slots = slots[one].contiguous()
+        alone = kernel_ops().decode_attention(q[one], k_cache, v_cache, row_slots, lens[one], scale)
         assert torch.equal(together[b], alone[0])
     expected = reference(q, k_cache, v_cache, slots, lens, scale)
     assert (together.double() - expected).abs().max() < 1e-2 * expected.abs().max()
