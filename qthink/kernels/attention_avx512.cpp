@@ -16,6 +16,7 @@
 #include <cmath>
 #include <vector>
 
+#include "lane_sums.h"
 #include "thread_pool.h"
 
 namespace {
@@ -71,26 +72,8 @@ inline void prefetch_row(const uint16_t* cache, const int64_t* slots, int64_t t,
   for (int64_t b = 0; b < D * 2; b += 64) _mm_prefetch(row + b, _MM_HINT_T0);
 }
 
-// Lane j of the result = the sum of a[j]'s 16 lanes, for 16 vectors at once: a tree of
-// unpacks and 128-bit shuffles (45 operations, against 16 full horizontal sums). Each lane's
-// sum depends on its own vector only, in a fixed order.
-inline __m512 sum_each(const __m512 (&a)[16]) {
-  __m512 pairs[8], quads[4], halves[2];
-  for (int i = 0; i < 8; ++i)  // per 128-bit lane: a[2i] and a[2i+1], two partial sums each
-    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
-  for (int i = 0; i < 4; ++i) {  // per 128-bit lane: that lane's sum of a[4i] .. a[4i+3]
-    const __m512d x = _mm512_castps_pd(pairs[2 * i]), y = _mm512_castps_pd(pairs[2 * i + 1]);
-    quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
-  }
-  for (int i = 0; i < 2; ++i)  // 128-bit lanes: a[8i..8i+3] over lanes 0-1 and 2-3, a[8i+4..] the same
-    halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
-                              _mm512_shuffle_f32x4(quads[2 * i], quads[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(halves[0], halves[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
-
 // Keys scored together: one vector of scores per query head and block.
-constexpr int64_t kKeyBlock = 16;
+constexpr int64_t kKeyBlock = qthink::kLanes;
 // Rows of one sequence taken as one task (a verification's k + 1 tokens).
 constexpr int64_t kMaxRunRows = 16;
 
@@ -151,8 +134,10 @@ struct DecodeAttention {
   // slots t0 .. t0 + 15 (fewer at the end: `count`): each loaded key chunk serves every head.
   void score_block(const uint16_t* qs, int64_t queries, int64_t t0, int64_t count, int64_t kvh,
                    const int64_t* seq_slots, float* scores, int64_t stride) const {
+    // Key j is summed in accumulator transposed(j), so the sum tree puts its score in lane j.
     const uint16_t* keys[kKeyBlock];
-    for (int64_t j = 0; j < kKeyBlock; ++j) keys[j] = k + (seq_slots[t0 + std::min(j, count - 1)] * KVH + kvh) * D;
+    for (int64_t j = 0; j < kKeyBlock; ++j)
+      keys[qthink::transposed(j)] = k + (seq_slots[t0 + std::min(j, count - 1)] * KVH + kvh) * D;
     const __mmask16 mask = count >= 16 ? 0xFFFF : (1u << count) - 1;
     const __m512 scaled = _mm512_set1_ps(scale);
     for (int64_t i = 0; i < queries; ++i) {
@@ -163,7 +148,7 @@ struct DecodeAttention {
         for (int64_t j = 0; j < kKeyBlock; ++j)
           acc[j] = _mm512_dpbf16_ps(acc[j], reinterpret_cast<__m512bh>(_mm512_loadu_si512(keys[j] + d)), x);
       }
-      _mm512_mask_storeu_ps(scores + i * stride + t0, mask, _mm512_mul_ps(sum_each(acc), scaled));
+      _mm512_mask_storeu_ps(scores + i * stride + t0, mask, _mm512_mul_ps(qthink::transpose_sums(acc), scaled));
     }
   }
 

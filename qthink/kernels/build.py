@@ -28,7 +28,7 @@ SOURCES = [
         "activation_avx512.cpp",
     )
 ]
-HEADERS = [KERNEL_DIR / name for name in ("thread_pool.h", "bf16_vectors.h")]
+HEADERS = [KERNEL_DIR / name for name in ("thread_pool.h", "bf16_vectors.h", "lane_sums.h")]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni")
 ISA_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
 COMPILE_FLAGS = ["-O3", "-march=native", *ISA_FLAGS, "-fopenmp"]

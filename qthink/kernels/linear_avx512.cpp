@@ -228,6 +228,8 @@ inline __m512i dot_broadcast(__m512i acc, __m512i w, const int8_t* x) {
 // contiguous): the hardware prefetcher alone left one core's stream well short of the bandwidth.
 constexpr int64_t kPrefetchBytes = 4096;
 
+inline void prefetch_ahead(const uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0); }
+
 inline __m512i load_vector(const uint8_t* p) {
   __m512i v = _mm512_loadu_si512(p);
   // Keeps the vector in a register: otherwise both masks below load it again from memory, and
@@ -267,8 +269,8 @@ struct Int4Kernel {
       const uint8_t* wg = weights + g * vectors * 64;
       const int8_t* xg = xq + m * K + g * G;
       for (int64_t t = 0; t < vectors; t += 2) {
-        _mm_prefetch(reinterpret_cast<const char*>(wg + t * 64 + kPrefetchBytes), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(wg + t * 64 + kPrefetchBytes + 64), _MM_HINT_T0);
+        prefetch_ahead(wg + t * 64);
+        prefetch_ahead(wg + t * 64 + 64);
         const __m512i v0 = load_vector(wg + t * 64), v1 = load_vector(wg + t * 64 + 64);
         const __m512i l0 = _mm512_and_si512(v0, low), l1 = _mm512_and_si512(v1, low);
         // The high nibbles stay in place, 16 times their value: one shift per group undoes it.
@@ -401,7 +403,7 @@ struct Int8Kernel {
       for (int64_t t = 0; t < vectors; t += 4) {  // G is 64 or 128: 16 or 32 vectors
         __m512i v[4];
         for (int u = 0; u < 4; ++u) {
-          _mm_prefetch(reinterpret_cast<const char*>(wg + (t + u) * 64 + kPrefetchBytes), _MM_HINT_T0);
+          prefetch_ahead(wg + (t + u) * 64);
           v[u] = _mm512_xor_si512(load_vector(wg + (t + u) * 64), flip);
         }
         for (int l = 0; l < L; ++l)
