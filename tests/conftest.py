@@ -39,3 +39,16 @@ def make_checkpoint(tmp_path_factory):
         return write_random_checkpoint(folder, tiny_config(**overrides), seed=seed, shards=shards)
 
     return make
+
+
+@pytest.fixture(params=["avx512", "amx"])
+def bf16_path(request):
+    """Runs a test on each bf16 kernel path: AVX-512, and AMX tiles where the CPU has them."""
+    from qthink.kernels import kernel_ops
+
+    amx = request.param == "amx"
+    if kernel_ops().use_amx(amx) != amx:
+        kernel_ops().use_amx(True)
+        pytest.skip("no AMX-BF16 tiles on this CPU")
+    yield request.param
+    kernel_ops().use_amx(True)

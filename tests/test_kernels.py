@@ -53,12 +53,43 @@ def bf16_values(*shape: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("n,k", [(1, 64), (5, 100), (11, 33), (67, 256), (130, 320)])
 @pytest.mark.parametrize("m", range(1, 18))  # one pass up to 8 rows, then two or three
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_bf16_kernel(n, k, m, with_bias):
+def test_bf16_kernel(n, k, m, with_bias, bf16_path):
     w, x = bf16_values(n, k, seed=1).bfloat16(), bf16_values(m, k, seed=2)
     bias = bf16_values(n, seed=3) if with_bias else None
     ref, magnitude = reference(x, w, bias)
     assert_within(kernel_ops().linear_bf16(x, w, bias), ref, magnitude, ACCUMULATION_RTOL)
     assert_within(kernel_ops().linear_bf16(x.bfloat16(), w, bias), ref, magnitude, ACCUMULATION_RTOL)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,k", [(16, 64), (67, 256), (130, 2560)])
+def test_a_bf16_row_gets_the_same_bits_alone_or_among_16(n, k, bf16_path):
+    """Greedy speculative verification needs each activation row's result to be independent of
+    the other rows in the call (up to 16): on each path, alone equals together, bit for bit."""
+    w, x = bf16_values(n, k, seed=1).bfloat16(), bf16_values(16, k, seed=2).bfloat16()
+    together = kernel_ops().linear_bf16(x, w, None)
+    for rows in (1, 5):
+        for first in range(0, 16, rows):
+            part = kernel_ops().linear_bf16(x[first : first + rows], w, None)
+            assert torch.equal(part, together[first : first + rows])
+
+
+@needs_kernels
+def test_the_amx_path_is_a_different_sum_from_avx512():
+    """The two paths really are two: on a CPU with AMX tiles the results differ in their last bits
+    (another order of the same sums), so the tests that run both test both."""
+    w, x = bf16_values(64, 2560, seed=1).bfloat16(), bf16_values(4, 2560, seed=2)
+    if not kernel_ops().use_amx(True):
+        pytest.skip("no AMX-BF16 tiles on this CPU")
+    amx = kernel_ops().linear_bf16(x, w, None)
+    kernel_ops().use_amx(False)
+    try:
+        avx512 = kernel_ops().linear_bf16(x, w, None)
+    finally:
+        kernel_ops().use_amx(True)
+    assert not torch.equal(amx, avx512)
+    ref, magnitude = reference(x, w, None)
+    assert_within(amx, ref, magnitude, ACCUMULATION_RTOL)
 
 
 @needs_kernels

@@ -22,15 +22,27 @@ SOURCES = [
     for name in (
         "thread_pool.cpp",
         "linear_avx512.cpp",
+        "linear_bf16_amx.cpp",
         "attention_avx512.cpp",
         "greedy_head_avx512.cpp",
         "norm_avx512.cpp",
         "activation_avx512.cpp",
     )
 ]
-HEADERS = [KERNEL_DIR / name for name in ("thread_pool.h", "bf16_vectors.h", "lane_sums.h")]
+HEADERS = [
+    KERNEL_DIR / name
+    for name in (
+        "thread_pool.h",
+        "bf16_vectors.h",
+        "lane_sums.h",
+        "linear_output.h",
+        "linear_bf16_amx.h",
+    )
+]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni")
-ISA_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
+# AMX instructions run only where the CPU has them (linear_bf16_amx.cpp asks before using them).
+AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
+ISA_FLAGS = [*AVX512_FLAGS, "-mamx-tile", "-mamx-bf16"]
 COMPILE_FLAGS = ["-O3", "-march=native", *ISA_FLAGS, "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
 

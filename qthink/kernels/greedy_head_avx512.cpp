@@ -19,6 +19,7 @@
 
 #include "bf16_vectors.h"
 #include "lane_sums.h"
+#include "linear_bf16_amx.h"
 #include "thread_pool.h"
 
 namespace {
@@ -30,8 +31,13 @@ using qthink::transposed;
 // Weight bytes per task of the thread pool: the passes after a chunk's first find it in L2.
 constexpr int64_t kChunkBytes = 128 << 10;
 
+// Weight rows per task on AMX tiles (1.3 MB at K = 2,560, in L2 for each group of 16 rows).
+constexpr int64_t kAmxChunkRows = 256;
+
 // The best score and token so far of each lane: a lane sees one activation row and every NB-th
 // weight row, in increasing order, so a strictly greater score keeps the earliest of equals.
+struct RowBest;
+
 struct LaneBest {
   __m512 score = _mm512_set1_ps(-INFINITY);
   __m512i token = _mm512_set1_epi32(-1);      // -1: no score yet
@@ -46,6 +52,10 @@ struct LaneBest {
     score = _mm512_mask_mov_ps(score, better, rounded);
     token = _mm512_mask_mov_epi32(token, better, tokens);
   }
+
+  // Into best[l / lanes_per_row] for each lane l; a row's lanes in any order: equal scores keep
+  // the lower token.
+  void fold(int lanes_per_row, RowBest* best) const;
 };
 
 // A row's best over some weight rows: the score, its lowest token (-1: none), its first NaN.
@@ -64,6 +74,22 @@ struct RowBest {
 
   int64_t result() const { return first_nan != INT64_MAX ? first_nan : std::max<int64_t>(token, 0); }
 };
+
+void LaneBest::fold(int lanes_per_row, RowBest* best) const {
+  alignas(64) float scores[kLanes];
+  alignas(64) int32_t tokens[kLanes], first_nans[kLanes];
+  _mm512_store_ps(scores, score);
+  _mm512_store_si512(tokens, token);
+  _mm512_store_si512(first_nans, first_nan);
+  for (int l = 0; l < kLanes; ++l) {
+    RowBest& row = best[l / lanes_per_row];
+    if (first_nans[l] != INT_MAX) row.first_nan = std::min<int64_t>(row.first_nan, first_nans[l]);
+    if (tokens[l] >= 0 && (row.token < 0 || scores[l] > row.score || (scores[l] == row.score && tokens[l] < row.token))) {
+      row.score = scores[l];
+      row.token = tokens[l];
+    }
+  }
+}
 
 struct GreedyHead {
   const uint16_t* w;  // [N, K] bf16
@@ -120,19 +146,25 @@ struct GreedyHead {
       const __mmask16 valid = _mm512_cmp_epi32_mask(tokens, _mm512_set1_epi32(static_cast<int32_t>(end)), _MM_CMPINT_LT);
       lanes.update(scores<MB, NB>(n, m), tokens, valid);
     }
-    alignas(64) float score[kLanes];
-    alignas(64) int32_t token[kLanes], first_nan[kLanes];
-    _mm512_store_ps(score, lanes.score);
-    _mm512_store_si512(token, lanes.token);
-    _mm512_store_si512(first_nan, lanes.first_nan);
-    for (int l = 0; l < kLanes; ++l) {  // lanes of one row in any order: equal scores keep the lower token
-      RowBest& row = best[l / NB];
-      if (first_nan[l] != INT_MAX) row.first_nan = std::min<int64_t>(row.first_nan, first_nan[l]);
-      if (token[l] >= 0 && (row.token < 0 || score[l] > row.score || (score[l] == row.score && token[l] < row.token))) {
-        row.score = score[l];
-        row.token = token[l];
-      }
+    lanes.fold(NB, best);
+  }
+
+  // Activation rows m .. m + x.M over weight rows [begin, end) (whole tiles) on the calling
+  // thread's AMX tiles: the scores of linear_bf16's AMX path.
+  void run_tiles(const qthink::AmxActivations& x, int64_t m, int64_t begin, int64_t end, RowBest* best) const {
+    constexpr int64_t kStep = 2 * qthink::kAmxRows;
+    alignas(64) float scores[qthink::kAmxRows][kStep];
+    const qthink::Output out{scores, false, kStep, nullptr};
+    const __m512i lane_ids = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    LaneBest lanes[qthink::kAmxRows];
+    for (int64_t n = begin; n < end; n += kStep) {
+      const int64_t rows = std::min(kStep, end - n);
+      qthink::multiply_tiles(x, w, n, rows, out);
+      for (int64_t i = 0; i < x.M; ++i)
+        for (int64_t r = 0; r < rows; r += kLanes)
+          lanes[i].update(_mm512_load_ps(&scores[i][r]), _mm512_add_epi32(lane_ids, _mm512_set1_epi32(n + r)), 0xFFFF);
     }
+    for (int64_t i = 0; i < x.M; ++i) lanes[i].fold(kLanes, best + m + i);
   }
 
   // Every activation row over weight rows [begin, end): passes of 4, 2 or 1 rows.
@@ -164,11 +196,29 @@ at::Tensor greedy_head(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(N > 0 && N < INT_MAX && K > 0, "w must have 1 to 2^31 - 2 rows and at least one column");
   const at::Tensor xc = x.contiguous();
   const GreedyHead head{bits(w), bits(xc), M, N, K};
-  const int64_t chunk_rows = std::max<int64_t>(kLanes, kChunkBytes / (2 * K) / kLanes * kLanes);
-  const int64_t chunks = (N + chunk_rows - 1) / chunk_rows;
+  const bool amx = qthink::amx_bf16_usable(K);
+  // On AMX tiles: whole tiles of weight rows; the rest (fewer than 16 rows) on AVX-512, last.
+  const int64_t tiled = amx ? N / qthink::kAmxRows * qthink::kAmxRows : 0;
+  const int64_t chunk_rows = amx ? kAmxChunkRows : std::max<int64_t>(kLanes, kChunkBytes / (2 * K) / kLanes * kLanes);
+  const int64_t tile_chunks = (tiled + chunk_rows - 1) / chunk_rows;
+  const int64_t chunks = tile_chunks + (N - tiled + chunk_rows - 1) / chunk_rows;
   std::vector<RowBest> partial(chunks * M);  // each chunk's best per row, merged in order below
+  std::vector<qthink::AmxActivations> groups;  // activation rows in groups of up to 16
+  for (int64_t m = 0; amx && m < M; m += qthink::kAmxRows)
+    groups.emplace_back(head.x + m * K, std::min(qthink::kAmxRows, M - m), K);
   qthink::parallel_for(chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) head.run(c * chunk_rows, std::min(N, (c + 1) * chunk_rows), &partial[c * M]);
+    for (int64_t c = begin; c < end; ++c) {
+      if (c >= tile_chunks) {
+        const int64_t first = tiled + (c - tile_chunks) * chunk_rows;
+        head.run(first, std::min(N, first + chunk_rows), &partial[c * M]);
+        continue;
+      }
+      for (int64_t g = 0; g < static_cast<int64_t>(groups.size()); ++g) {
+        const qthink::AmxTiles tiles(groups[g].M);
+        head.run_tiles(groups[g], g * qthink::kAmxRows, c * chunk_rows, std::min(tiled, (c + 1) * chunk_rows),
+                       &partial[c * M]);
+      }
+    }
   });
   at::Tensor out = at::empty({M}, x.options().dtype(at::kLong));
   int64_t* tokens = out.data_ptr<int64_t>();

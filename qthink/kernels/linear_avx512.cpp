@@ -15,9 +15,13 @@
 #include <cstring>
 #include <vector>
 
+#include "linear_bf16_amx.h"
+#include "linear_output.h"
 #include "thread_pool.h"
 
 namespace {
+
+using qthink::Output;
 
 constexpr int64_t kRowsPerTask = 16;
 inline float bf16_bits_to_float(uint16_t bits) {
@@ -40,35 +44,6 @@ inline void set_all(V (&values)[MB][NB], V value) {
 }
 
 inline __m512bh as_bh(__m512i v) { return reinterpret_cast<__m512bh>(v); }
-
-// Writes float results into an [M, N] output of float or bf16, adding an optional bias.
-struct Output {
-  void* data;
-  bool is_bf16;
-  int64_t n_cols;
-  const float* bias;
-
-  void write(int64_t m, int64_t n, float value) const {
-    if (bias) value += bias[n];
-    if (is_bf16) {
-      static_cast<at::BFloat16*>(data)[m * n_cols + n] = at::BFloat16(value);
-    } else {
-      static_cast<float*>(data)[m * n_cols + n] = value;
-    }
-  }
-
-  // values[0..count) (count <= 16) into row m, columns n..n+count.
-  void write16(int64_t m, int64_t n, __m512 values, int64_t count) const {
-    const __mmask16 mask = count >= 16 ? 0xFFFF : (1u << count) - 1;
-    if (bias) values = _mm512_add_ps(values, _mm512_maskz_loadu_ps(mask, bias + n));
-    if (is_bf16) {
-      _mm256_mask_storeu_epi16(static_cast<at::BFloat16*>(data) + m * n_cols + n, mask,
-                               (__m256i)_mm512_cvtneps_pbh(values));
-    } else {
-      _mm512_mask_storeu_ps(static_cast<float*>(data) + m * n_cols + n, mask, values);
-    }
-  }
-};
 
 // Runs kernel.block<NB, MB>(n, m, res) over all rows and activation rows: NB weight rows
 // share each activation load, MB activation rows share each weight load.
@@ -527,11 +502,26 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w, const c10::opti
   check_input(x, w.size(1));
   const at::Tensor xb = x.to(at::kBFloat16).contiguous();
   at::Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  const int64_t M = x.size(0), N = w.size(0), K = w.size(1);
+  const Output output = make_output(out, bias);
   Bf16Kernel kernel;
   kernel.w = bf16_bits(w);
   kernel.x = bf16_bits(xb);
-  kernel.K = w.size(1);
-  run_bf16_blocks(kernel, x.size(0), w.size(0), make_output(out, bias));
+  kernel.K = K;
+  if (!qthink::amx_bf16_usable(K)) {
+    run_bf16_blocks(kernel, M, N, output);
+    return out;
+  }
+  // AMX for whole tiles of 16 weight rows, 16 activation rows at a time; AVX-512 for the rest.
+  const int64_t tiled = N / qthink::kAmxRows * qthink::kAmxRows;
+  for (int64_t m = 0; m < M; m += qthink::kAmxRows) {
+    const int64_t rows = std::min(qthink::kAmxRows, M - m);
+    qthink::linear_bf16_amx(kernel.x + m * K, kernel.w, rows, tiled, K, output.from(m, 0));
+  }
+  if (tiled < N) {
+    kernel.w += tiled * K;
+    run_bf16_blocks(kernel, M, N - tiled, output.from(0, tiled));
+  }
   return out;
 }
 
