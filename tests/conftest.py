@@ -42,13 +42,13 @@ def make_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(params=["avx512", "amx"])
-def bf16_path(request):
-    """Runs a test on each bf16 kernel path: AVX-512, and AMX tiles where the CPU has them."""
+def kernel_path(request):
+    """Runs a test on each kernel path: AVX-512 alone, and AMX tiles where the CPU has them."""
     from qthink.kernels import kernel_ops
 
     amx = request.param == "amx"
     if kernel_ops().use_amx(amx) != amx:
         kernel_ops().use_amx(True)
-        pytest.skip("no AMX-BF16 tiles on this CPU")
+        pytest.skip("no AMX tiles on this CPU")
     yield request.param
     kernel_ops().use_amx(True)

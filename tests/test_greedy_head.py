@@ -31,7 +31,7 @@ def values(shape, seed: int, ties: bool) -> torch.Tensor:
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 9, 16])
 @pytest.mark.parametrize("n,k", [(1, 32), (17, 64), (100, 40), (1027, 128), (3000, 96)])
 @pytest.mark.parametrize("ties", [False, True])
-def test_greedy_head_is_the_argmax_of_the_logits(m, n, k, ties, bf16_path):
+def test_greedy_head_is_the_argmax_of_the_logits(m, n, k, ties, kernel_path):
     x, w = values((m, k), 1, ties), values((n, k), 2, ties)
     assert torch.equal(kernel_ops().greedy_head(x, w), logits_argmax(x, w))
 

@@ -53,7 +53,7 @@ def bf16_values(*shape: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("n,k", [(1, 64), (5, 100), (11, 33), (67, 256), (130, 320)])
 @pytest.mark.parametrize("m", range(1, 18))  # one pass up to 8 rows, then two or three
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_bf16_kernel(n, k, m, with_bias, bf16_path):
+def test_bf16_kernel(n, k, m, with_bias, kernel_path):
     w, x = bf16_values(n, k, seed=1).bfloat16(), bf16_values(m, k, seed=2)
     bias = bf16_values(n, seed=3) if with_bias else None
     ref, magnitude = reference(x, w, bias)
@@ -63,7 +63,7 @@ def test_bf16_kernel(n, k, m, with_bias, bf16_path):
 
 @needs_kernels
 @pytest.mark.parametrize("n,k", [(16, 64), (67, 256), (130, 2560)])
-def test_a_bf16_row_gets_the_same_bits_alone_or_among_16(n, k, bf16_path):
+def test_a_bf16_row_gets_the_same_bits_alone_or_among_16(n, k, kernel_path):
     """Greedy speculative verification needs each activation row's result to be independent of
     the other rows in the call (up to 16): on each path, alone equals together, bit for bit."""
     w, x = bf16_values(n, k, seed=1).bfloat16(), bf16_values(16, k, seed=2).bfloat16()
@@ -155,7 +155,7 @@ def activation_rounding_bound(x: torch.Tensor, w: torch.Tensor, group: int) -> t
 @pytest.mark.parametrize("n,k,group", [(1, 128, 128), (5, 256, 128), (67, 512, 256), (130, 384, 128)])
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 13, 17, 40])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_int4_kernel(n, k, group, m, with_bias):
+def test_int4_kernel(n, k, group, m, with_bias, kernel_path):
     weight = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
     packed, scale, offset = quantize_int4(weight, group)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(2))
@@ -167,6 +167,27 @@ def test_int4_kernel(n, k, group, m, with_bias):
     bound = activation_rounding_bound(x, w, group) + ACCUMULATION_RTOL * magnitude
     assert bool((error <= bound).all()), f"max error {error.max().item():.3g}"
     assert error.max() > 0  # the activations really are rounded: the bound is the right one
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,k,group", [(5, 256, 128), (67, 512, 256), (130, 384, 128), (64, 2560, 128)])
+@pytest.mark.parametrize("m", [2, 5, 16, 17, 40])
+def test_int4_tiles_give_the_vnni_kernels_bits_and_a_row_its_bits_alone(n, k, group, m):
+    """On AMX-INT8 tiles the int4 kernel's integer sums are exact and its float steps are the
+    VNNI kernel's: the same bits, and each row's alone (greedy verification relies on it)."""
+    weight = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
+    args = (*int4_kernel_layout(*quantize_int4(weight, group)), group, n, torch.randn(n))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(2))
+    if not kernel_ops().use_amx(True):
+        pytest.skip("no AMX tiles on this CPU")
+    tiles = kernel_ops().linear_int4(x, *args)
+    alone = torch.cat([kernel_ops().linear_int4(x[i : i + 1], *args) for i in range(m)])
+    kernel_ops().use_amx(False)
+    try:
+        vnni = kernel_ops().linear_int4(x, *args)
+    finally:
+        kernel_ops().use_amx(True)
+    assert torch.equal(tiles, vnni) and torch.equal(tiles, alone)
 
 
 @needs_kernels

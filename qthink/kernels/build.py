@@ -22,6 +22,7 @@ SOURCES = [
     for name in (
         "thread_pool.cpp",
         "linear_avx512.cpp",
+        "amx_tiles.cpp",
         "linear_bf16_amx.cpp",
         "attention_avx512.cpp",
         "greedy_head_avx512.cpp",
@@ -36,13 +37,14 @@ HEADERS = [
         "bf16_vectors.h",
         "lane_sums.h",
         "linear_output.h",
+        "amx_tiles.h",
         "linear_bf16_amx.h",
     )
 ]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni")
 # AMX instructions run only where the CPU has them (linear_bf16_amx.cpp asks before using them).
 AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni"]
-ISA_FLAGS = [*AVX512_FLAGS, "-mamx-tile", "-mamx-bf16"]
+ISA_FLAGS = [*AVX512_FLAGS, "-mamx-tile", "-mamx-bf16", "-mamx-int8"]
 COMPILE_FLAGS = ["-O3", "-march=native", *ISA_FLAGS, "-fopenmp"]
 LINK_FLAGS = ["-fopenmp"]
 

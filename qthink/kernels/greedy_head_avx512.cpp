@@ -214,7 +214,7 @@ at::Tensor greedy_head(const at::Tensor& x, const at::Tensor& w) {
         continue;
       }
       for (int64_t g = 0; g < static_cast<int64_t>(groups.size()); ++g) {
-        const qthink::AmxTiles tiles(groups[g].M);
+        const qthink::AmxTiles tiles = qthink::bf16_tiles(groups[g].M);
         head.run_tiles(groups[g], g * qthink::kAmxRows, c * chunk_rows, std::min(tiled, (c + 1) * chunk_rows),
                        &partial[c * M]);
       }

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "amx_tiles.h"
 #include "linear_bf16_amx.h"
 #include "linear_output.h"
 #include "thread_pool.h"
@@ -188,6 +189,11 @@ constexpr int64_t kInt4BlockRows = 32;
 // Activation rows per pass over a block: each loaded weight vector meets up to 6 of them (a
 // GEMM for large M). More would not leave the accumulators their registers.
 constexpr int64_t kInt4MaxPassRows = 6;
+// Activation rows from which a pass runs on AMX-INT8 tiles where they are usable, and the most
+// rows a pass takes then (one tile's rows).
+constexpr int64_t kInt4TileMinRows = 2;
+constexpr int64_t kInt4TileMaxPassRows = 16;
+bool int4_tiles_usable(int64_t G) { return G % 64 == 0 && qthink::amx_usable(qthink::AmxProducts::kInt8); }
 // For large M a task takes this many blocks of 32 rows (their weights stay in L2) and runs every
 // pass of activation rows over them, so the activations are read once per 4 blocks.
 constexpr int64_t kLaneBlocksPerTask = 4;
@@ -222,6 +228,7 @@ struct Int4Kernel {
   const float* x_sum;      // [M, K / G]
   int64_t K;
   int64_t G;
+  bool tiles;  // passes of kInt4TileMinRows rows or more run on AMX tiles (int4_tiles_usable)
 
   // Rows 32 b .. 32 b + 31 of the output for activation rows m .. m + MB - 1, into `out`.
   template <int MB>
@@ -258,33 +265,96 @@ struct Int4Kernel {
           hi[i][S - 1] = dot_broadcast(hi[i][S - 1], h1, x + 4);
         }
       }
-      const uint16_t* s = scales + g * kInt4BlockRows;
-      const uint16_t* o = offsets + g * kInt4BlockRows;
-      const __m512 s_top = bf16x16_to_floats(s), s_bottom = bf16x16_to_floats(s + 16);
-      const __m512 o_top = bf16x16_to_floats(o), o_bottom = bf16x16_to_floats(o + 16);
+      const GroupScales scaled(scales + g * kInt4BlockRows, offsets + g * kInt4BlockRows);
       for (int i = 0; i < MB; ++i) {
-        const __m512 step = _mm512_set1_ps(x_scale[(m + i) * groups + g]);
-        const __m512 sum = _mm512_set1_ps(x_sum[(m + i) * groups + g]);
         __m512i q_top = lo[i][0], q_bottom = hi[i][0];
         if (S == 2) {
           q_top = _mm512_add_epi32(q_top, lo[i][S - 1]);
           q_bottom = _mm512_add_epi32(q_bottom, hi[i][S - 1]);
         }
-        q_bottom = _mm512_srai_epi32(q_bottom, 4);
-        top[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_top), _mm512_mul_ps(s_top, step), top[i]);
-        bottom[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_bottom), _mm512_mul_ps(s_bottom, step), bottom[i]);
-        top[i] = _mm512_fmadd_ps(o_top, sum, top[i]);
-        bottom[i] = _mm512_fmadd_ps(o_bottom, sum, bottom[i]);
+        add_group(scaled, m + i, g, q_top, q_bottom, top[i], bottom[i]);
       }
     }
+    write_block(b, m, MB, N, top, bottom, out);
+  }
+
+  // A group's scales and offsets of the block's rows 0-15 (top) and 16-31 (bottom) as floats.
+  struct GroupScales {
+    __m512 s_top, s_bottom, o_top, o_bottom;
+    GroupScales(const uint16_t* s, const uint16_t* o)
+        : s_top(bf16x16_to_floats(s)),
+          s_bottom(bf16x16_to_floats(s + 16)),
+          o_top(bf16x16_to_floats(o)),
+          o_bottom(bf16x16_to_floats(o + 16)) {}
+  };
+
+  // Adds group g of activation row m to its float sums: the exact integer dot products with the
+  // low nibbles (q_top) and with the high nibbles in place (q_bottom, 16 times theirs), scaled.
+  // Both kernels end here, so they agree bit for bit.
+  void add_group(const GroupScales& scaled, int64_t m, int64_t g, __m512i q_top, __m512i q_bottom, __m512& top,
+                 __m512& bottom) const {
+    const int64_t groups = K / G;
+    const __m512 step = _mm512_set1_ps(x_scale[m * groups + g]);
+    const __m512 sum = _mm512_set1_ps(x_sum[m * groups + g]);
+    q_bottom = _mm512_srai_epi32(q_bottom, 4);
+    top = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_top), _mm512_mul_ps(scaled.s_top, step), top);
+    bottom = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q_bottom), _mm512_mul_ps(scaled.s_bottom, step), bottom);
+    top = _mm512_fmadd_ps(scaled.o_top, sum, top);
+    bottom = _mm512_fmadd_ps(scaled.o_bottom, sum, bottom);
+  }
+
+  void write_block(int64_t b, int64_t m, int64_t mb, int64_t N, const __m512* top, const __m512* bottom,
+                   const Output& out) const {
     const int64_t n = b * kInt4BlockRows, rows = std::min(kInt4BlockRows, N - n);
-    for (int i = 0; i < MB; ++i) {
+    for (int64_t i = 0; i < mb; ++i) {
       out.write16(m + i, n, top[i], rows);
       if (rows > 16) out.write16(m + i, n + 16, bottom[i], rows - 16);
     }
   }
 
+  // block<MB>'s results for mb <= 16 activation rows at once on AMX-INT8 tiles (shaped here, kept
+  // for the next pass, released by run_lane_blocks). Per 64 inputs,
+  // 16 of the block's vectors are a tile as they are (column r: row r's low nibble plus 16 times
+  // row r + 16's) and, masked, a tile of the high nibbles alone; two signed-by-unsigned tile
+  // products against the activations give both integer sums, exact, so the float steps after
+  // them (add_group) see block's values.
+  void block_tiles(int64_t b, int64_t m, int64_t mb, int64_t N, const Output& out) const {
+    qthink::shape_tiles({{mb, 64}, {mb, 64}, {mb, 64}, {16, 64}, {16, 64}});  // sums 0-1, x 2, w 3-4
+    const int64_t groups = K / G, vectors = G / 4;
+    const __m512i high = _mm512_set1_epi8(static_cast<char>(0xF0));
+    const uint8_t* weights = w + b * (K / 4) * 64;
+    alignas(64) uint8_t masked[16 * 64];
+    alignas(64) int32_t raw_sums[qthink::kAmxRows][16], high_sums[qthink::kAmxRows][16];
+    __m512 top[qthink::kAmxRows], bottom[qthink::kAmxRows];
+    for (int64_t i = 0; i < mb; ++i) top[i] = bottom[i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      _tile_zero(0);
+      _tile_zero(1);
+      for (int64_t t = 0; t < vectors; t += 16) {
+        const uint8_t* wv = weights + (g * vectors + t) * 64;
+        for (int v = 0; v < 16; ++v) {
+          prefetch_ahead(wv + v * 64);
+          _mm512_store_si512(masked + v * 64, _mm512_and_si512(_mm512_loadu_si512(wv + v * 64), high));
+        }
+        _tile_loadd(2, xq + m * K + g * G + t * 4, K);
+        _tile_loadd(3, wv, 64);
+        _tile_loadd(4, masked, 64);
+        _tile_dpbsud(0, 2, 3);
+        _tile_dpbsud(1, 2, 4);
+      }
+      _tile_stored(0, raw_sums, 64);
+      _tile_stored(1, high_sums, 64);
+      const GroupScales scaled(scale + (b * groups + g) * kInt4BlockRows, offset + (b * groups + g) * kInt4BlockRows);
+      for (int64_t i = 0; i < mb; ++i) {
+        const __m512i raw = _mm512_load_si512(raw_sums[i]), high_part = _mm512_load_si512(high_sums[i]);
+        add_group(scaled, m + i, g, _mm512_sub_epi32(raw, high_part), high_part, top[i], bottom[i]);
+      }
+    }
+    write_block(b, m, mb, N, top, bottom, out);
+  }
+
   void pass(int64_t mb, int64_t b, int64_t m, int64_t N, const Output& out) const {
+    if (mb >= kInt4TileMinRows && tiles) return block_tiles(b, m, mb, N, out);
     switch (mb) {
       case 1: return block<1>(b, m, N, out);
       case 2: return block<2>(b, m, N, out);
@@ -329,6 +399,7 @@ void run_lane_blocks(const std::vector<LanePart<Kernel>>& parts, int64_t M, int6
       for (int64_t m = 0; m < M; m += pass_rows)
         for (int64_t b = first; b < last; ++b) part.kernel.pass(std::min(pass_rows, M - m), b, m, part.N, part.out);
     }
+    qthink::release_tiles();  // if a pass shaped them
   });
 }
 
@@ -632,6 +703,7 @@ std::vector<at::Tensor> int4_linears(const at::Tensor& x, at::TensorList w, at::
   kernel.x_sum = rows.sums.data_ptr<float>();
   kernel.K = K;
   kernel.G = group_size;
+  kernel.tiles = int4_tiles_usable(group_size);
   std::vector<at::Tensor> outs;
   std::vector<LanePart<Int4Kernel>> parts;
   for (size_t p = 0; p < w.size(); ++p) {
@@ -641,7 +713,7 @@ std::vector<at::Tensor> int4_linears(const at::Tensor& x, at::TensorList w, at::
     kernel.offset = bf16_bits(offset[p]);
     parts.push_back({kernel, make_output(outs.back(), bias[p]), out_features[p]});
   }
-  run_lane_blocks(parts, M, kInt4BlockRows, kInt4MaxPassRows);
+  run_lane_blocks(parts, M, kInt4BlockRows, kernel.tiles && M >= kInt4TileMinRows ? kInt4TileMaxPassRows : kInt4MaxPassRows);
   return outs;
 }
 

@@ -10,53 +10,16 @@
 
 #include "linear_bf16_amx.h"
 
-#include <cpuid.h>
 #include <immintrin.h>
-#include <sys/syscall.h>
-#include <torch/library.h>
-#include <unistd.h>
-
-#include <atomic>
 
 #include "thread_pool.h"
 
 namespace qthink {
 namespace {
 
-// Linux keeps the 8 KB tile state off until a process asks for it (arch_prctl, asm/prctl.h).
-constexpr int kArchRequestPermission = 0x1023;
-constexpr int kTileDataFeature = 18;
-
 // Weight tiles of one task: 32 rows share each load of the activation tile. More rows at once
 // (more concurrent row streams) read memory slower.
 constexpr int64_t kTilesPerTask = 2;
-
-// The palette-1 tile configuration: results in registers 0-1, activations 2, weights 3-4.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
-};
-
-bool amx_granted() {
-  static const bool granted = [] {
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-    const bool tiles = (d & (1u << 24)) != 0, bf16 = (d & (1u << 22)) != 0;
-    return tiles && bf16 && syscall(SYS_arch_prctl, kArchRequestPermission, kTileDataFeature) == 0;
-  }();
-  return granted;
-}
-
-std::atomic<bool> amx_switched_on{true};
-
-// Switches the AMX kernels on or off (for comparisons); true if they are in use afterwards.
-bool use_amx(bool enable) {
-  amx_switched_on = enable;
-  return enable && amx_granted();
-}
 
 // A result tile stored as c[weight row][activation row] into out's columns n .. n + 16.
 void write_tile(const float (*c)[16], int64_t M, int64_t n, const Output& out) {
@@ -93,7 +56,7 @@ void multiply(const AmxActivations& x, const uint16_t* w, int64_t n, const Outpu
 
 }  // namespace
 
-bool amx_bf16_usable(int64_t K) { return amx_switched_on && K % 32 == 0 && amx_granted(); }
+bool amx_bf16_usable(int64_t K) { return K % 32 == 0 && amx_usable(AmxProducts::kBf16); }
 
 AmxActivations::AmxActivations(const uint16_t* x, int64_t M, int64_t K) : pairs(K / 2 * M), M(M), K(K) {
   for (int64_t m = 0; m < M; ++m) {
@@ -102,17 +65,10 @@ AmxActivations::AmxActivations(const uint16_t* x, int64_t M, int64_t K) : pairs(
   }
 }
 
-AmxTiles::AmxTiles(int64_t M) {
-  TileConfig config;
-  for (int t = 0; t < 5; ++t) {
-    config.rows[t] = kAmxRows;
-    config.bytes_per_row[t] = t < 3 ? M * 4 : 64;  // results and activations: M columns of 4 bytes
-  }
-  asm volatile("" : : "m"(config) : "memory");  // GCC 12 does not see that ldtilecfg reads config
-  _tile_loadconfig(&config);
+// Results in registers 0-1 and activations in 2 (M columns of 4 bytes), weights in 3-4.
+AmxTiles bf16_tiles(int64_t M) {
+  return AmxTiles{{kAmxRows, M * 4}, {kAmxRows, M * 4}, {kAmxRows, M * 4}, {kAmxRows, 64}, {kAmxRows, 64}};
 }
-
-AmxTiles::~AmxTiles() { _tile_release(); }
 
 void multiply_tiles(const AmxActivations& x, const uint16_t* w, int64_t n, int64_t rows, const Output& out) {
   int64_t r = 0;
@@ -125,12 +81,10 @@ void linear_bf16_amx(const uint16_t* x, const uint16_t* w, int64_t M, int64_t N,
   constexpr int64_t task_rows = kTilesPerTask * kAmxRows;
   const int64_t tiled = N / kAmxRows * kAmxRows;
   parallel_for((tiled + task_rows - 1) / task_rows, 1, [&](int64_t begin, int64_t end) {
-    const AmxTiles tiles(M);
+    const AmxTiles tiles = bf16_tiles(M);
     const int64_t n = begin * task_rows;
     multiply_tiles(activations, w, n, std::min(tiled, end * task_rows) - n, out.from(0, n));
   });
 }
 
 }  // namespace qthink
-
-TORCH_LIBRARY_FRAGMENT(qthink_kernels, m) { m.def("use_amx(bool enable) -> bool", &qthink::use_amx); }
