@@ -97,7 +97,7 @@ def test_the_amx_path_is_a_different_sum_from_avx512():
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 13, 17, 40])
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
-def test_int8_kernel(n, k, m, with_bias, x_dtype):
+def test_int8_kernel(n, k, m, with_bias, x_dtype, kernel_path):
     """The VNNI kernel rounds the activations to int8 per group of 128 (64 where 128 does not
     divide K); with two activation levels (the output layer) the rounding error is ~127x less."""
     q, scale = quantize_int8(torch.randn(n, k, generator=torch.Generator().manual_seed(1)))
@@ -185,6 +185,28 @@ def test_int4_tiles_give_the_vnni_kernels_bits_and_a_row_its_bits_alone(n, k, gr
     kernel_ops().use_amx(False)
     try:
         vnni = kernel_ops().linear_int4(x, *args)
+    finally:
+        kernel_ops().use_amx(True)
+    assert torch.equal(tiles, vnni) and torch.equal(tiles, alone)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,k", [(16, 64), (67, 384), (64, 2560)])
+@pytest.mark.parametrize("m", [2, 5, 16, 17, 40])
+@pytest.mark.parametrize("levels", [1, 2])
+def test_int8_tiles_give_the_vnni_kernels_bits_and_a_row_its_bits_alone(n, k, m, levels):
+    """As for int4: on AMX-INT8 tiles w . x is exact and 128 x sum(x) turns it into the VNNI
+    kernel's integer sums, so the bits are the VNNI kernel's, and each row's alone."""
+    q, scale = quantize_int8(torch.randn(n, k, generator=torch.Generator().manual_seed(1)))
+    args = (int8_kernel_layout(q), scale, torch.randn(n), levels)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(2))
+    if not kernel_ops().use_amx(True):
+        pytest.skip("no AMX tiles on this CPU")
+    tiles = kernel_ops().linear_int8(x, *args)
+    alone = torch.cat([kernel_ops().linear_int8(x[i : i + 1], *args) for i in range(m)])
+    kernel_ops().use_amx(False)
+    try:
+        vnni = kernel_ops().linear_int8(x, *args)
     finally:
         kernel_ops().use_amx(True)
     assert torch.equal(tiles, vnni) and torch.equal(tiles, alone)

@@ -189,10 +189,10 @@ constexpr int64_t kInt4BlockRows = 32;
 // Activation rows per pass over a block: each loaded weight vector meets up to 6 of them (a
 // GEMM for large M). More would not leave the accumulators their registers.
 constexpr int64_t kInt4MaxPassRows = 6;
-// Activation rows from which a pass runs on AMX-INT8 tiles where they are usable, and the most
-// rows a pass takes then (one tile's rows).
+// Activation rows from which a pass runs on AMX-INT8 tiles where they are usable (one row
+// streams a little faster through VNNI), and the most rows a pass takes then (one tile's rows).
 constexpr int64_t kInt4TileMinRows = 2;
-constexpr int64_t kInt4TileMaxPassRows = 16;
+constexpr int64_t kTileMaxPassRows = 16;
 bool int4_tiles_usable(int64_t G) { return G % 64 == 0 && qthink::amx_usable(qthink::AmxProducts::kInt8); }
 // For large M a task takes this many blocks of 32 rows (their weights stay in L2) and runs every
 // pass of activation rows over them, so the activations are read once per 4 blocks.
@@ -409,6 +409,8 @@ void run_lane_blocks(const std::vector<LanePart<Kernel>>& parts, int64_t M, int6
 // horizontal sum is left; the row scales ([N] bf16) apply to 16 rows at once.
 constexpr int64_t kInt8BlockRows = 16;
 constexpr int64_t kInt8MaxPassRows = 6;
+// As for int4: from this many rows a pass runs on AMX-INT8 tiles where usable, up to 16 rows.
+constexpr int64_t kInt8TileMinRows = 2;
 
 // The row scales of rows n.. (at most 16, `rows`) as floats.
 inline __m512 int8_row_scales(const uint16_t* scale, int64_t n, int64_t rows) {
@@ -425,12 +427,14 @@ inline __m512 int8_row_scales(const uint16_t* scale, int64_t n, int64_t rows) {
 struct Int8Kernel {
   const int8_t* w;            // [blocks * 16, K], int8_kernel_layout
   const uint16_t* scale;      // [N] bf16
-  const int8_t* xq[2];        // per level: [M, K]
-  const float* x_scale[2];    // per level: [M, K / G]
-  const float* x_correction;  // [M]
+  const int8_t* xq[2];         // per level: [M, K]
+  const float* x_scale[2];     // per level: [M, K / G]
+  const int32_t* x_int_sum[2];  // per level: [M, K / G], the sums of the int8 activations
+  const float* x_correction;   // [M]
   int64_t K;
   int64_t G;
   int levels;  // 1 or 2
+  bool tiles;  // passes of kInt8TileMinRows rows or more run on AMX tiles
 
   template <int MB, int L>
   void block(int64_t b, int64_t m, int64_t N, const Output& out) const {
@@ -467,14 +471,57 @@ struct Int8Kernel {
           total[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), step, total[i]);
         }
     }
+    write_block(b, m, MB, N, total, out);
+  }
+
+  // block<MB, L>'s results for mb <= 16 activation rows at once on AMX-INT8 tiles (shaped here,
+  // kept for the next pass, released by run_lane_blocks). 16 of the block's vectors are a tile as
+  // they are, and a signed tile product with the activations gives w . x exactly; adding
+  // 128 x sum(x) (exact too) gives block's integer sums, so the float steps after them are block's.
+  template <int L>
+  void block_tiles(int64_t b, int64_t m, int64_t mb, int64_t N, const Output& out) const {
+    qthink::shape_tiles({{mb, 64}, {mb, 64}, {mb, 64}, {16, 64}, {mb, 64}});  // sums 0-1, x 2 and 4, w 3
+    const int64_t groups = K / G, vectors = G / 4;
+    const uint8_t* weights = reinterpret_cast<const uint8_t*>(w) + b * (K / 4) * 64;
+    alignas(64) int32_t sums[L][qthink::kAmxRows][16];
+    __m512 total[qthink::kAmxRows];
+    for (int64_t i = 0; i < mb; ++i) total[i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      _tile_zero(0);
+      if constexpr (L == 2) _tile_zero(1);
+      for (int64_t t = 0; t < vectors; t += 16) {
+        const uint8_t* wv = weights + (g * vectors + t) * 64;
+        for (int v = 0; v < 16; ++v) prefetch_ahead(wv + v * 64);
+        _tile_loadd(3, wv, 64);
+        _tile_loadd(2, xq[0] + m * K + g * G + t * 4, K);
+        _tile_dpbssd(0, 2, 3);
+        if constexpr (L == 2) {
+          _tile_loadd(4, xq[1] + m * K + g * G + t * 4, K);
+          _tile_dpbssd(1, 4, 3);
+        }
+      }
+      _tile_stored(0, sums[0], 64);
+      if constexpr (L == 2) _tile_stored(1, sums[L - 1], 64);
+      for (int l = 0; l < L; ++l)
+        for (int64_t i = 0; i < mb; ++i) {
+          const int64_t r = (m + i) * groups + g;
+          const __m512i q = _mm512_add_epi32(_mm512_load_si512(sums[l][i]), _mm512_set1_epi32(128 * x_int_sum[l][r]));
+          total[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(x_scale[l][r]), total[i]);
+        }
+    }
+    write_block(b, m, mb, N, total, out);
+  }
+
+  void write_block(int64_t b, int64_t m, int64_t mb, int64_t N, const __m512* total, const Output& out) const {
     const int64_t n = b * kInt8BlockRows, rows = std::min(kInt8BlockRows, N - n);
     const __m512 s = int8_row_scales(scale, n, rows);
-    for (int i = 0; i < MB; ++i)
+    for (int64_t i = 0; i < mb; ++i)
       out.write16(m + i, n, _mm512_mul_ps(_mm512_sub_ps(total[i], _mm512_set1_ps(x_correction[m + i])), s), rows);
   }
 
   template <int L>
   void pass_levels(int64_t mb, int64_t b, int64_t m, int64_t N, const Output& out) const {
+    if (mb >= kInt8TileMinRows && tiles) return block_tiles<L>(b, m, mb, N, out);
     switch (mb) {
       case 1: return block<1, L>(b, m, N, out);
       case 2: return block<2, L>(b, m, N, out);
@@ -637,11 +684,13 @@ std::vector<at::Tensor> int8_linears(const at::Tensor& rows, at::TensorList w, a
       for (int64_t g = 0; g < groups; ++g) correction[r] += 128.0f * scales[r * groups + g] * int_sums[r * groups + g];
     kernel.xq[l] = levels[l].values.data_ptr<int8_t>();
     kernel.x_scale[l] = scales;
+    kernel.x_int_sum[l] = int_sums;
   }
   kernel.x_correction = correction.data();
   kernel.K = K;
   kernel.G = G;
   kernel.levels = static_cast<int>(activation_levels);
+  kernel.tiles = qthink::amx_usable(qthink::AmxProducts::kInt8);
   std::vector<at::Tensor> outs;
   std::vector<LanePart<Int8Kernel>> parts;
   for (size_t p = 0; p < w.size(); ++p) {
@@ -652,7 +701,7 @@ std::vector<at::Tensor> int8_linears(const at::Tensor& rows, at::TensorList w, a
     kernel.scale = bf16_bits(scale[p]);
     parts.push_back({kernel, make_output(outs.back(), bias[p]), N});
   }
-  run_lane_blocks(parts, M, kInt8BlockRows, kInt8MaxPassRows);
+  run_lane_blocks(parts, M, kInt8BlockRows, kernel.tiles && M >= kInt8TileMinRows ? kTileMaxPassRows : kInt8MaxPassRows);
   return outs;
 }
 
@@ -713,7 +762,7 @@ std::vector<at::Tensor> int4_linears(const at::Tensor& x, at::TensorList w, at::
     kernel.offset = bf16_bits(offset[p]);
     parts.push_back({kernel, make_output(outs.back(), bias[p]), out_features[p]});
   }
-  run_lane_blocks(parts, M, kInt4BlockRows, kernel.tiles && M >= kInt4TileMinRows ? kInt4TileMaxPassRows : kInt4MaxPassRows);
+  run_lane_blocks(parts, M, kInt4BlockRows, kernel.tiles && M >= kInt4TileMinRows ? kTileMaxPassRows : kInt4MaxPassRows);
   return outs;
 }
 
