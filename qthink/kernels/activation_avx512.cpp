@@ -8,12 +8,18 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "bf16_vectors.h"
+#include "thread_pool.h"
 
 namespace {
 
 using qthink::narrow;
 using qthink::widen;
+
+// Values per task of the thread pool.
+constexpr int64_t kChunk = 4096;
 
 // e^x in float32 to about one unit in the last place: x = n ln2 + r with ln2 in two parts
 // (Cody-Waite), |r| <= ln2 / 2, e^r from its degree-7 Taylor polynomial, times 2^n.
@@ -41,13 +47,16 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
   auto* o = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
   const int64_t n = gate.numel();
   const __m512 one = _mm512_set1_ps(1.0f);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 mask = n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1;
-    const __m512 x = widen(_mm256_maskz_loadu_epi16(mask, g + i));
-    const __m512 silu = _mm512_div_ps(x, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-    const __m512 product = _mm512_mul_ps(widen(narrow(silu)), widen(_mm256_maskz_loadu_epi16(mask, u + i)));
-    _mm256_mask_storeu_epi16(o + i, mask, narrow(product));
-  }
+  // A verification step's few rows are worth the kernels' threads; chunks of whole vectors.
+  qthink::parallel_for((n + kChunk - 1) / kChunk, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin * kChunk; i < std::min(n, end * kChunk); i += 16) {
+      const __mmask16 mask = n - i >= 16 ? 0xFFFF : (1u << (n - i)) - 1;
+      const __m512 x = widen(_mm256_maskz_loadu_epi16(mask, g + i));
+      const __m512 silu = _mm512_div_ps(x, _mm512_add_ps(one, exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+      const __m512 product = _mm512_mul_ps(widen(narrow(silu)), widen(_mm256_maskz_loadu_epi16(mask, u + i)));
+      _mm256_mask_storeu_epi16(o + i, mask, narrow(product));
+    }
+  });
   return out;
 }
 
