@@ -116,18 +116,30 @@ def rounds_of(rounds: int, runs: dict[str, Callable[[], float]]) -> dict[str, li
     return figures
 
 
-def paired_rows(model: str, weights: str, llama: Path, rounds: int, decode_only: bool) -> tuple[dict, dict]:
-    """qthink and llama.cpp on one weight format, interleaved round by round."""
+def paired_rows(model: str, weights: str, llama: Path, rounds: int, only: str | None) -> tuple[dict, dict]:
+    """qthink and llama.cpp on one weight format, interleaved round by round; `only` "decode"
+    (decode@1) or "prefill" cuts the rest."""
     tools, gguf = llama_files(model, weights, llama)
     engine = qthink_engine(model, WEIGHTS[weights][1], PREFILL + 16)
     measure(engine, 16, 4, 1)  # warm-up: first-touch of the KV cache, one-off set-up
+    q: dict[str, list[float]] = {}
+    ll: dict[str, list[float]] = {}
+    if only != "prefill":
+        q, ll = decode_rows(engine, tools, gguf, weights, rounds, only == "decode")
+    if only != "decode":
+        prefill_rows(engine, tools, gguf, weights, rounds, q, ll)
+    return q, ll  # the engine goes with this frame
+
+
+def decode_rows(engine, tools: Path, gguf: Path, weights: str, rounds: int, one_only: bool) -> tuple:
+    """decode@1 and decode@16 of both engines (decode@1 alone if one_only)."""
     print(f"{weights}: decode@1, tok/s", flush=True)
     runs = {
         "qthink": lambda: measure(engine, PROMPT, OUTPUT, 1)["decode_tok_s"],
         "llama.cpp": lambda: llama_bench(tools, gguf, 0, OUTPUT),
     }
     one = rounds_of(rounds, runs)
-    if decode_only:
+    if one_only:
         return {"decode@1": one["qthink"]}, {"decode@1": one["llama.cpp"]}
     print(f"{weights}: decode@{BATCH}, tok/s", flush=True)
     runs = {
@@ -137,6 +149,11 @@ def paired_rows(model: str, weights: str, llama: Path, rounds: int, decode_only:
     many = rounds_of(rounds, runs)
     q = {"decode@1": one["qthink"], f"decode@{BATCH}": many["qthink"]}
     ll = {"decode@1": one["llama.cpp"], f"decode@{BATCH}": many["llama.cpp"]}
+    return q, ll
+
+
+def prefill_rows(engine, tools: Path, gguf: Path, weights: str, rounds: int, q: dict, ll: dict) -> None:
+    """Prefill of 2,048 tokens into q (and llama.cpp's into ll for bf16)."""
     print(f"{weights}: prefill {PREFILL}, tok/s", flush=True)
     runs = {"qthink": lambda: measure(engine, PREFILL, 2, 1)["prefill_tok_s"]}
     if weights == "bf16":  # quantized prefill is compared with qthink's bf16 prefill
@@ -145,7 +162,6 @@ def paired_rows(model: str, weights: str, llama: Path, rounds: int, decode_only:
     q["prefill@2048"] = prefill["qthink"]
     if weights == "bf16":
         ll["prefill@2048"] = prefill["llama.cpp"]
-    return q, ll  # the engine goes with this frame
 
 
 def busy_rows(model: str, weights: str, llama: Path, rounds: int) -> dict[str, list[float]]:
@@ -250,17 +266,19 @@ def header() -> str:
     return f"\n{'goal':42s} " + " ".join(f"{c:>22s}" for c in columns) + "   target"
 
 
-def goal_table(model: str, llama: Path, rounds: int, weights: list[str], decode_only: bool) -> list[str]:
+def goal_table(model: str, llama: Path, rounds: int, weights: list[str], only: str | None) -> list[str]:
     q, ll = {}, {}
     for w in weights:
-        q[w], ll[w] = paired_rows(model, w, llama, rounds, decode_only)
+        q[w], ll[w] = paired_rows(model, w, llama, rounds, only)
         gc.collect()
     rows = [header()]
+    if only == "prefill":
+        return rows + prefill_goals(q, ll, weights)
     for w in weights:
         rows.append(
             goal(f"decode@1 {w} vs llama.cpp {WEIGHTS[w][0]}", q[w]["decode@1"], ll[w]["decode@1"], 1.0)
         )
-    if decode_only:
+    if only == "decode":
         return rows
     if "bf16" in weights:
         hf = [hf_decode(model)]
@@ -271,12 +289,18 @@ def goal_table(model: str, llama: Path, rounds: int, weights: list[str], decode_
         rows.append(goal(f"{b} {w} vs llama.cpp {WEIGHTS[w][0]} -npl {BATCH}", q[w][b], ll[w][b], 2.0))
     for w in weights:
         rows.append(goal(f"{b} {w} vs qthink {w} decode@1", q[w][b], q[w]["decode@1"], 6.0))
-    if "bf16" in weights:
-        p = "prefill@2048"
-        rows.append(goal("prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], ll["bf16"][p], 1.1))
-        for w in weights:
-            if w != "bf16":
-                rows.append(goal(f"prefill 2048 {w} vs qthink bf16", q[w][p], q["bf16"][p], 1.0))
+    return rows + prefill_goals(q, ll, weights)
+
+
+def prefill_goals(q: dict, ll: dict, weights: list[str]) -> list[str]:
+    """bf16 prefill against llama.cpp's, int8/int4 against bf16 (when bf16 ran)."""
+    if "bf16" not in weights:
+        return []
+    p = "prefill@2048"
+    rows = [goal("prefill 2048 bf16 vs llama.cpp BF16", q["bf16"][p], ll["bf16"][p], 1.1)]
+    for w in weights:
+        if w != "bf16":
+            rows.append(goal(f"prefill 2048 {w} vs qthink bf16", q[w][p], q["bf16"][p], 1.0))
     return rows
 
 
@@ -298,6 +322,10 @@ def busy_table(model: str, llama: Path, rounds: int, weights: list[str]) -> list
     return rows
 
 
+def only_part(args: argparse.Namespace) -> str | None:
+    return "decode" if args.decode_only else "prefill" if args.prefill_only else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
@@ -310,9 +338,11 @@ def main() -> None:
     ap.add_argument(
         "--weights", nargs="+", choices=list(WEIGHTS), default=list(WEIGHTS), help="formats to compare"
     )
-    ap.add_argument(
+    only = ap.add_mutually_exclusive_group()
+    only.add_argument(
         "--decode-only", action="store_true", help="decode@1 only: no batch, prefill or transformers"
     )
+    only.add_argument("--prefill-only", action="store_true", help="prefill 2,048 only")
     ap.add_argument("--ttft", type=int, nargs="*", default=[], help="prompt lengths for time to first token")
     args = ap.parse_args()
     if args.rounds < 3:
@@ -329,7 +359,7 @@ def main() -> None:
         rows = (
             busy_table(args.model, args.llama, args.rounds, args.weights)
             if args.busy
-            else goal_table(args.model, args.llama, args.rounds, args.weights, args.decode_only)
+            else goal_table(args.model, args.llama, args.rounds, args.weights, only_part(args))
         )
     rows.append(memory_goal(args.model))
     for tokens in args.ttft:
