@@ -84,7 +84,8 @@ void LaneBest::fold(int lanes_per_row, RowBest* best) const {
   for (int l = 0; l < kLanes; ++l) {
     RowBest& row = best[l / lanes_per_row];
     if (first_nans[l] != INT_MAX) row.first_nan = std::min<int64_t>(row.first_nan, first_nans[l]);
-    if (tokens[l] >= 0 && (row.token < 0 || scores[l] > row.score || (scores[l] == row.score && tokens[l] < row.token))) {
+    const bool better = scores[l] > row.score || (scores[l] == row.score && tokens[l] < row.token);
+    if (tokens[l] >= 0 && (row.token < 0 || better)) {
       row.score = scores[l];
       row.token = tokens[l];
     }

@@ -701,7 +701,8 @@ std::vector<at::Tensor> int8_linears(const at::Tensor& rows, at::TensorList w, a
     kernel.scale = bf16_bits(scale[p]);
     parts.push_back({kernel, make_output(outs.back(), bias[p]), N});
   }
-  run_lane_blocks(parts, M, kInt8BlockRows, kernel.tiles && M >= kInt8TileMinRows ? kTileMaxPassRows : kInt8MaxPassRows);
+  const bool on_tiles = kernel.tiles && M >= kInt8TileMinRows;
+  run_lane_blocks(parts, M, kInt8BlockRows, on_tiles ? kTileMaxPassRows : kInt8MaxPassRows);
   return outs;
 }
 
@@ -762,7 +763,8 @@ std::vector<at::Tensor> int4_linears(const at::Tensor& x, at::TensorList w, at::
     kernel.offset = bf16_bits(offset[p]);
     parts.push_back({kernel, make_output(outs.back(), bias[p]), out_features[p]});
   }
-  run_lane_blocks(parts, M, kInt4BlockRows, kernel.tiles && M >= kInt4TileMinRows ? kTileMaxPassRows : kInt4MaxPassRows);
+  const bool on_tiles = kernel.tiles && M >= kInt4TileMinRows;
+  run_lane_blocks(parts, M, kInt4BlockRows, on_tiles ? kTileMaxPassRows : kInt4MaxPassRows);
   return outs;
 }
 

@@ -71,8 +71,9 @@ AmxTiles bf16_tiles(int64_t M) {
 }
 
 void multiply_tiles(const AmxActivations& x, const uint16_t* w, int64_t n, int64_t rows, const Output& out) {
+  constexpr int64_t task_rows = kTilesPerTask * kAmxRows;
   int64_t r = 0;
-  for (; r + kTilesPerTask * kAmxRows <= rows; r += kTilesPerTask * kAmxRows) multiply<kTilesPerTask>(x, w, n + r, out.from(0, r));
+  for (; r + task_rows <= rows; r += task_rows) multiply<kTilesPerTask>(x, w, n + r, out.from(0, r));
   for (; r < rows; r += kAmxRows) multiply<1>(x, w, n + r, out.from(0, r));
 }
 
