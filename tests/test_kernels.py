@@ -74,19 +74,24 @@ def test_a_bf16_row_gets_the_same_bits_alone_or_among_16(n, k, kernel_path):
             assert torch.equal(part, together[first : first + rows])
 
 
+def on_amx_and_avx512(run):
+    """(run() on AMX tiles, run() with them switched off); skips on a CPU without AMX."""
+    if not kernel_ops().use_amx(True):
+        pytest.skip("no AMX tiles on this CPU")
+    amx = run()
+    kernel_ops().use_amx(False)
+    try:
+        return amx, run()
+    finally:
+        kernel_ops().use_amx(True)
+
+
 @needs_kernels
 def test_the_amx_path_is_a_different_sum_from_avx512():
     """The two paths really are two: on a CPU with AMX tiles the results differ in their last bits
     (another order of the same sums), so the tests that run both test both."""
     w, x = bf16_values(64, 2560, seed=1).bfloat16(), bf16_values(4, 2560, seed=2)
-    if not kernel_ops().use_amx(True):
-        pytest.skip("no AMX-BF16 tiles on this CPU")
-    amx = kernel_ops().linear_bf16(x, w, None)
-    kernel_ops().use_amx(False)
-    try:
-        avx512 = kernel_ops().linear_bf16(x, w, None)
-    finally:
-        kernel_ops().use_amx(True)
+    amx, avx512 = on_amx_and_avx512(lambda: kernel_ops().linear_bf16(x, w, None))
     assert not torch.equal(amx, avx512)
     ref, magnitude = reference(x, w, None)
     assert_within(amx, ref, magnitude, ACCUMULATION_RTOL)
@@ -178,15 +183,8 @@ def test_int4_tiles_give_the_vnni_kernels_bits_and_a_row_its_bits_alone(n, k, gr
     weight = torch.randn(n, k, generator=torch.Generator().manual_seed(1))
     args = (*int4_kernel_layout(*quantize_int4(weight, group)), group, n, torch.randn(n))
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(2))
-    if not kernel_ops().use_amx(True):
-        pytest.skip("no AMX tiles on this CPU")
-    tiles = kernel_ops().linear_int4(x, *args)
+    tiles, vnni = on_amx_and_avx512(lambda: kernel_ops().linear_int4(x, *args))
     alone = torch.cat([kernel_ops().linear_int4(x[i : i + 1], *args) for i in range(m)])
-    kernel_ops().use_amx(False)
-    try:
-        vnni = kernel_ops().linear_int4(x, *args)
-    finally:
-        kernel_ops().use_amx(True)
     assert torch.equal(tiles, vnni) and torch.equal(tiles, alone)
 
 
@@ -200,15 +198,8 @@ def test_int8_tiles_give_the_vnni_kernels_bits_and_a_row_its_bits_alone(n, k, m,
     q, scale = quantize_int8(torch.randn(n, k, generator=torch.Generator().manual_seed(1)))
     args = (int8_kernel_layout(q), scale, torch.randn(n), levels)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(2))
-    if not kernel_ops().use_amx(True):
-        pytest.skip("no AMX tiles on this CPU")
-    tiles = kernel_ops().linear_int8(x, *args)
+    tiles, vnni = on_amx_and_avx512(lambda: kernel_ops().linear_int8(x, *args))
     alone = torch.cat([kernel_ops().linear_int8(x[i : i + 1], *args) for i in range(m)])
-    kernel_ops().use_amx(False)
-    try:
-        vnni = kernel_ops().linear_int8(x, *args)
-    finally:
-        kernel_ops().use_amx(True)
     assert torch.equal(tiles, vnni) and torch.equal(tiles, alone)
 
 

@@ -189,10 +189,15 @@ constexpr int64_t kInt4BlockRows = 32;
 // Activation rows per pass over a block: each loaded weight vector meets up to 6 of them (a
 // GEMM for large M). More would not leave the accumulators their registers.
 constexpr int64_t kInt4MaxPassRows = 6;
-// Activation rows from which a pass runs on AMX-INT8 tiles where they are usable (one row
-// streams a little faster through VNNI), and the most rows a pass takes then (one tile's rows).
-constexpr int64_t kInt4TileMinRows = 2;
+// int4 and int8: activation rows from which a pass runs on AMX-INT8 tiles where they are usable
+// (one row streams a little faster through VNNI), and the most rows a pass takes then (one
+// tile's rows).
+constexpr int64_t kTileMinRows = 2;
 constexpr int64_t kTileMaxPassRows = 16;
+// The most activation rows of one pass over M rows: a tile's on tiles, else vnni_rows.
+constexpr int64_t max_pass_rows(bool tiles, int64_t M, int64_t vnni_rows) {
+  return tiles && M >= kTileMinRows ? kTileMaxPassRows : vnni_rows;
+}
 bool int4_tiles_usable(int64_t G) { return G % 64 == 0 && qthink::amx_usable(qthink::AmxProducts::kInt8); }
 // For large M a task takes this many blocks of 32 rows (their weights stay in L2) and runs every
 // pass of activation rows over them, so the activations are read once per 4 blocks.
@@ -228,7 +233,7 @@ struct Int4Kernel {
   const float* x_sum;      // [M, K / G]
   int64_t K;
   int64_t G;
-  bool tiles;  // passes of kInt4TileMinRows rows or more run on AMX tiles (int4_tiles_usable)
+  bool tiles;  // passes of kTileMinRows rows or more run on AMX tiles (int4_tiles_usable)
 
   // Rows 32 b .. 32 b + 31 of the output for activation rows m .. m + MB - 1, into `out`.
   template <int MB>
@@ -354,7 +359,7 @@ struct Int4Kernel {
   }
 
   void pass(int64_t mb, int64_t b, int64_t m, int64_t N, const Output& out) const {
-    if (mb >= kInt4TileMinRows && tiles) return block_tiles(b, m, mb, N, out);
+    if (mb >= kTileMinRows && tiles) return block_tiles(b, m, mb, N, out);
     switch (mb) {
       case 1: return block<1>(b, m, N, out);
       case 2: return block<2>(b, m, N, out);
@@ -409,8 +414,6 @@ void run_lane_blocks(const std::vector<LanePart<Kernel>>& parts, int64_t M, int6
 // horizontal sum is left; the row scales ([N] bf16) apply to 16 rows at once.
 constexpr int64_t kInt8BlockRows = 16;
 constexpr int64_t kInt8MaxPassRows = 6;
-// As for int4: from this many rows a pass runs on AMX-INT8 tiles where usable, up to 16 rows.
-constexpr int64_t kInt8TileMinRows = 2;
 
 // The row scales of rows n.. (at most 16, `rows`) as floats.
 inline __m512 int8_row_scales(const uint16_t* scale, int64_t n, int64_t rows) {
@@ -434,7 +437,7 @@ struct Int8Kernel {
   int64_t K;
   int64_t G;
   int levels;  // 1 or 2
-  bool tiles;  // passes of kInt8TileMinRows rows or more run on AMX tiles
+  bool tiles;  // passes of kTileMinRows rows or more run on AMX tiles
 
   template <int MB, int L>
   void block(int64_t b, int64_t m, int64_t N, const Output& out) const {
@@ -521,7 +524,7 @@ struct Int8Kernel {
 
   template <int L>
   void pass_levels(int64_t mb, int64_t b, int64_t m, int64_t N, const Output& out) const {
-    if (mb >= kInt8TileMinRows && tiles) return block_tiles<L>(b, m, mb, N, out);
+    if (mb >= kTileMinRows && tiles) return block_tiles<L>(b, m, mb, N, out);
     switch (mb) {
       case 1: return block<1, L>(b, m, N, out);
       case 2: return block<2, L>(b, m, N, out);
@@ -701,8 +704,7 @@ std::vector<at::Tensor> int8_linears(const at::Tensor& rows, at::TensorList w, a
     kernel.scale = bf16_bits(scale[p]);
     parts.push_back({kernel, make_output(outs.back(), bias[p]), N});
   }
-  const bool on_tiles = kernel.tiles && M >= kInt8TileMinRows;
-  run_lane_blocks(parts, M, kInt8BlockRows, on_tiles ? kTileMaxPassRows : kInt8MaxPassRows);
+  run_lane_blocks(parts, M, kInt8BlockRows, max_pass_rows(kernel.tiles, M, kInt8MaxPassRows));
   return outs;
 }
 
@@ -763,8 +765,7 @@ std::vector<at::Tensor> int4_linears(const at::Tensor& x, at::TensorList w, at::
     kernel.offset = bf16_bits(offset[p]);
     parts.push_back({kernel, make_output(outs.back(), bias[p]), out_features[p]});
   }
-  const bool on_tiles = kernel.tiles && M >= kInt4TileMinRows;
-  run_lane_blocks(parts, M, kInt4BlockRows, on_tiles ? kTileMaxPassRows : kInt4MaxPassRows);
+  run_lane_blocks(parts, M, kInt4BlockRows, max_pass_rows(kernel.tiles, M, kInt4MaxPassRows));
   return outs;
 }
 
