@@ -73,6 +73,35 @@ def test_attention_layer_takes_the_kernel_and_agrees_with_torch(monkeypatch):
 
 
 @needs_kernels
+def test_long_contexts_split_into_chunks_match_the_reference():
+    """Contexts of several chunks (256 slots each) with peaked scores: the chunks' running sums,
+    rescaled to one peak, give the softmax over the whole context."""
+    q, k_cache, v_cache, slots, lens = random_case(3, 16, 4, 64, 1100, seed=11)
+    lens[1:] = torch.tensor([257, 700])
+    q = q.float().mul(4).bfloat16()  # a few keys dominate: later chunks raise the peak
+    scale = 64**-0.5
+    out = kernel_ops().decode_attention(q, k_cache, v_cache, slots, lens, scale)
+    expected = reference(q, k_cache, v_cache, slots, lens, scale)
+    assert (out.double() - expected).abs().max() < 1e-2 * expected.abs().max()
+
+
+@needs_kernels
+def test_the_thread_count_changes_no_bits():
+    """Chunk bounds are fixed and the KV heads split only the work: one thread or two, the same bits."""
+    ops = kernel_ops()
+    before = ops.get_num_threads()
+    q, k_cache, v_cache, slots, lens = random_case(2, 32, 8, 128, 600, seed=5)
+    outs = []
+    for threads in (1, 2, 3):
+        ops.set_num_threads(threads)
+        outs.append(ops.decode_attention(q, k_cache, v_cache, slots, lens, 0.1))
+        outs.append(ops.decode_attention(q[:1], k_cache, v_cache, slots[:1], lens[:1], 0.1))
+    ops.set_num_threads(before)
+    assert all(torch.equal(outs[0], o) for o in outs[::2])
+    assert all(torch.equal(outs[0][:1], o) for o in outs[1::2])
+
+
+@needs_kernels
 def test_bad_lengths_are_refused():
     q, k_cache, v_cache, slots, lens = random_case(2, 4, 2, 32, 8, seed=3)
     with pytest.raises(RuntimeError, match="every length"):
@@ -80,7 +109,7 @@ def test_bad_lengths_are_refused():
 
 
 @needs_kernels
-@pytest.mark.parametrize("context,rows", [(1, 5), (15, 2), (37, 5), (300, 9)])
+@pytest.mark.parametrize("context,rows", [(1, 5), (15, 2), (37, 5), (250, 9), (300, 9)])
 def test_a_verification_run_reads_the_context_once_and_matches_each_row_alone(context, rows):
     """The k + 1 rows of a verification (one sequence, lengths one apart, one slot table) next to
     other sequences: each row's output is bit for bit that of the row computed on its own, and
