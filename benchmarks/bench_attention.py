@@ -1,0 +1,104 @@
+"""Decode attention at long contexts: the native kernel against torch's SDPA on gathered K/V.
+
+    python benchmarks/bench_attention.py [--contexts 512 2048 8192 16384] [--rounds 3]
+
+The 4B shape (32 query heads, 8 KV heads, dim 128), bf16 paged caches with the slots of a
+sequence scattered over the cache in blocks of 16, as the engine lays them out. Each figure is
+the time of one layer's decode attention with a cold cache: a step walks `--layers` layers'
+caches in turn, as a decode step does while 8 GB of weights stream past. Cases: one token
+(decode), a verification's 5 rows of one sequence (k = 4), and 16 sequences (batch 16). Both
+paths run through `Attention._decode`, interleaved for `--rounds` rounds: median (min-max).
+"""
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from qthink.kernels import kernel_ops, linear_kernels_available
+from qthink.model.attention import Attention, AttentionMetadata, KVCache
+
+HEADS, KV_HEADS, DIM, BLOCK = 32, 8, 128, 16
+CASES = {"decode": (1, 1), "verify k=4": (5, 1), "batch 16": (1, 16)}  # rows a sequence, sequences
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().strip()
+
+
+def metadata(context: int, rows: int, sequences: int, blocks: torch.Tensor) -> AttentionMetadata:
+    """Decode metadata: each sequence's `rows` rows attend to context + 1 .. context + rows slots."""
+    per_sequence = (context + rows + BLOCK - 1) // BLOCK
+    tables, lens = [], []
+    for s in range(sequences):
+        chosen = blocks[s * per_sequence : (s + 1) * per_sequence]
+        table = (chosen[:, None] * BLOCK + torch.arange(BLOCK)).flatten()[: context + rows]
+        tables += [table] * rows
+        lens += range(context + 1, context + rows + 1)
+    slots, decode_lens = torch.stack(tables).contiguous(), torch.tensor(lens)
+    return AttentionMetadata(
+        slot_mapping=torch.zeros(len(lens), dtype=torch.long),
+        query_lens=[1] * len(lens),
+        context_lens=lens,
+        context_slots=[slots[b, : lens[b]] for b in range(len(lens))],
+        decode_slots=slots,
+        decode_mask=(torch.arange(slots.shape[1])[None, :] < decode_lens[:, None])[:, None, None, :],
+        decode_lens=decode_lens,
+    )
+
+
+def layer_time(layer: Attention, q, meta, caches: list[KVCache], native: bool) -> float:
+    """Seconds of one layer's attention, the caches taken in turn (cold), median of 3 walks."""
+    os.environ["QTHINK_KERNELS"] = "1" if native else "0"
+    walks = []
+    for _ in range(4):
+        start = time.perf_counter()
+        for cache in caches:
+            layer._decode(q, meta, cache)
+        walks.append((time.perf_counter() - start) / len(caches))
+    return statistics.median(walks[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[512, 2048, 8192, 16384])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=12, help="caches walked in turn (cold reads)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+    if not linear_kernels_available():
+        raise SystemExit("the native kernels need an AVX-512 BF16 CPU")
+    torch.set_num_threads(args.threads)
+    kernel_ops().set_num_threads(args.threads)
+    torch.manual_seed(0)
+    slots = 16 * BLOCK * ((max(args.contexts) + 5 + BLOCK - 1) // BLOCK)  # batch 16, the largest context
+    print(f"/proc/loadavg before: {loadavg()}; {args.threads} threads; {slots} slots x {args.layers} layers")
+    caches = [
+        KVCache(*(torch.randn(slots, KV_HEADS, DIM, dtype=torch.bfloat16) for _ in range(2)))
+        for _ in range(args.layers)
+    ]
+    layer = Attention(
+        hidden=HEADS * DIM, heads=HEADS, kv_heads=KV_HEADS, head_dim=DIM, bias=False, qk_norm=True, eps=1e-6
+    )
+    blocks = torch.randperm(slots // BLOCK)
+    print(f"{'case':12s} {'context':>8s} {'native us':>10s} {'torch us':>10s} {'torch / native':>22s}")
+    for name, (rows, sequences) in CASES.items():
+        for context in args.contexts:
+            meta = metadata(context, rows, sequences, blocks)
+            q = torch.randn(rows * sequences, HEADS, DIM, dtype=torch.bfloat16)
+            times = {True: [], False: []}
+            for _ in range(args.rounds):
+                for native in (True, False):
+                    times[native].append(layer_time(layer, q, meta, caches, native))
+            ratios = [t / n for n, t in zip(times[True], times[False])]
+            native_us, torch_us = (statistics.median(times[n]) * 1e6 for n in (True, False))
+            spread = f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+            print(f"{name:12s} {context:8d} {native_us:10.0f} {torch_us:10.0f} {spread:>22s}", flush=True)
+    print(f"/proc/loadavg after: {loadavg()}")
+
+
+if __name__ == "__main__":
+    main()
