@@ -4,7 +4,7 @@ qthink (bf16, int8, int4) against llama.cpp (BF16, Q8_0, Q4_K_M) and HF transfor
     python benchmarks/make_4b_checkpoint.py /data/qwen3-4b-random          # once, ~8 GB, outside git
     python benchmarks/make_llama_cpp.py /data/qwen3-4b-random /data/llama   # once: tools and GGUF files
     python benchmarks/bench_decode.py /data/qwen3-4b-random --llama /data/llama [--rounds 3] [--busy]
-        [--weights bf16 int8 int4] [--decode-only]
+        [--weights bf16 int8 int4] [--decode-only | --prefill-only | --depth 4096]
 
 Goal figures need a quiet machine: the script refuses to print a goal table when the 1-minute
 load average is over 0.5 before it starts or the hypervisor's CPU steal climbs (/proc/stat),
@@ -15,8 +15,10 @@ once beside one competing CPU-bound process that the script starts, and prints e
 slowdown. Decode: prompt 128 tokens, 64 forced output tokens. Prefill: one 2,048-token prompt
 (bf16 against llama.cpp; int8 and int4 against qthink's bf16).
 Throughput: 16 concurrent requests (qthink's continuous batching; llama-batched-bench -npl 16).
-The whole table takes about 40 minutes on 2 cores; `--decode-only` (decode@1 of the chosen
-`--weights`) about 3-4 minutes a format, `--busy` about 7 minutes a format.
+`--depth N`: decode@1 alone, after N tokens of context (a long thinking trace): qthink's prompt
+of N tokens, llama-bench's `-d N`. The whole table takes about 40 minutes on 2 cores;
+`--decode-only` (decode@1 of the chosen `--weights`) about 3-4 minutes a format, `--busy` about
+7 minutes a format.
 """
 
 import argparse
@@ -214,8 +216,9 @@ def hf_decode(model: str) -> float:
     return rate
 
 
-def llama_bench(tools: Path, gguf: Path, prompt: int, output: int) -> float:
-    """llama-bench's tok/s for a `prompt`-token prefill or an `output`-token decode."""
+def llama_bench(tools: Path, gguf: Path, prompt: int, output: int, depth: int = 0) -> float:
+    """llama-bench's tok/s for a `prompt`-token prefill or an `output`-token decode, after
+    `depth` tokens already in the cache."""
     cmd = [
         tools / "llama-bench",
         "-m",
@@ -224,6 +227,8 @@ def llama_bench(tools: Path, gguf: Path, prompt: int, output: int) -> float:
         prompt,
         "-n",
         output,
+        "-d",
+        depth,
         "-t",
         THREADS,
         "-r",
@@ -304,6 +309,29 @@ def prefill_goals(q: dict, ll: dict, weights: list[str]) -> list[str]:
     return rows
 
 
+def depth_rows(model: str, weights: str, llama: Path, rounds: int, depth: int) -> dict[str, list[float]]:
+    """decode@1 after `depth` tokens of context (a long thinking trace), both engines interleaved."""
+    tools, gguf = llama_files(model, weights, llama)
+    engine = qthink_engine(model, WEIGHTS[weights][1], depth + OUTPUT + 16)
+    measure(engine, 16, 4, 1)  # warm-up
+    print(f"{weights}: decode@1 after {depth} tokens of context, tok/s", flush=True)
+    runs = {
+        "qthink": lambda: measure(engine, depth, OUTPUT, 1)["decode_tok_s"],
+        "llama.cpp": lambda: llama_bench(tools, gguf, 0, OUTPUT, depth),
+    }
+    return rounds_of(rounds, runs)  # the engine goes with this frame
+
+
+def depth_table(model: str, llama: Path, rounds: int, weights: list[str], depth: int) -> list[str]:
+    rows = [header()]
+    for w in weights:
+        got = depth_rows(model, w, llama, rounds, depth)
+        gc.collect()
+        label = f"decode@1 at depth {depth} {w} vs llama.cpp {WEIGHTS[w][0]}"
+        rows.append(goal(label, got["qthink"], got["llama.cpp"], 1.0))
+    return rows
+
+
 def busy_table(model: str, llama: Path, rounds: int, weights: list[str]) -> list[str]:
     """Slowdown (quiet / busy decode@1) of each engine; the goal: qthink's no worse."""
     rows = [
@@ -344,6 +372,9 @@ def main() -> None:
     )
     only.add_argument("--prefill-only", action="store_true", help="prefill 2,048 only")
     ap.add_argument("--ttft", type=int, nargs="*", default=[], help="prompt lengths for time to first token")
+    ap.add_argument(
+        "--depth", type=int, help="decode@1 only, after this many tokens of context (llama-bench -d)"
+    )
     args = ap.parse_args()
     if args.rounds < 3:
         ap.error("--rounds must be at least 3")
@@ -356,11 +387,12 @@ def main() -> None:
     steal_start = cpu_ticks()
     rows = []
     if args.llama:
-        rows = (
-            busy_table(args.model, args.llama, args.rounds, args.weights)
-            if args.busy
-            else goal_table(args.model, args.llama, args.rounds, args.weights, only_part(args))
-        )
+        if args.busy:
+            rows = busy_table(args.model, args.llama, args.rounds, args.weights)
+        elif args.depth:
+            rows = depth_table(args.model, args.llama, args.rounds, args.weights, args.depth)
+        else:
+            rows = goal_table(args.model, args.llama, args.rounds, args.weights, only_part(args))
     rows.append(memory_goal(args.model))
     for tokens in args.ttft:
         seconds = qthink_ttft(args.model, tokens)

@@ -62,6 +62,24 @@ def test_two_installs_of_one_source_share_one_build(tmp_path):
         assert f"CPU kernels ready: {build.cache_dir() / ours}" in result["log"]
 
 
+@needs_kernels
+def test_qthink_amx_0_switches_the_tiles_off():
+    """QTHINK_AMX=0 leaves the AVX-512 kernels alone (as on a CPU without AMX); unset, the
+    tiles are used wherever the CPU and the OS grant them."""
+    from qthink.kernels import kernel_ops
+
+    has_tiles = kernel_ops().amx_in_use()
+    code = "from qthink.kernels import build; build.linear_kernels_available(); "
+    code += "print(build.kernel_ops().amx_in_use())"
+    for setting, expected in (("0", False), ("1", has_tiles)):
+        env = {**os.environ, "QTHINK_AMX": setting}
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split()[-1] == str(expected)
+
+
 def test_key_follows_source_flags_and_compiler(monkeypatch):
     flags = build.cpu_flags()
     key = build.build_key(flags)

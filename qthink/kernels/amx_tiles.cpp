@@ -46,10 +46,13 @@ std::atomic<bool> switched_on{true};
 thread_local TileConfig shaped_as;
 thread_local bool tiles_shaped = false;
 
+// Whether the AMX kernels are in use: switched on, and the CPU and the OS grant the tiles.
+bool amx_in_use() { return switched_on && granted_features() != 0; }
+
 // Switches the AMX kernels on or off; true if they are in use afterwards.
 bool use_amx(bool enable) {
   switched_on = enable;
-  return enable && granted_features() != 0;
+  return amx_in_use();
 }
 
 }  // namespace
@@ -81,4 +84,7 @@ void release_tiles() {
 
 }  // namespace qthink
 
-TORCH_LIBRARY_FRAGMENT(qthink_kernels, m) { m.def("use_amx(bool enable) -> bool", &qthink::use_amx); }
+TORCH_LIBRARY_FRAGMENT(qthink_kernels, m) {
+  m.def("use_amx(bool enable) -> bool", &qthink::use_amx);
+  m.def("amx_in_use() -> bool", &qthink::amx_in_use);
+}

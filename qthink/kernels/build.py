@@ -138,6 +138,8 @@ def _build_and_load() -> bool:
             f"qthink: the AVX-512 kernels could not be built ({error}); using torch's", stacklevel=2
         )
         return False
+    # QTHINK_AMX=0: the AVX-512 kernels alone, as on a CPU without AMX (comparisons, benchmarks)
+    torch.ops.qthink_kernels.use_amx(os.environ.get("QTHINK_AMX", "1") != "0")
     log.info("CPU kernels ready: %s", library)
     return True
 
