@@ -37,7 +37,8 @@ def random_case(batch, heads, kv_heads, dim, max_len, seed):
 
 @needs_kernels
 @pytest.mark.parametrize(
-    "batch,heads,kv_heads,dim,max_len", [(1, 4, 4, 32, 1), (3, 8, 2, 64, 37), (5, 32, 8, 128, 300)]
+    "batch,heads,kv_heads,dim,max_len",
+    [(1, 4, 4, 32, 1), (3, 8, 2, 64, 37), (2, 12, 2, 96, 600), (5, 32, 8, 128, 300), (2, 8, 4, 256, 300)],
 )
 def test_matches_float64_reference(batch, heads, kv_heads, dim, max_len):
     q, k_cache, v_cache, slots, lens = random_case(batch, heads, kv_heads, dim, max_len, seed=dim)

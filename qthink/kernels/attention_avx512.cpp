@@ -229,24 +229,23 @@ struct DecodeAttention {
   // Row b's output: its chunks' partial sums rescaled to one peak and added in chunk order.
   void combine(int64_t b, const Partials& parts) const {
     const int64_t chunks = (lens[b] + kChunk - 1) / kChunk;
+    thread_local std::vector<float> weights;
+    weights.resize(chunks);
     for (int64_t h = 0; h < H; ++h) {
-      float peak = -INFINITY;
+      float peak = -INFINITY, total = 0.0f;
       for (int64_t c = 0; c < chunks; ++c) peak = std::max(peak, parts.at(b, c, h)[D]);
-      __m512 sums[8];  // D <= 128
-      for (__m512& s : sums) s = _mm512_setzero_ps();
-      float total = 0.0f;
       for (int64_t c = 0; c < chunks; ++c) {
-        const float* part = parts.at(b, c, h);
-        const float weight = std::exp(part[D] - peak);
-        total += weight * part[D + 1];
-        for (int64_t i = 0; i < D / 16; ++i)
-          sums[i] = _mm512_fmadd_ps(_mm512_set1_ps(weight), _mm512_loadu_ps(part + 16 * i), sums[i]);
+        weights[c] = std::exp(parts.at(b, c, h)[D] - peak);
+        total += weights[c] * parts.at(b, c, h)[D + 1];
       }
       const __m512 inverse = _mm512_set1_ps(1.0f / total);
       uint16_t* o = out + (b * H + h) * D;
-      for (int64_t i = 0; i < D / 16; ++i) {
-        const __m256bh packed = _mm512_cvtneps_pbh(_mm512_mul_ps(sums[i], inverse));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16 * i), reinterpret_cast<const __m256i&>(packed));
+      for (int64_t d = 0; d < D; d += 16) {
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t c = 0; c < chunks; ++c)
+          sum = _mm512_fmadd_ps(_mm512_set1_ps(weights[c]), _mm512_loadu_ps(parts.at(b, c, h) + d), sum);
+        const __m256bh packed = _mm512_cvtneps_pbh(_mm512_mul_ps(sum, inverse));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + d), reinterpret_cast<const __m256i&>(packed));
       }
     }
   }
@@ -280,7 +279,6 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
               "slots must be int64 [B, W] and lens int64 [B]");
   const int64_t* len = lens.data_ptr<int64_t>();  // a loop, not two reductions through the dispatcher
   for (int64_t b = 0; b < B; ++b) TORCH_CHECK(len[b] > 0 && len[b] <= slots.size(1), "every length must be in 1..W");
-  TORCH_CHECK(D <= 128, "head_dim must be at most 128");
   at::Tensor out = at::empty_like(q);
   const DecodeAttention kernel{bits(q), bits(k_cache), bits(v_cache), slots.data_ptr<int64_t>(),
                                lens.data_ptr<int64_t>(), reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()),
