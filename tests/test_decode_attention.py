@@ -50,8 +50,10 @@ def test_matches_float64_reference(batch, heads, kv_heads, dim, max_len):
 
 
 @needs_kernels
-def test_attention_layer_takes_the_kernel_and_agrees_with_torch(monkeypatch):
-    """Attention._decode with the kernel against its own gathered-K/V torch path."""
+@pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.int8, torch.float8_e4m3fn])
+def test_attention_layer_takes_the_kernel_and_agrees_with_torch(monkeypatch, kv_dtype):
+    """Attention._decode with the kernel against its own gathered-K/V torch path, for each
+    cache format."""
     layer = Attention(hidden=256, heads=8, kv_heads=2, head_dim=32, bias=False, qk_norm=True, eps=1e-6)
     layer = layer.bfloat16()
     q, k_cache, v_cache, slots, lens = random_case(4, 8, 2, 32, 50, seed=1)
@@ -65,9 +67,13 @@ def test_attention_layer_takes_the_kernel_and_agrees_with_torch(monkeypatch):
         decode_mask=(torch.arange(width)[None, :] < lens[:, None])[:, None, None, :],
         decode_lens=lens,
     )
-    cache = KVCache(k_cache, v_cache)
+    cache = KVCache.allocate(k_cache.shape[0], 2, 32, kv_dtype, "cpu")
+    cache.write(torch.arange(k_cache.shape[0]), k_cache, v_cache)
     native = layer._decode(q, meta, cache)
-    assert torch.equal(native, kernel_ops().decode_attention(q, k_cache, v_cache, slots, lens, layer.scale))
+    direct = kernel_ops().decode_attention(
+        q, cache.k, cache.v, slots, lens, layer.scale, cache.k_scale, cache.v_scale
+    )
+    assert torch.equal(native, direct)
     monkeypatch.setenv("QTHINK_KERNELS", "0")
     torch_path = layer._decode(q, meta, cache)
     assert (native.float() - torch_path.float()).abs().max() < 2e-2 * torch_path.float().abs().max()
@@ -100,6 +106,62 @@ def test_the_thread_count_changes_no_bits():
     ops.set_num_threads(before)
     assert all(torch.equal(outs[0], o) for o in outs[::2])
     assert all(torch.equal(outs[0][:1], o) for o in outs[1::2])
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("context,rows", [(1, 1), (40, 1), (600, 1), (300, 5)])
+def test_an_8_bit_cache_is_read_in_place(dtype, context, rows):
+    """int8 and fp8 caches (a scale per slot and head): the kernel widens each block's rows in
+    place and folds the scales into scores and weights, matching attention over the dequantized
+    cache; verification rows keep their bits alone or together."""
+    q, k_cache, v_cache, slots, lens = random_case(rows + 1, 32, 8, 128, context + rows, seed=context + rows)
+    lens[:rows] = torch.arange(context + 1, context + rows + 1)
+    slots[:rows] = slots[rows - 1]
+    cache = KVCache.allocate(k_cache.shape[0], 8, 128, dtype, "cpu")
+    every = torch.arange(k_cache.shape[0])
+    cache.write(every, k_cache.float().mul(3).bfloat16(), v_cache)  # k scales differ from v's
+    k, v = cache.read(every, torch.float64)
+    scale = 128**-0.5
+    ops = kernel_ops()
+    out = ops.decode_attention(q, cache.k, cache.v, slots, lens, scale, cache.k_scale, cache.v_scale)
+    expected = reference(q, k, v, slots, lens, scale)
+    assert (out.double() - expected).abs().max() < 1e-2 * expected.abs().max()
+    for b in range(rows + 1):
+        one = slice(b, b + 1)
+        alone = ops.decode_attention(
+            q[one], cache.k, cache.v, slots[one].contiguous(), lens[one], scale, cache.k_scale, cache.v_scale
+        )
+        assert torch.equal(out[b], alone[0])
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
+def test_every_8_bit_value_widens_exactly(dtype):
+    """One key (weight exactly 1) and scale 1: the output is the V row itself, so each of the
+    format's 254 or 256 byte values (fp8 subnormals and the largest values included) must widen
+    to its exact value."""
+    codes = torch.arange(256, dtype=torch.uint8)
+    if dtype == torch.float8_e4m3fn:
+        codes = codes[(codes & 0x7F) != 0x7F]  # the two NaN codes
+    rows = (len(codes) + 127) // 128
+    values = torch.zeros(rows * 128, dtype=torch.uint8)
+    values[: len(codes)] = codes
+    cache = KVCache.allocate(rows, 1, 128, dtype, "cpu")
+    cache.v.view(torch.uint8).copy_(values.view(rows, 1, 128))
+    q = torch.randn(rows, 1, 128).bfloat16()
+    slots, lens = torch.arange(rows)[:, None].contiguous(), torch.ones(rows, dtype=torch.long)
+    out = kernel_ops().decode_attention(q, cache.k, cache.v, slots, lens, 0.1, cache.k_scale, cache.v_scale)
+    exact = cache.v.float()  # torch's own conversion; every value fits a bf16
+    assert torch.equal(out.float(), exact)
+
+
+@needs_kernels
+def test_an_8_bit_cache_needs_its_scales():
+    q, k_cache, v_cache, slots, lens = random_case(1, 4, 2, 32, 8, seed=3)
+    cache = KVCache.allocate(k_cache.shape[0], 2, 32, torch.int8, "cpu")
+    with pytest.raises(RuntimeError, match="needs k_scale and v_scale"):
+        kernel_ops().decode_attention(q, cache.k, cache.v, slots, lens, 0.1)
 
 
 @needs_kernels

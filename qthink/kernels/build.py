@@ -155,6 +155,6 @@ def kernel_ops():
     (any M: GEMV, and a VNNI GEMM for prefill), linear_int8_many / linear_int4_many (several
     matrices that share their input in one call), greedy_head (each row's argmax of a bf16 output
     layer, no logits), gemm_int8 (large M, dequantized tiles through
-    torch's GEMM), decode_attention (one query per sequence against the paged bf16 KV cache),
+    torch's GEMM), decode_attention (one query per sequence against the paged bf16, int8 or fp8 KV cache),
     rms_norm (bf16 rows) and set_num_threads / get_num_threads (the kernels' thread count)."""
     return torch.ops.qthink_kernels

@@ -169,7 +169,15 @@ class Attention(nn.Module):
 
     def _decode(self, q, meta: AttentionMetadata, cache: KVCache):
         if _native_decode(q, cache):  # reads the cache slots in place: no gathered copy
-            args = (cache.k, cache.v, meta.decode_slots, meta.decode_lens, self.scale)
+            args = (
+                cache.k,
+                cache.v,
+                meta.decode_slots,
+                meta.decode_lens,
+                self.scale,
+                cache.k_scale,
+                cache.v_scale,
+            )
             return kernel_ops().decode_attention(q.contiguous(), *args)
         # One query per sequence: fold the query heads of each KV group into the query-length
         # axis, so GQA needs no repeated K/V.
@@ -193,6 +201,9 @@ def native_decode_step(h: torch.Tensor, meta: AttentionMetadata, cache: KVCache,
 
 
 def _native_decode(q: torch.Tensor, cache: KVCache) -> bool:
-    """The native decode kernel takes a bf16 CPU cache (not 8-bit) and heads of 32k values."""
-    bf16 = q.dtype == cache.k.dtype == torch.bfloat16 and cache.k_scale is None
-    return bf16 and q.device.type == "cpu" and q.shape[-1] % 32 == 0 and linear_kernels_available()
+    """The native decode kernel takes bf16 queries, a bf16, int8 or fp8 CPU cache and heads of
+    32k values."""
+    cache_format = cache.k.dtype == torch.bfloat16 or cache.k.dtype in KVCache.LIMITS
+    on_cpu = q.device.type == cache.k.device.type == "cpu"
+    bf16 = q.dtype == torch.bfloat16 and q.shape[-1] % 32 == 0
+    return cache_format and on_cpu and bf16 and linear_kernels_available()
