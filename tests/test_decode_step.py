@@ -1,5 +1,6 @@
 """The fused native decode step: its kernels round as torch's ops do, and a bf16, int8 or int4
-model decodes the same tokens and log-probabilities through it as through the layer-by-layer path."""
+model (with a bf16, int8 or fp8 KV cache) decodes the same tokens and log-probabilities through
+it as through the layer-by-layer path."""
 
 import pytest
 import torch
@@ -70,7 +71,34 @@ def test_qk_norm_rope_cache_is_norm_rope_and_the_cache_write(qk_norm):
         )
 
 
-def generate(path, logprobs: int = 3, quantization: str | None = None):
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
+def test_qk_norm_rope_cache_writes_an_8_bit_cache_as_kv_cache_write_does(dtype):
+    """Into an int8 or fp8 cache the fused op writes the bytes and scales KVCache.write writes
+    for the same normed, rotated k and for v (max |x| / limit, x / scale rounded)."""
+    from qthink.model.attention import KVCache
+    from qthink.model.layers import RotaryEmbedding
+
+    tokens, heads, kv_heads, dim, slots_total = 3, 8, 2, 128, 20
+    q, k = bf16(tokens, heads * dim, seed=7), bf16(tokens, kv_heads * dim, seed=8, scale=30.0)
+    v = bf16(tokens, kv_heads * dim, seed=9, scale=0.01)
+    k_weight = bf16(dim, seed=11)
+    cos, sin = RotaryEmbedding(dim, 1e6).cos_sin(torch.tensor([5, 17, 40]), torch.bfloat16)
+    fused, expected = (KVCache.allocate(slots_total, kv_heads, dim, dtype, "cpu") for _ in range(2))
+    slots = torch.tensor([11, 2, 19])
+    kernel_ops().qk_norm_rope_cache(
+        q, k, v, k_weight, k_weight, 1e-6, cos, sin, fused.k, fused.v, slots, fused.k_scale, fused.v_scale
+    )
+    rotated = kernel_ops().rope(
+        kernel_ops().rms_norm(k.view(tokens, kv_heads, dim), k_weight, 1e-6), cos, sin
+    )
+    expected.write(slots, rotated, v.view(tokens, kv_heads, dim))
+    for got, want in ((fused.k, expected.k), (fused.v, expected.v)):
+        assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    assert torch.equal(fused.k_scale, expected.k_scale) and torch.equal(fused.v_scale, expected.v_scale)
+
+
+def generate(path, logprobs: int = 3, quantization: str | None = None, kv_cache_dtype: str = "auto"):
     from qthink import LLM, SamplingParams
 
     llm = LLM(
@@ -79,6 +107,7 @@ def generate(path, logprobs: int = 3, quantization: str | None = None):
         max_model_len=256,
         kv_cache_memory=1 << 24,
         quantization=quantization,
+        kv_cache_dtype=kv_cache_dtype,
     )
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=logprobs)
     prompts = [{"prompt_token_ids": [151644, 872, 198, 9707 + i, 11, 1246]} for i in range(3)]
@@ -134,3 +163,19 @@ def test_quantized_decode_through_the_fused_step_matches_the_layer_path(
     assert "qthink_kernels::qk_norm_rope_cache" not in layered_calls
     assert f"qthink_kernels::linear_{quantization}_many" not in layered_calls
     assert layered == fused
+
+
+@needs_kernels
+@pytest.mark.parametrize("kv_cache_dtype", ["int8", "fp8"])
+def test_an_8_bit_cache_decodes_through_the_fused_step_as_through_the_layer_path(
+    make_checkpoint, monkeypatch, kv_cache_dtype
+):
+    """An int8 or fp8 KV cache: the fused step writes it and reads it in place, and decodes bit
+    for bit what the layer-by-layer path (KVCache.write, then the same attention kernel) does."""
+    path = make_checkpoint(seed=3)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fused = generate(path, kv_cache_dtype=kv_cache_dtype)
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls.get("qthink_kernels::qk_norm_rope_cache", 0) > 0
+    monkeypatch.setattr(attention, "NATIVE_DECODE_ROWS", 0)
+    assert generate(path, kv_cache_dtype=kv_cache_dtype) == fused

@@ -28,11 +28,6 @@
 
 namespace {
 
-inline __m512 widen_bf16(const uint16_t* p) {
-  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
 // e^x for x <= 0 (softmax of max-shifted scores): 2^n * 2^f with n = round(x log2 e) and
 // 2^f, |f| <= 1/2, from its degree-6 Taylor polynomial (relative error about 1e-7).
 inline __m512 exp_nonpositive(__m512 x) {

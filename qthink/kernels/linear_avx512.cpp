@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "amx_tiles.h"
+#include "bf16_vectors.h"
 #include "linear_bf16_amx.h"
 #include "linear_output.h"
 #include "thread_pool.h"
@@ -25,12 +26,6 @@ namespace {
 using qthink::Output;
 
 constexpr int64_t kRowsPerTask = 16;
-inline float bf16_bits_to_float(uint16_t bits) {
-  uint32_t widened = static_cast<uint32_t>(bits) << 16;
-  float value;
-  std::memcpy(&value, &widened, sizeof(value));
-  return value;
-}
 
 // 16 bf16 values (raw bits) widened to float32.
 inline __m512 bf16x16_to_floats(const uint16_t* p) {
@@ -787,7 +782,7 @@ struct Int8Rows {
   int64_t K;
 
   void operator()(int64_t n, uint16_t* dst) const {
-    const __m512 s = _mm512_set1_ps(bf16_bits_to_float(scale[n]));
+    const __m512 s = _mm512_set1_ps(qthink::bf16_to_float(scale[n]));
     // Row n's dwords: lane n % 16 of each 64-byte vector of its block.
     const int8_t* base = w + n / kInt8BlockRows * (K / 4) * 64 + n % kInt8BlockRows * 4;
     const __m512i lanes = _mm512_setr_epi32(0, 64, 128, 192, 256, 320, 384, 448, 512, 576, 640, 704, 768, 832,

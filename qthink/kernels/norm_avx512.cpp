@@ -8,9 +8,11 @@
 // query/key norms with RoPE and the KV-cache write.
 
 #include <ATen/ATen.h>
+#include <c10/util/Float8_e4m3fn.h>
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -137,20 +139,45 @@ const uint16_t* bf16_bits_or_null(const c10::optional<at::Tensor>& t, int64_t D)
   return reinterpret_cast<const uint16_t*>(t->data_ptr<at::BFloat16>());
 }
 
+// One head's bf16 row into an 8-bit cache row, as KVCache.write rounds it: scale = max |x| (at
+// least 1e-8) / limit, then x / scale clamped to the limit, rounded half to even (int8) or to
+// the nearest e4m3 value (fp8, c10's conversion).
+void write_8_bit(const uint16_t* x, at::ScalarType type, uint8_t* out, float* scale, int64_t D) {
+  const float limit = type == at::kChar ? 127.0f : 448.0f;
+  float peak = 0.0f;
+  for (int64_t d = 0; d < D; ++d) peak = std::max(peak, std::fabs(qthink::bf16_to_float(x[d])));
+  *scale = std::max(peak, 1e-8f) / limit;
+  for (int64_t d = 0; d < D; ++d) {
+    const float q = std::clamp(qthink::bf16_to_float(x[d]) / *scale, -limit, limit);
+    out[d] = type == at::kChar ? static_cast<uint8_t>(static_cast<int8_t>(std::nearbyint(q)))
+                               : c10::Float8_e4m3fn(q).x;
+  }
+}
+
 // A decode step's attention inputs: q [T, H * D], k and v [T, KVH * D] straight from their
 // projections; the q and k norms (Qwen3; none for Qwen2), RoPE at each token's cos/sin
-// [T, D], and k and v written to the bf16 caches [S, KVH, D] at slots [T]. Returns q [T, H, D].
+// [T, D], and k and v written to the caches [S, KVH, D] at slots [T]: bf16, or int8 / fp8 with
+// their scales [S, KVH]. Returns q [T, H, D].
 at::Tensor qk_norm_rope_cache(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const c10::optional<at::Tensor>& q_weight, const c10::optional<at::Tensor>& k_weight,
                               double eps, const at::Tensor& cos, const at::Tensor& sin, at::Tensor& k_cache,
-                              at::Tensor& v_cache, const at::Tensor& slots) {
+                              at::Tensor& v_cache, const at::Tensor& slots, const c10::optional<at::Tensor>& k_scale,
+                              const c10::optional<at::Tensor>& v_scale) {
   for (const at::Tensor* t : {&q, &k, &v, &cos, &sin})
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() == 2,
                 "q, k, v, cos and sin must be contiguous bf16 CPU matrices");
+  const at::ScalarType type = k_cache.scalar_type();
+  const bool eight_bit = type == at::kChar || type == at::kFloat8_e4m3fn;
   for (const at::Tensor* t : {&k_cache, &v_cache})
-    TORCH_CHECK(t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() == 3,
-                "the caches must be contiguous bf16 [S, KVH, D]");
+    TORCH_CHECK((type == at::kBFloat16 || eight_bit) && t->scalar_type() == type && t->is_contiguous() && t->dim() == 3,
+                "the caches must be contiguous bf16, int8 or float8_e4m3fn [S, KVH, D]");
   const int64_t T = q.size(0), D = cos.size(1), S = k_cache.size(0), KVH = k_cache.size(1);
+  TORCH_CHECK(k_scale.has_value() == eight_bit && v_scale.has_value() == eight_bit,
+              "an int8 or fp8 cache needs k_scale and v_scale, a bf16 cache neither");
+  if (eight_bit)
+    for (const at::Tensor* t : {&*k_scale, &*v_scale})
+      TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == S * KVH,
+                  "k_scale and v_scale must be contiguous float32 [S, KVH]");
   TORCH_CHECK(D % 32 == 0 && k_cache.size(2) == D && v_cache.sizes() == k_cache.sizes(),
               "head_dim must be a multiple of 32 and the caches [S, KVH, head_dim]");
   TORCH_CHECK(q.size(1) % D == 0 && k.sizes() == v.sizes() && k.size(0) == T && k.size(1) == KVH * D,
@@ -166,16 +193,24 @@ at::Tensor qk_norm_rope_cache(const at::Tensor& q, const at::Tensor& k, const at
   const auto bits = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
   const auto out_bits = [](at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); };
   at::Tensor q_out = at::empty({T, H, D}, q.options());
-  std::vector<uint16_t> scratch(D);
+  std::vector<uint16_t> scratch(D), k_row(D);
   const float e = static_cast<float>(eps);
   for (int64_t t = 0; t < T; ++t) {
     const uint16_t *c = bits(cos) + t * D, *s = bits(sin) + t * D;
     for (int64_t h = 0; h < H; ++h)
       norm_rope_head(bits(q) + (t * H + h) * D, qw, c, s, scratch.data(), out_bits(q_out) + (t * H + h) * D, D, e);
     for (int64_t h = 0; h < KVH; ++h) {
-      const int64_t row = (slot[t] * KVH + h) * D;
-      norm_rope_head(bits(k) + (t * KVH + h) * D, kw, c, s, scratch.data(), out_bits(k_cache) + row, D, e);
-      std::memcpy(out_bits(v_cache) + row, bits(v) + (t * KVH + h) * D, D * sizeof(uint16_t));
+      const int64_t head = slot[t] * KVH + h, row = head * D;
+      const uint16_t* value = bits(v) + (t * KVH + h) * D;
+      if (!eight_bit) {
+        norm_rope_head(bits(k) + (t * KVH + h) * D, kw, c, s, scratch.data(), out_bits(k_cache) + row, D, e);
+        std::memcpy(out_bits(v_cache) + row, value, D * sizeof(uint16_t));
+        continue;
+      }
+      norm_rope_head(bits(k) + (t * KVH + h) * D, kw, c, s, scratch.data(), k_row.data(), D, e);
+      auto bytes = [](at::Tensor& cache) { return static_cast<uint8_t*>(cache.data_ptr()); };
+      write_8_bit(k_row.data(), type, bytes(k_cache) + row, k_scale->data_ptr<float>() + head, D);
+      write_8_bit(value, type, bytes(v_cache) + row, v_scale->data_ptr<float>() + head, D);
     }
   }
   return q_out;
@@ -189,7 +224,8 @@ TORCH_LIBRARY_FRAGMENT(qthink_kernels, m) {
   m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   m.def(
       "qk_norm_rope_cache(Tensor q, Tensor k, Tensor v, Tensor? q_weight, Tensor? k_weight, float eps, Tensor cos, "
-      "Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots) -> Tensor");
+      "Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, Tensor(c!)? k_scale=None, "
+      "Tensor(d!)? v_scale=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(qthink_kernels, CPU, m) {

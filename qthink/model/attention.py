@@ -126,20 +126,11 @@ class Attention(nn.Module):
         slots, lens = meta.decode_slots, meta.decode_lens
         ops = kernel_ops()
         q, k, v = shared_input_linears(x, (self.q_proj, self.k_proj, self.v_proj))
+        scales = (cache.k_scale, cache.v_scale)
         q = ops.qk_norm_rope_cache(
-            q,
-            k,
-            v,
-            q_weight,
-            k_weight,
-            eps,
-            cos,
-            sin,
-            cache.k,
-            cache.v,
-            meta.slot_mapping,
+            q, k, v, q_weight, k_weight, eps, cos, sin, cache.k, cache.v, meta.slot_mapping, *scales
         )
-        out = ops.decode_attention(q, cache.k, cache.v, slots, lens, self.scale)
+        out = ops.decode_attention(q, cache.k, cache.v, slots, lens, self.scale, *scales)
         return self.o_proj(out.view(x.shape[0], self.heads * self.head_dim))
 
     def _causal(self, q, k, v):
@@ -168,7 +159,7 @@ class Attention(nn.Module):
         return torch.cat(outs, dim=0)
 
     def _decode(self, q, meta: AttentionMetadata, cache: KVCache):
-        if _native_decode(q, cache):  # reads the cache slots in place: no gathered copy
+        if _native_attention(q.dtype, q.device, q.shape[-1], cache):  # the cache read in place, no copy
             args = (
                 cache.k,
                 cache.v,
@@ -193,17 +184,16 @@ NATIVE_DECODE_ROWS = 16  # tokens up to which a decode step takes the fused nati
 
 
 def native_decode_step(h: torch.Tensor, meta: AttentionMetadata, cache: KVCache, cfg: ModelConfig) -> bool:
-    """A decode step of a few bf16 tokens against a bf16 cache on a CPU with the native kernels:
-    each layer is a handful of native calls (`DecoderLayer.decode_step`)."""
+    """A decode step of a few bf16 tokens against a bf16, int8 or fp8 cache on a CPU with the
+    native kernels: each layer is a handful of native calls (`DecoderLayer.decode_step`)."""
     few_tokens = meta.is_decode and h.shape[0] <= NATIVE_DECODE_ROWS and h.device.type == "cpu"
-    bf16 = h.dtype == cache.k.dtype == torch.bfloat16 and cache.k_scale is None
-    return few_tokens and bf16 and cfg.head_dim % 32 == 0 and linear_kernels_available()
+    return few_tokens and _native_attention(h.dtype, h.device, cfg.head_dim, cache)
 
 
-def _native_decode(q: torch.Tensor, cache: KVCache) -> bool:
+def _native_attention(dtype: torch.dtype, device: torch.device, head_dim: int, cache: KVCache) -> bool:
     """The native decode kernel takes bf16 queries, a bf16, int8 or fp8 CPU cache and heads of
     32k values."""
     cache_format = cache.k.dtype == torch.bfloat16 or cache.k.dtype in KVCache.LIMITS
-    on_cpu = q.device.type == cache.k.device.type == "cpu"
-    bf16 = q.dtype == torch.bfloat16 and q.shape[-1] % 32 == 0
+    on_cpu = device.type == cache.k.device.type == "cpu"
+    bf16 = dtype == torch.bfloat16 and head_dim % 32 == 0
     return cache_format and on_cpu and bf16 and linear_kernels_available()
