@@ -404,3 +404,26 @@ def test_rope_matches_torch_exactly(tokens, heads):
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     expected = x * cos.unsqueeze(-2) + rotated * sin.unsqueeze(-2)
     assert torch.equal(kernel_ops().rope(x, cos, sin), expected)
+
+
+@needs_kernels
+def test_changing_the_thread_count_never_hangs():
+    """Each change of the kernels' thread count replaces their pool; a worker that starts only
+    after a job, or after its pool began to stop, must still see the stop (one such worker once
+    slept forever, and the join waiting for it hung the process)."""
+    code = textwrap.dedent(
+        """
+        import torch
+        from qthink.kernels import kernel_ops, linear_kernels_available
+        assert linear_kernels_available()
+        ops = kernel_ops()
+        q, k = torch.randn(1, 4, 32).bfloat16(), torch.randn(64, 2, 32).bfloat16()
+        slots, lens = torch.arange(64)[None], torch.tensor([64])
+        for i in range(300):
+            ops.set_num_threads(2 + i % 3)
+            ops.decode_attention(q, k, k, slots, lens, 0.1)
+        print("done")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "done", result.stderr

@@ -64,8 +64,11 @@ struct Job {
 
 class Pool {
  public:
+  // A worker compares the epoch with the one before it was started: one that starts late, after
+  // a job or after the pool began to stop, sees the change instead of waiting for the next one.
   explicit Pool(int threads) {
-    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { work_loop(); });
+    const uint32_t start = epoch_.load();
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this, start] { work_loop(start); });
   }
 
   ~Pool() {
@@ -123,8 +126,7 @@ class Pool {
     }
   }
 
-  void work_loop() {
-    uint32_t seen = epoch_.load();
+  void work_loop(uint32_t seen) {
     while (true) {
       if (!spin_until([&] { return epoch_.load() != seen; })) {
         sleepers_.fetch_add(1);
