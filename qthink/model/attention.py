@@ -160,16 +160,8 @@ class Attention(nn.Module):
 
     def _decode(self, q, meta: AttentionMetadata, cache: KVCache):
         if _native_attention(q.dtype, q.device, q.shape[-1], cache):  # the cache read in place, no copy
-            args = (
-                cache.k,
-                cache.v,
-                meta.decode_slots,
-                meta.decode_lens,
-                self.scale,
-                cache.k_scale,
-                cache.v_scale,
-            )
-            return kernel_ops().decode_attention(q.contiguous(), *args)
+            cached = (cache.k, cache.v, meta.decode_slots, meta.decode_lens, self.scale)
+            return kernel_ops().decode_attention(q.contiguous(), *cached, cache.k_scale, cache.v_scale)
         # One query per sequence: fold the query heads of each KV group into the query-length
         # axis, so GQA needs no repeated K/V.
         batch, group = q.shape[0], self.heads // self.kv_heads
