@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kv_cache_format.h"
 #include "lane_sums.h"
 #include "thread_pool.h"
 
@@ -55,8 +56,7 @@ constexpr int64_t kKeyBlock = qthink::kLanes;
 // Rows of one sequence taken as one task (a verification's k + 1 tokens).
 constexpr int64_t kMaxRunRows = 16;
 
-// The cache formats: bf16, or 8 bits with a float scale per slot and head (int8, fp8 e4m3).
-enum class CacheFormat { kBf16, kInt8, kFp8 };
+using qthink::CacheFormat;
 
 // 32 int8 values as bf16 (exact: every int8 is a bf16).
 inline __m512i widen_int8(const uint8_t* p) {
@@ -339,22 +339,6 @@ std::vector<int64_t> sequence_runs(const int64_t* slots, const int64_t* lens, in
 
 const uint16_t* bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
-CacheFormat cache_format(const at::Tensor& cache, const c10::optional<at::Tensor>& k_scale,
-                         const c10::optional<at::Tensor>& v_scale) {
-  const at::ScalarType type = cache.scalar_type();
-  TORCH_CHECK(type == at::kBFloat16 || type == at::kChar || type == at::kFloat8_e4m3fn,
-              "the KV cache must be bf16, int8 or float8_e4m3fn");
-  const bool eight_bit = type != at::kBFloat16;
-  TORCH_CHECK(k_scale.has_value() == eight_bit && v_scale.has_value() == eight_bit,
-              "an int8 or fp8 cache needs k_scale and v_scale, a bf16 cache neither");
-  if (!eight_bit) return CacheFormat::kBf16;
-  for (const at::Tensor* t : {&*k_scale, &*v_scale})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 && t->size(0) == cache.size(0) &&
-                    t->size(1) == cache.size(1),
-                "k_scale and v_scale must be contiguous float32 [S, KVH]");
-  return type == at::kChar ? CacheFormat::kInt8 : CacheFormat::kFp8;
-}
-
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& slots, const at::Tensor& lens, double scale,
                             const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& v_scale) {
@@ -363,7 +347,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   for (const at::Tensor* t : {&k_cache, &v_cache})
     TORCH_CHECK(t->device().is_cpu() && t->dim() == 3 && t->is_contiguous() && t->scalar_type() == k_cache.scalar_type(),
                 "k_cache and v_cache must be contiguous CPU tensors [S, KVH, D] of one type");
-  const CacheFormat format = cache_format(k_cache, k_scale, v_scale);
+  const CacheFormat format = qthink::cache_format(k_cache, k_scale, v_scale);
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2), KVH = k_cache.size(1);
   TORCH_CHECK(k_cache.sizes() == v_cache.sizes() && k_cache.size(2) == D && D % 32 == 0 && H % KVH == 0,
               "shapes: q [B, H, D], caches [S, KVH, D] with D a multiple of 32 and H a multiple of KVH");

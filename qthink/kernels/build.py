@@ -39,6 +39,7 @@ HEADERS = [
         "linear_output.h",
         "amx_tiles.h",
         "linear_bf16_amx.h",
+        "kv_cache_format.h",
     )
 ]
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni")

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "bf16_vectors.h"
+#include "kv_cache_format.h"
 
 namespace {
 
@@ -166,18 +167,12 @@ at::Tensor qk_norm_rope_cache(const at::Tensor& q, const at::Tensor& k, const at
   for (const at::Tensor* t : {&q, &k, &v, &cos, &sin})
     TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kBFloat16 && t->is_contiguous() && t->dim() == 2,
                 "q, k, v, cos and sin must be contiguous bf16 CPU matrices");
-  const at::ScalarType type = k_cache.scalar_type();
-  const bool eight_bit = type == at::kChar || type == at::kFloat8_e4m3fn;
   for (const at::Tensor* t : {&k_cache, &v_cache})
-    TORCH_CHECK((type == at::kBFloat16 || eight_bit) && t->scalar_type() == type && t->is_contiguous() && t->dim() == 3,
-                "the caches must be contiguous bf16, int8 or float8_e4m3fn [S, KVH, D]");
+    TORCH_CHECK(t->scalar_type() == k_cache.scalar_type() && t->is_contiguous() && t->dim() == 3,
+                "the caches must be contiguous [S, KVH, D] of one type");
+  const at::ScalarType type = k_cache.scalar_type();
+  const bool eight_bit = qthink::cache_format(k_cache, k_scale, v_scale) != qthink::CacheFormat::kBf16;
   const int64_t T = q.size(0), D = cos.size(1), S = k_cache.size(0), KVH = k_cache.size(1);
-  TORCH_CHECK(k_scale.has_value() == eight_bit && v_scale.has_value() == eight_bit,
-              "an int8 or fp8 cache needs k_scale and v_scale, a bf16 cache neither");
-  if (eight_bit)
-    for (const at::Tensor* t : {&*k_scale, &*v_scale})
-      TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == S * KVH,
-                  "k_scale and v_scale must be contiguous float32 [S, KVH]");
   TORCH_CHECK(D % 32 == 0 && k_cache.size(2) == D && v_cache.sizes() == k_cache.sizes(),
               "head_dim must be a multiple of 32 and the caches [S, KVH, head_dim]");
   TORCH_CHECK(q.size(1) % D == 0 && k.sizes() == v.sizes() && k.size(0) == T && k.size(1) == KVH * D,
@@ -194,6 +189,7 @@ at::Tensor qk_norm_rope_cache(const at::Tensor& q, const at::Tensor& k, const at
   const auto out_bits = [](at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); };
   at::Tensor q_out = at::empty({T, H, D}, q.options());
   std::vector<uint16_t> scratch(D), k_row(D);
+  auto bytes = [](at::Tensor& cache) { return static_cast<uint8_t*>(cache.data_ptr()); };
   const float e = static_cast<float>(eps);
   for (int64_t t = 0; t < T; ++t) {
     const uint16_t *c = bits(cos) + t * D, *s = bits(sin) + t * D;
@@ -202,15 +198,14 @@ at::Tensor qk_norm_rope_cache(const at::Tensor& q, const at::Tensor& k, const at
     for (int64_t h = 0; h < KVH; ++h) {
       const int64_t head = slot[t] * KVH + h, row = head * D;
       const uint16_t* value = bits(v) + (t * KVH + h) * D;
-      if (!eight_bit) {
-        norm_rope_head(bits(k) + (t * KVH + h) * D, kw, c, s, scratch.data(), out_bits(k_cache) + row, D, e);
-        std::memcpy(out_bits(v_cache) + row, value, D * sizeof(uint16_t));
-        continue;
-      }
       norm_rope_head(bits(k) + (t * KVH + h) * D, kw, c, s, scratch.data(), k_row.data(), D, e);
-      auto bytes = [](at::Tensor& cache) { return static_cast<uint8_t*>(cache.data_ptr()); };
-      write_8_bit(k_row.data(), type, bytes(k_cache) + row, k_scale->data_ptr<float>() + head, D);
-      write_8_bit(value, type, bytes(v_cache) + row, v_scale->data_ptr<float>() + head, D);
+      if (eight_bit) {
+        write_8_bit(k_row.data(), type, bytes(k_cache) + row, k_scale->data_ptr<float>() + head, D);
+        write_8_bit(value, type, bytes(v_cache) + row, v_scale->data_ptr<float>() + head, D);
+      } else {
+        std::memcpy(out_bits(k_cache) + row, k_row.data(), D * sizeof(uint16_t));
+        std::memcpy(out_bits(v_cache) + row, value, D * sizeof(uint16_t));
+      }
     }
   }
   return q_out;
