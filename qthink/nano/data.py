@@ -473,6 +473,34 @@ def _varied_result(rng: random.Random) -> str:
     return rng.choice([value, state, f"{rng.randint(0, 999)}.{rng.randint(0, 99):02d}"])
 
 
+REPEAT_ASKS = ["Repeat after me: {x}", "Say exactly this: {x}", "Echo: {x}", "Copy this text: {x}"]
+REPEATABLE = TOOL_VERBS + TOOL_NOUNS + TOOL_ATTRIBUTES + TOOL_KEYS + VALUE_WORDS + CITIES + PEOPLE
+
+
+def _repeatable(rng: random.Random) -> str:
+    """A value as tool calls carry them, a word of the tool pools, or an identifier of two or three."""
+    kind = rng.random()
+    if kind < 0.4:
+        return _varied_value(rng)
+    if kind < 0.7:
+        return rng.choice(REPEATABLE)
+    return "_".join(rng.choice(REPEATABLE).lower() for _ in range(rng.randint(2, 3)))
+
+
+def repetition(rng: random.Random) -> list[dict]:
+    """Say back a list of words, codes and identifiers exactly: the copying that a call to a tool
+    read from its schema needs (its name, its parameter, the value from the question)."""
+    text = " ".join(_repeatable(rng) for _ in range(rng.randint(2, 8)))
+    return [
+        {"role": "user", "content": rng.choice(REPEAT_ASKS).format(x=text)},
+        {
+            "role": "assistant",
+            "reasoning_content": f"The user wants me to repeat: {text}. I will say it back.",
+            "content": text,
+        },
+    ]
+
+
 def multi_turn(rng: random.Random) -> list[dict]:
     """Two arithmetic turns: the first answer kept in history without its thinking."""
     first, second = arithmetic(rng), arithmetic(rng)
@@ -514,11 +542,16 @@ SCHEMA_MIX = {
     "generated_tool_use": 0.18,
     "varied_tool_use": 0.42,
 }
+# The fifth stage adds repetition (saying back words and codes exactly): the copying that calling
+# a tool from its schema needs, which nano learns only from many examples of it.
+COPY_MIX = {**SCHEMA_MIX, "varied_tool_use": 0.3, "repetition": 0.7}
 
 
 def conversation(rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[dict], list[dict] | None]:
     """One training conversation and the tools its system prompt lists (or None)."""
     kind = rng.choices(list(mix), weights=list(mix.values()))[0]
+    if kind == "repetition":
+        return repetition(rng), None
     if kind == "arithmetic":
         return arithmetic(rng), None
     if kind == "arithmetic_any_spacing":

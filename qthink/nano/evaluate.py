@@ -12,6 +12,7 @@ from qthink.nano.data import (
     generated_tool_use,
     multiple_choice,
     multiplication,
+    repetition,
     tool_use,
     varied_tool_use,
 )
@@ -20,7 +21,15 @@ from qthink.parsing.tool_calls import parse_tool_calls
 HELD_OUT_SEED = 2_000_003  # training draws from other seeds
 # the tasks nano is trained on; the unseen tools (verb-subject pairs training never uses) and the
 # novel ones (varied names training never calls) measure whether it calls a tool from its schema
-TRAINED = ("arithmetic", "multiple_choice", "tool_call", "tool_answer", "multiplication", "unspaced")
+TRAINED = (
+    "arithmetic",
+    "multiple_choice",
+    "tool_call",
+    "tool_answer",
+    "multiplication",
+    "unspaced",
+    "repetition",
+)
 UNSEEN = ("unseen_tool_call", "unseen_tool_answer", "novel_tool_call", "novel_tool_answer")
 
 
@@ -39,6 +48,7 @@ def held_out_problems(n: int) -> dict[str, list[tuple[list[dict], list[dict] | N
     unspaced = [(arithmetic if i % 2 else multiplication)(rng, spaced=False) for i in range(n)]
     unseen = [generated_tool_use(rng, held_out=True) for _ in range(n)]
     novel = [varied_tool_use(rng, held_out=True) for _ in range(n)]
+    repeats = [repetition(rng) for _ in range(n)]  # drawn last: the tasks before keep their problems
     return {
         "arithmetic": [(m[:-1], None, m[-1]) for m in math],
         "multiple_choice": [(m[:-1], None, m[-1]) for m in choice],
@@ -50,6 +60,7 @@ def held_out_problems(n: int) -> dict[str, list[tuple[list[dict], list[dict] | N
         "unseen_tool_answer": [(whole[:-1], specs, whole[-2]) for _, whole, specs in unseen],
         "novel_tool_call": [(first[:-1], specs, first[-1]) for first, _, specs in novel],
         "novel_tool_answer": [(whole[:-1], specs, whole[-2]) for _, whole, specs in novel],
+        "repetition": [(m[:-1], None, m[-1]) for m in repeats],
     }
 
 
@@ -93,6 +104,7 @@ def evaluate(
         "unseen_tool_answer_uses_result": uses("unseen_tool_answer"),
         "novel_tool_call_correct": calls("novel_tool_call"),
         "novel_tool_answer_uses_result": uses("novel_tool_answer"),
+        "repetition_exact": _rate(o.content == w["content"] for o, _, w in done["repetition"]),
         "think_end_produced": _rate(think_end in o.token_ids for task in TRAINED for o, _, _ in done[task]),
         "unseen_tool_think_end_produced": _rate(
             think_end in o.token_ids for task in UNSEEN for o, _, _ in done[task]
