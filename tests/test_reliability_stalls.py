@@ -44,13 +44,12 @@ def nano_server(tmp_path, *extra: str):
 
 def chat_body(max_tokens: int, **fields) -> dict:
     messages = [{"role": "user", "content": "Count from one to a thousand."}]
-    usage = {"include_usage": True}
     return {
         "messages": messages,
         "max_tokens": max_tokens,
         "ignore_eos": True,
         "stream": True,
-        "stream_options": usage,
+        "stream_options": {"include_usage": True},
         **fields,
     }
 
