@@ -447,8 +447,10 @@ def _novel(name: str) -> bool:
     return zlib.crc32(name.encode()) % 5 == 0
 
 
-def varied_tool_use(rng: random.Random, held_out: bool = False) -> tuple[list[dict], list[dict], list[dict]]:
-    """A call to a varied tool listed among up to three others (some sharing its noun), under a
+def varied_tool_use(
+    rng: random.Random, held_out: bool = False, others: int = 3
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """A call to a varied tool listed among up to `others` more (some sharing its noun), under a
     varied system prompt: (the conversation up to the call, the whole conversation, the tools)."""
     while True:
         tool, subject, prep = _varied_tool(rng)
@@ -457,7 +459,7 @@ def varied_tool_use(rng: random.Random, held_out: bool = False) -> tuple[list[di
             break
     noun = subject.split()[0]
     tools, subjects = [tool], {subject}
-    for _ in range(rng.randint(0, 3)):
+    for _ in range(rng.randint(0, others)):
         other, other_subject, _ = _varied_tool(rng, noun if rng.random() < 0.4 else None)
         if other_subject not in subjects and other["function"]["name"] != name:
             tools.append(other)

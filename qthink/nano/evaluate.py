@@ -30,7 +30,13 @@ TRAINED = (
     "unspaced",
     "repetition",
 )
-UNSEEN = ("unseen_tool_call", "unseen_tool_answer", "novel_tool_call", "novel_tool_answer")
+UNSEEN = (
+    "unseen_tool_call",
+    "unseen_tool_answer",
+    "novel_tool_call",
+    "novel_tool_answer",
+    "novel_tool_alone",
+)
 
 
 def _boxed(text: str | None) -> str | None:
@@ -48,7 +54,8 @@ def held_out_problems(n: int) -> dict[str, list[tuple[list[dict], list[dict] | N
     unspaced = [(arithmetic if i % 2 else multiplication)(rng, spaced=False) for i in range(n)]
     unseen = [generated_tool_use(rng, held_out=True) for _ in range(n)]
     novel = [varied_tool_use(rng, held_out=True) for _ in range(n)]
-    repeats = [repetition(rng) for _ in range(n)]  # drawn last: the tasks before keep their problems
+    repeats = [repetition(rng) for _ in range(n)]  # drawn after the rest: they keep their problems
+    alone = [varied_tool_use(rng, held_out=True, others=0) for _ in range(n)]
     return {
         "arithmetic": [(m[:-1], None, m[-1]) for m in math],
         "multiple_choice": [(m[:-1], None, m[-1]) for m in choice],
@@ -61,6 +68,7 @@ def held_out_problems(n: int) -> dict[str, list[tuple[list[dict], list[dict] | N
         "novel_tool_call": [(first[:-1], specs, first[-1]) for first, _, specs in novel],
         "novel_tool_answer": [(whole[:-1], specs, whole[-2]) for _, whole, specs in novel],
         "repetition": [(m[:-1], None, m[-1]) for m in repeats],
+        "novel_tool_alone": [(first[:-1], specs, first[-1]) for first, _, specs in alone],
     }
 
 
@@ -104,6 +112,7 @@ def evaluate(
         "unseen_tool_answer_uses_result": uses("unseen_tool_answer"),
         "novel_tool_call_correct": calls("novel_tool_call"),
         "novel_tool_answer_uses_result": uses("novel_tool_answer"),
+        "novel_tool_alone_call_correct": calls("novel_tool_alone"),
         "repetition_exact": _rate(o.content == w["content"] for o, _, w in done["repetition"]),
         "think_end_produced": _rate(think_end in o.token_ids for task in TRAINED for o, _, _ in done[task]),
         "unseen_tool_think_end_produced": _rate(
