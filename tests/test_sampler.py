@@ -345,14 +345,18 @@ def test_no_logprobs_unless_asked_and_the_same_tokens():
 
 def full_sort_survivors(logits: torch.Tensor, p: SamplingParams) -> set[int]:
     """One row through a sort of the whole vocabulary: temperature, min-p, top-k, then top-p
-    with the mass before each token summed best first (what the sampler must equal)."""
+    with the mass before each token summed best first (what the sampler must equal). Without
+    top-k the row's mass is summed in vocabulary order, as the sampler sums it: summed in sorted
+    order it differs in the last bit, and on a flat row that can move the boundary by a token."""
     scaled = logits / p.temperature
     if p.min_p > 0:
         scaled = scaled.masked_fill(scaled < scaled.max() + math.log(p.min_p), float("-inf"))
     values, ids = scaled.sort(descending=True)
+    mass = scaled.logsumexp(-1)
     if p.top_k > 0:
         values[p.top_k :] = float("-inf")
-    running = (values - values.logsumexp(-1)).exp().cumsum(-1)
+        mass = values.logsumexp(-1)
+    running = (values - mass).exp().cumsum(-1)
     mass_above = torch.cat([torch.zeros(1), running[:-1]])
     return set(ids[(values > float("-inf")) & (mass_above < p.top_p)].tolist())
 
