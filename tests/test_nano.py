@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from qthink.nano.data import (
+    CHECK_MIX,
     MIX,
     TOOLS,
     TOOLS_MIX,
@@ -149,6 +150,28 @@ def test_varied_tools_hold_out_whole_names_from_training():
     assert set(counts) == {1}  # the evaluation's "alone" problems list only the tool to call
 
 
+def test_checked_tools_are_thought_through_in_order_up_to_the_call():
+    """The sixth stage's thinking names each listed tool and its parameter, in the listed order,
+    up to the one it calls; the conversation is otherwise the plain one, draw for draw."""
+    for seed in range(200):
+        plain = varied_tool_use(random.Random(seed))
+        first, whole, tools = varied_tool_use(random.Random(seed), check_listed=True)
+        call = first[-1]["tool_calls"][0]["function"]
+        ((key, value),) = call["arguments"].items()
+        names = [t["function"]["name"] for t in tools]
+        upto = names[: names.index(call["name"]) + 1]
+        thinking = first[-1]["reasoning_content"]
+        checked = re.findall(r"(\w+) takes (\w+): (yes|no)\.", thinking)
+        assert [name for name, _, _ in checked] == upto
+        assert [said == "yes" for _, _, said in checked] == [name == call["name"] for name in upto]
+        for (_, parameter, _), tool in zip(checked, tools):
+            assert tool["function"]["parameters"]["required"] == [parameter]
+        assert thinking.endswith(f"I should call {call['name']} with {key} {value}.")
+        assert plain[0][-1]["reasoning_content"].split(". ")[0] == thinking.split(". ")[0]
+        strip = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in whole]
+        assert strip == [{k: v for k, v in m.items() if k != "reasoning_content"} for m in plain[1]]
+
+
 def test_training_covers_every_evaluated_task_but_the_held_out_tools():
     rng = random.Random(11)
     questions, names = [], set()
@@ -166,7 +189,7 @@ def test_training_covers_every_evaluated_task_but_the_held_out_tools():
         for s in range(200)
     }
     called = set()
-    for mix in (MIX, TOOLS_MIX):
+    for mix in (MIX, TOOLS_MIX, CHECK_MIX):
         for seed in range(2000):
             messages, _ = conversation(random.Random(seed), mix)
             called.update(c["function"]["name"] for m in messages for c in m.get("tool_calls", []))
@@ -234,10 +257,10 @@ def test_quality_smoke(nano_dir):
 
     scores = evaluate(nano_dir, n=12)
     # Measured over 50 held-out problems (`qthink nano --eval -n 50`): 100% on the base tasks,
-    # multiplication, unspaced sums and thinking ends, calls to an unseen tool 68% (before the
-    # schema stages 12%), to a tool with a novel name 40% (before the repetition stage 12%) and
-    # 68% when it is the only tool listed, answers with its result 96%, repetition 82%; at n=12
-    # one miss is 0.92.
+    # multiplication, unspaced sums and thinking ends, calls to an unseen tool 66% (before the
+    # schema stages 12%), to a tool with a novel name 38% (before the repetition stage 12%) and
+    # 80% when it is the only tool listed (68% before the sixth stage), answers with its result
+    # 94%, repetition 78%; at n=12 one miss is 0.92.
     assert scores["think_end_produced"] >= 0.95
     assert scores["tool_call_correct"] >= 0.9
     assert scores["answer_uses_tool_result"] >= 0.9
@@ -248,7 +271,7 @@ def test_quality_smoke(nano_dir):
     assert scores["unseen_tool_answer_uses_result"] >= 0.6
     assert scores["novel_tool_answer_uses_result"] >= 0.6
     assert scores["novel_tool_call_correct"] >= 0.25
-    assert scores["novel_tool_alone_call_correct"] >= 0.5
+    assert scores["novel_tool_alone_call_correct"] >= 0.75
     assert scores["repetition_exact"] >= 0.6
     assert scores["unseen_tool_think_end_produced"] >= 0.9
     assert scores["reasoning_without_literal_think_end"] >= 0.95

@@ -6,7 +6,7 @@ import json
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--rebuild", action="store_true", help="retrain from the seeds (about an hour and a half, one thread)"
+        "--rebuild", action="store_true", help="retrain from the seeds (about two hours, one thread)"
     )
     p.add_argument("--eval", action="store_true", help="print the quality bar on held-out problems")
     p.add_argument("-n", type=int, default=100, help="held-out problems per task")

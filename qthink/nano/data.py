@@ -341,11 +341,16 @@ def generated_tool_use(
 
 
 def _tool_conversation(
-    rng: random.Random, questions: list[str], asked: tuple[str, str], call: tuple[str, str, str], make_result
+    rng: random.Random,
+    questions: list[str],
+    asked: tuple[str, str],
+    call: tuple[str, str, str],
+    make_result,
+    checks: str = "",
 ) -> tuple[list[dict], list[dict]]:
     """A question about a (subject, preposition) answered by calling a tool (name, argument,
-    value): the conversation up to the call, and the whole one with the tool's result and the
-    answer that quotes it."""
+    value), the thinking going through `checks` first: the conversation up to the call, and the
+    whole one with the tool's result and the answer that quotes it."""
     (subject, prep), (name, argument, value) = asked, call
     system = rng.choice(SYSTEM_PROMPTS)
     function = {"name": name, "arguments": {argument: value}}
@@ -354,7 +359,7 @@ def _tool_conversation(
         {"role": "user", "content": rng.choice(questions).format(s=subject, p=prep, v=value)},
         {
             "role": "assistant",
-            "reasoning_content": f"The user asks for the {subject} {prep} {value}. "
+            "reasoning_content": f"The user asks for the {subject} {prep} {value}. {checks}"
             f"I should call {name} with {argument} {value}.",
             "content": "",
             "tool_calls": [{"id": "call_0", "type": "function", "function": function}],
@@ -448,10 +453,11 @@ def _novel(name: str) -> bool:
 
 
 def varied_tool_use(
-    rng: random.Random, held_out: bool = False, others: int = 3
+    rng: random.Random, held_out: bool = False, others: int = 3, check_listed: bool = False
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """A call to a varied tool listed among up to `others` more (some sharing its noun), under a
-    varied system prompt: (the conversation up to the call, the whole conversation, the tools)."""
+    varied system prompt, the thinking first going through the listed tools if `check_listed`:
+    (the conversation up to the call, the whole conversation, the tools)."""
     while True:
         tool, subject, prep = _varied_tool(rng)
         name = tool["function"]["name"]
@@ -467,7 +473,22 @@ def varied_tool_use(
     rng.shuffle(tools)
     (key,) = tool["function"]["parameters"]["required"]
     call = (name, key, _varied_value(rng))
-    return (*_tool_conversation(rng, MORE_QUESTIONS, (subject, prep), call, _varied_result), tools)
+    checks = _listed_checks(tools, name) if check_listed else ""
+    return (*_tool_conversation(rng, MORE_QUESTIONS, (subject, prep), call, _varied_result, checks), tools)
+
+
+def _listed_checks(tools: list[dict], name: str) -> str:
+    """The listed tools in order up to the one named, each with its parameter and whether it is
+    the one: "fetch_ship takes ship_id: no. find_ship_level takes code: yes. " (each parameter
+    said right after its tool's name, where copying it from the schema is one step)."""
+    checks = []
+    for tool in tools:
+        listed = tool["function"]["name"]
+        (key,) = tool["function"]["parameters"]["required"]
+        checks.append(f"{listed} takes {key}: {'yes' if listed == name else 'no'}. ")
+        if listed == name:
+            break
+    return "".join(checks)
 
 
 def _varied_result(rng: random.Random) -> str:
@@ -547,6 +568,13 @@ SCHEMA_MIX = {
 # The fifth stage adds repetition (saying back words and codes exactly): the copying that calling
 # a tool from its schema needs, which nano learns only from many examples of it.
 COPY_MIX = {**SCHEMA_MIX, "varied_tool_use": 0.3, "repetition": 0.7}
+# The sixth stage thinks through the listed tools, naming each one's parameter, before the call
+# (varied tools weighted up, in the same place of the mix as before).
+CHECK_MIX = {
+    **{kind: share for kind, share in SCHEMA_MIX.items() if kind != "varied_tool_use"},
+    "checked_tool_use": 0.6,
+    "repetition": 0.4,
+}
 
 
 def conversation(rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[dict], list[dict] | None]:
@@ -564,8 +592,8 @@ def conversation(rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[
         return multi_turn(rng), None
     if kind == "multiple_choice":
         return multiple_choice(rng), None
-    if kind == "varied_tool_use":
-        first, whole, tools = varied_tool_use(rng)
+    if kind in ("varied_tool_use", "checked_tool_use"):
+        first, whole, tools = varied_tool_use(rng, check_listed=kind == "checked_tool_use")
         return (first if rng.random() < 0.5 else whole), tools
     if kind == "generated_tool_use":
         first, whole, tools = generated_tool_use(rng)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from qthink.config import ModelConfig
 from qthink.model.layers import RotaryEmbedding
 from qthink.model.qwen3 import Qwen3ForCausalLM
-from qthink.nano.data import BASE_MIX, COPY_MIX, MIX, SCHEMA_MIX, TOOLS_MIX, conversation, render
+from qthink.nano.data import BASE_MIX, CHECK_MIX, COPY_MIX, MIX, SCHEMA_MIX, TOOLS_MIX, conversation, render
 from qthink.random_checkpoint import QWEN3_4B_CONFIG
 
 Row = tuple[list[int], list[int]]  # token ids and loss mask of one rendered conversation
@@ -38,13 +38,15 @@ class TrainConfig:
 
 
 # The base tasks from scratch, then the new ones (with the base tasks replayed) from its weights,
-# then calling tools from their schema, in two stages (everything before replayed).
+# then calling tools from their schema, in two stages, then copying, then thinking through the
+# listed tools (everything before replayed).
 STAGES = (
     TrainConfig(),
     TrainConfig(seed=1, steps=1600, lr=1.5e-3, warmup=20, mix=dict(MIX)),
     TrainConfig(seed=2, steps=1200, lr=1e-3, warmup=20, mix=dict(TOOLS_MIX)),
     TrainConfig(seed=3, steps=2000, lr=1.2e-3, warmup=20, mix=dict(SCHEMA_MIX)),
     TrainConfig(seed=4, steps=6000, lr=1.5e-3, warmup=20, mix=dict(COPY_MIX)),
+    TrainConfig(seed=5, steps=3000, lr=1.5e-3, warmup=20, mix=dict(CHECK_MIX)),
 )
 
 
